@@ -1,0 +1,180 @@
+//! Typed, prefixed, time-sortable identifiers (`pkg_…`, `file_…`, `upl_…`) built on ULIDs.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use ulid::{Generator, Ulid};
+
+/// The kind of resource an [`Id`] names; fixes its prefix.
+pub trait IdKind: Send + Sync + 'static {
+    const PREFIX: &'static str;
+}
+
+macro_rules! id_kind {
+    ($kind:ident, $alias:ident, $prefix:literal) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $kind {}
+        impl IdKind for $kind {
+            const PREFIX: &'static str = $prefix;
+        }
+        pub type $alias = Id<$kind>;
+    };
+}
+
+id_kind!(PackageKind, PackageId, "pkg_");
+id_kind!(FileKind, FileId, "file_");
+id_kind!(UploadKind, UploadId, "upl_");
+
+/// An identifier: a prefix naming the resource kind and a ULID (Crockford base32, 26
+/// characters). Sorting ids sorts them by creation time.
+pub struct Id<K: IdKind> {
+    ulid: Ulid,
+    _kind: PhantomData<K>,
+}
+
+/// One generator for the process, so ids made within the same millisecond still sort in
+/// creation order (the ULID "monotonic" mode).
+static GENERATOR: Mutex<Option<Generator>> = Mutex::new(None);
+
+impl<K: IdKind> Id<K> {
+    /// A fresh id, later than every id this process made before.
+    pub fn generate() -> Self {
+        let mut guard = GENERATOR
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let generator = guard.get_or_insert_with(Generator::new);
+        // Overflow needs 2^80 ids in one millisecond; fall back to a random ULID then.
+        let ulid = generator.generate().unwrap_or_else(|_| Ulid::new());
+        Self::from_ulid(ulid)
+    }
+
+    pub fn from_ulid(ulid: Ulid) -> Self {
+        Self {
+            ulid,
+            _kind: PhantomData,
+        }
+    }
+
+    pub fn ulid(&self) -> Ulid {
+        self.ulid
+    }
+}
+
+/// A string that is not a well-formed id of the expected kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid {prefix}… identifier")]
+pub struct InvalidId {
+    pub prefix: &'static str,
+}
+
+impl<K: IdKind> FromStr for Id<K> {
+    type Err = InvalidId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = InvalidId { prefix: K::PREFIX };
+        let rest = s.strip_prefix(K::PREFIX).ok_or(err.clone())?;
+        // Ulid::from_string accepts lowercase too; only the canonical form is an id, so
+        // that each resource has exactly one spelling.
+        if rest.len() != 26 || rest.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(err);
+        }
+        Ulid::from_string(rest)
+            .map(Self::from_ulid)
+            .map_err(|_| err)
+    }
+}
+
+impl<K: IdKind> fmt::Display for Id<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", K::PREFIX, self.ulid)
+    }
+}
+
+impl<K: IdKind> fmt::Debug for Id<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<K: IdKind> Clone for Id<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K: IdKind> Copy for Id<K> {}
+impl<K: IdKind> PartialEq for Id<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.ulid == other.ulid
+    }
+}
+impl<K: IdKind> Eq for Id<K> {}
+impl<K: IdKind> std::hash::Hash for Id<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ulid.hash(state)
+    }
+}
+impl<K: IdKind> PartialOrd for Id<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K: IdKind> Ord for Id<K> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.ulid.cmp(&other.ulid)
+    }
+}
+
+impl<K: IdKind> Serialize for Id<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de, K: IdKind> Deserialize<'de> for Id<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_checks_prefix() {
+        let id = PackageId::generate();
+        let text = id.to_string();
+        assert!(text.starts_with("pkg_"));
+        assert_eq!(text.len(), 4 + 26);
+        assert_eq!(text.parse::<PackageId>().unwrap(), id);
+        assert!(text.parse::<FileId>().is_err());
+        assert!(text.to_lowercase().parse::<PackageId>().is_err());
+        assert!("pkg_".parse::<PackageId>().is_err());
+        assert!(
+            "pkg_01ARZ3NDEKTSV4RRFFQ69G5FAVX"
+                .parse::<PackageId>()
+                .is_err()
+        );
+        assert!(
+            "pkg_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+                .parse::<PackageId>()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn ids_sort_in_creation_order() {
+        let ids: Vec<UploadId> = (0..1000).map(|_| UploadId::generate()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut sorted_texts = texts.clone();
+        sorted_texts.sort();
+        assert_eq!(texts, sorted_texts);
+    }
+}

@@ -1,0 +1,20 @@
+//! Core of artifactstore: domain model, validation, manifest codec, storage traits and the
+//! [`Registry`] facade. Nothing here knows about HTTP; the server and the CLI sit on top.
+
+pub mod digest;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod manifest;
+pub mod model;
+pub mod registry;
+pub mod storage;
+pub mod timestamp;
+pub mod validate;
+
+pub use digest::{Sha256Digest, Sha256Hasher};
+pub use error::{FieldError, RegistryError};
+pub use ids::{FileId, PackageId, UploadId};
+pub use model::*;
+pub use registry::{Registry, RegistryConfig};
+pub use timestamp::Timestamp;

@@ -1,0 +1,36 @@
+//! Every input limit of the store in one place. The README's "Limits" table mirrors this file.
+
+/// A file path inside a package, in UTF-8 bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// `producer` and `subject`, in UTF-8 bytes (at least one).
+pub const MAX_PRODUCER_BYTES: usize = 256;
+pub const MAX_SUBJECT_BYTES: usize = 256;
+/// `retention_class` and tenant names: `[a-z0-9][a-z0-9_-]{0,63}`.
+pub const MAX_CLASS_BYTES: usize = 64;
+/// Entries in a package's metadata map.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// A metadata key: `[A-Za-z0-9][A-Za-z0-9._:/-]*`, at most this many bytes.
+pub const MAX_METADATA_KEY_BYTES: usize = 128;
+/// A metadata value, in UTF-8 bytes.
+pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
+/// All keys and values of one package's metadata together, in UTF-8 bytes.
+pub const MAX_METADATA_TOTAL_BYTES: usize = 16 * 1024;
+/// A media type such as `application/vnd.acme+json; charset=utf-8`.
+pub const MAX_MEDIA_TYPE_BYTES: usize = 255;
+
+/// Page sizes of package and file listings.
+pub const DEFAULT_PAGE_LIMIT: u32 = 50;
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+/// Page sizes of the event stream.
+pub const DEFAULT_EVENT_LIMIT: u32 = 100;
+pub const MAX_EVENT_LIMIT: u32 = 1000;
+
+/// Default largest file (single-shot body or whole upload session): 64 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Default lifetime of an upload session without activity.
+pub const DEFAULT_UPLOAD_TTL_SECS: u64 = 24 * 60 * 60;
+
+/// Clamps a requested page size to `1..=max`, using `default` when none was asked for.
+pub fn clamp_limit(requested: Option<u32>, default: u32, max: u32) -> u32 {
+    requested.unwrap_or(default).clamp(1, max)
+}

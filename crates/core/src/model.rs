@@ -1,0 +1,280 @@
+//! The resources of the contract (packages, files, uploads, events) and the queries over them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::digest::Sha256Digest;
+use crate::ids::{FileId, PackageId, UploadId};
+use crate::timestamp::Timestamp;
+
+/// A content address, `sha256:<hex>` on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ContentAddress(pub Sha256Digest);
+
+impl fmt::Display for ContentAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.content_address())
+    }
+}
+
+impl Serialize for ContentAddress {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContentAddress {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Sha256Digest::from_content_address(&s)
+            .map(Self)
+            .ok_or_else(|| serde::de::Error::custom("not a sha256: content address"))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageState {
+    Open,
+    Finalized,
+}
+
+impl PackageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Finalized => "finalized",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(Self::Open),
+            "finalized" => Some(Self::Finalized),
+            _ => None,
+        }
+    }
+}
+
+/// A package resource, exactly as the contract's JSON shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    pub id: PackageId,
+    pub tenant: String,
+    pub producer: String,
+    pub subject: String,
+    pub retention_class: String,
+    pub metadata: BTreeMap<String, String>,
+    pub state: PackageState,
+    pub created_at: Timestamp,
+    pub finalized_at: Option<Timestamp>,
+    pub file_count: u64,
+    pub total_size: u64,
+    pub manifest_digest: Option<ContentAddress>,
+}
+
+/// What a producer sends to create a package.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPackage {
+    pub producer: String,
+    pub subject: String,
+    pub retention_class: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digests {
+    pub sha256: Sha256Digest,
+}
+
+/// A file resource. `digests` and `content_address` always name the same digest; build one
+/// with [`FileRecord::new`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub id: FileId,
+    pub package_id: PackageId,
+    /// The owning tenant; not part of the wire resource, which is only ever shown to it.
+    #[serde(skip)]
+    pub tenant: String,
+    pub path: String,
+    pub size: u64,
+    pub media_type: String,
+    pub digests: Digests,
+    pub content_address: ContentAddress,
+    pub created_at: Timestamp,
+}
+
+impl FileRecord {
+    pub fn new(
+        tenant: &str,
+        package_id: PackageId,
+        path: String,
+        size: u64,
+        media_type: String,
+        sha256: Sha256Digest,
+    ) -> Self {
+        Self {
+            id: FileId::generate(),
+            package_id,
+            tenant: tenant.to_string(),
+            path,
+            size,
+            media_type,
+            digests: Digests { sha256 },
+            content_address: ContentAddress(sha256),
+            created_at: Timestamp::now(),
+        }
+    }
+
+    pub fn sha256(&self) -> Sha256Digest {
+        self.digests.sha256
+    }
+}
+
+/// What a producer says about a file besides its bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewFile {
+    pub path: String,
+    /// `None`: guessed from the path's extension.
+    pub media_type: Option<String>,
+    /// Expected lowercase hex SHA-256, checked against the bytes received.
+    pub sha256: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    Open,
+    Completed,
+    Cancelled,
+}
+
+impl UploadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(Self::Open),
+            "completed" => Some(Self::Completed),
+            "cancelled" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// An upload session as clients see it (the server adds `upload_url`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    pub id: UploadId,
+    pub offset: u64,
+    pub size: Option<u64>,
+    pub state: UploadState,
+    pub expires_at: Timestamp,
+}
+
+/// An upload session as stored: the resource plus what resuming needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub upload: Upload,
+    pub tenant: String,
+    pub created_at: Timestamp,
+    /// [`Sha256Hasher::save`](crate::Sha256Hasher::save) of the bytes up to `offset`.
+    pub hash_state: Vec<u8>,
+    /// The file the upload became, once completed.
+    pub file_id: Option<FileId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "package.created")]
+    PackageCreated,
+    #[serde(rename = "file.added")]
+    FileAdded,
+    #[serde(rename = "package.finalized")]
+    PackageFinalized,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PackageCreated => "package.created",
+            Self::FileAdded => "file.added",
+            Self::PackageFinalized => "package.finalized",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "package.created" => Some(Self::PackageCreated),
+            "file.added" => Some(Self::FileAdded),
+            "package.finalized" => Some(Self::PackageFinalized),
+            _ => None,
+        }
+    }
+}
+
+/// An event of the append-only log. `sequence` is assigned by the metadata store when the
+/// change that caused it commits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub sequence: u64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub occurred_at: Timestamp,
+    pub tenant: String,
+    pub package_id: PackageId,
+    pub data: serde_json::Value,
+}
+
+/// An event before the store has given it a sequence number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub kind: EventType,
+    pub occurred_at: Timestamp,
+    pub tenant: String,
+    pub package_id: PackageId,
+    pub data: serde_json::Value,
+}
+
+/// Filters of `GET /packages`, all ANDed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackageQuery {
+    pub producer: Option<String>,
+    pub subject: Option<String>,
+    pub retention_class: Option<String>,
+    pub state: Option<PackageState>,
+    /// `metadata.KEY=VALUE` pairs, exact match.
+    pub metadata: Vec<(String, String)>,
+    /// `has_metadata=KEY`.
+    pub has_metadata: Vec<String>,
+    /// Packages holding a file with this digest.
+    pub contains: Option<Sha256Digest>,
+    /// Exclusive bounds on `created_at`.
+    pub created_after: Option<Timestamp>,
+    pub created_before: Option<Timestamp>,
+}
+
+/// One page of a listing; `next_cursor` is `None` on the last page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A manifest as stored at finalize time: the deterministic CBOR bytes, their JCS projection,
+/// and the digest of the CBOR bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub digest: Sha256Digest,
+    pub cbor: Vec<u8>,
+    pub json: String,
+}

@@ -1,0 +1,711 @@
+//! The registry: the one facade through which the server (and anything else) does all of
+//! artifactstore's work. It validates, orders the calls to the two stores, and turns their
+//! outcomes into [`RegistryError`]s; it holds no state a second replica would need.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::digest::{Sha256Digest, Sha256Hasher};
+use crate::error::{FieldError, RegistryError, Resource, Result};
+use crate::ids::{FileId, PackageId, UploadId};
+use crate::limits::{self, *};
+use crate::manifest::Manifest;
+use crate::model::*;
+use crate::storage::{BlobInfo, BlobStore, ByteStream, MetadataStore, StoreError};
+use crate::timestamp::Timestamp;
+use crate::validate::{self, Errors};
+
+/// What the registry enforces beyond the fixed limits of [`limits`].
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Largest file, single-shot or assembled from an upload session.
+    pub max_file_bytes: u64,
+    /// How long an upload session lives after its last change.
+    pub upload_ttl: Duration,
+    /// Retention classes accepted; `None` accepts any well-formed class.
+    pub retention_classes: Option<BTreeSet<String>>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            upload_ttl: Duration::from_secs(DEFAULT_UPLOAD_TTL_SECS),
+            retention_classes: None,
+        }
+    }
+}
+
+/// Where a chunk of an upload session goes, as the client declared it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// The offset the client believes the upload is at; `None` appends at the current one.
+    pub start: Option<u64>,
+    /// The chunk's length, when declared up front.
+    pub len: Option<u64>,
+    /// The total size of the upload, when declared.
+    pub total: Option<u64>,
+}
+
+/// What `complete` needs besides the staged bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompleteUpload {
+    pub package_id: String,
+    pub file: NewFile,
+}
+
+pub struct Registry {
+    meta: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
+    config: RegistryConfig,
+    upload_locks: KeyedLocks,
+}
+
+impl Registry {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        blobs: Arc<dyn BlobStore>,
+        config: RegistryConfig,
+    ) -> Self {
+        Self {
+            meta,
+            blobs,
+            config,
+            upload_locks: KeyedLocks::default(),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Both stores answer.
+    pub async fn ready(&self) -> Result<()> {
+        self.meta.ping().await?;
+        self.blobs.ping().await?;
+        Ok(())
+    }
+
+    // ---- packages ----------------------------------------------------------------------
+
+    pub async fn create_package(&self, tenant: &str, new: NewPackage) -> Result<Package> {
+        let mut errors = Errors::new();
+        errors.check(
+            "producer",
+            validate::label(&new.producer, MAX_PRODUCER_BYTES),
+        );
+        errors.check("subject", validate::label(&new.subject, MAX_SUBJECT_BYTES));
+        errors.check("retention_class", validate::slug(&new.retention_class));
+        if let Some(allowed) = &self.config.retention_classes
+            && validate::slug(&new.retention_class).is_ok()
+            && !allowed.contains(&new.retention_class)
+        {
+            let list = allowed.iter().cloned().collect::<Vec<_>>().join(", ");
+            errors.push("retention_class", format!("must be one of: {list}"));
+        }
+        errors.check("metadata", validate::metadata(&new.metadata));
+        errors.into_result().map_err(RegistryError::Invalid)?;
+
+        let package = Package {
+            id: PackageId::generate(),
+            tenant: tenant.to_string(),
+            producer: new.producer,
+            subject: new.subject,
+            retention_class: new.retention_class,
+            metadata: new.metadata,
+            state: PackageState::Open,
+            created_at: Timestamp::now(),
+            finalized_at: None,
+            file_count: 0,
+            total_size: 0,
+            manifest_digest: None,
+        };
+        let event = new_event(
+            EventType::PackageCreated,
+            &package.tenant,
+            package.id,
+            &package,
+        );
+        self.meta.create_package(&package, event).await?;
+        Ok(package)
+    }
+
+    pub async fn package(&self, tenant: &str, id: PackageId) -> Result<Package> {
+        self.meta
+            .package(tenant, id)
+            .await?
+            .ok_or(RegistryError::NotFound(Resource::Package))
+    }
+
+    /// Newest first. `cursor` is the `next_cursor` of the previous page.
+    pub async fn list_packages(
+        &self,
+        tenant: &str,
+        query: &PackageQuery,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Package>> {
+        let before = match cursor {
+            Some(c) => Some(c.parse::<PackageId>().map_err(|_| invalid_cursor())?),
+            None => None,
+        };
+        let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
+        let mut items = self
+            .meta
+            .list_packages(tenant, query, before, limit + 1)
+            .await?;
+        let next_cursor = next_page(&mut items, limit, |p| p.id.to_string());
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Freezes the package and stores its manifest. Idempotent: finalizing a finalized
+    /// package returns it as it is.
+    pub async fn finalize(&self, tenant: &str, id: PackageId) -> Result<Package> {
+        loop {
+            let package = self.package(tenant, id).await?;
+            if package.state == PackageState::Finalized {
+                return Ok(package);
+            }
+            let files = self.all_files(tenant, id).await?;
+            let finalized_at = Timestamp::now();
+            let file_count = files.len() as u64;
+            let manifest = Manifest::new(&package, finalized_at, files)
+                .encode()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let data = serde_json::json!({
+                "manifest_digest": manifest.digest.content_address(),
+                "file_count": file_count,
+                "total_size": package.total_size,
+            });
+            let event = NewEvent {
+                kind: EventType::PackageFinalized,
+                occurred_at: finalized_at,
+                tenant: tenant.to_string(),
+                package_id: id,
+                data,
+            };
+            match self
+                .meta
+                .finalize(tenant, id, file_count, finalized_at, &manifest, event)
+                .await
+            {
+                Ok((package, _)) => return Ok(package),
+                // A file landed while the manifest was being built: build it again.
+                Err(StoreError::Stale) => continue,
+                Err(StoreError::NotFound) => {
+                    return Err(RegistryError::NotFound(Resource::Package));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The stored manifest of a finalized package.
+    pub async fn manifest(&self, tenant: &str, id: PackageId) -> Result<StoredManifest> {
+        match self.meta.manifest(tenant, id).await? {
+            Some(m) => Ok(m),
+            None => {
+                self.package(tenant, id).await?;
+                Err(RegistryError::NotFinalized)
+            }
+        }
+    }
+
+    // ---- files -------------------------------------------------------------------------
+
+    /// Streams `body` into the blob store and adds it to the package at `new.path`.
+    pub async fn add_file(
+        &self,
+        tenant: &str,
+        package_id: PackageId,
+        new: NewFile,
+        body: ByteStream,
+    ) -> Result<FileRecord> {
+        let (media_type, expected) = self.check_new_file(&new)?;
+        // Fail before taking the bytes when the answer is already known.
+        self.open_package(tenant, package_id).await?;
+        let blob = self
+            .blobs
+            .put(body, expected, self.config.max_file_bytes)
+            .await?;
+        let file = FileRecord::new(
+            tenant,
+            package_id,
+            new.path,
+            blob.size,
+            media_type,
+            blob.digest,
+        );
+        self.record_file(&file, None).await?;
+        Ok(file)
+    }
+
+    pub async fn file(&self, tenant: &str, id: FileId) -> Result<FileRecord> {
+        self.meta
+            .file(tenant, id)
+            .await?
+            .ok_or(RegistryError::NotFound(Resource::File))
+    }
+
+    /// A page of a package's files in UTF-8 byte order of their paths.
+    pub async fn list_files(
+        &self,
+        tenant: &str,
+        package_id: PackageId,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<FileRecord>> {
+        self.package(tenant, package_id).await?;
+        let after = match cursor {
+            Some(c) => Some(decode_path_cursor(c).ok_or_else(invalid_cursor)?),
+            None => None,
+        };
+        let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
+        let mut items = self
+            .meta
+            .list_files(tenant, package_id, after.as_deref(), limit + 1)
+            .await?;
+        let next_cursor = next_page(&mut items, limit, |f| hex::encode(f.path.as_bytes()));
+        Ok(Page { items, next_cursor })
+    }
+
+    /// The file and a stream of its bytes in `range` (the whole file when `None`). The
+    /// caller resolves the range against the file's size first.
+    pub async fn open_file(
+        &self,
+        tenant: &str,
+        id: FileId,
+        range: Option<Range<u64>>,
+    ) -> Result<(FileRecord, ByteStream)> {
+        let file = self.file(tenant, id).await?;
+        let range = range.unwrap_or(0..file.size);
+        if range.start > range.end || range.end > file.size {
+            return Err(RegistryError::invalid("range", "outside the file"));
+        }
+        let stream = self.blobs.read(&file.sha256(), range).await?;
+        Ok((file, stream))
+    }
+
+    // ---- upload sessions ---------------------------------------------------------------
+
+    pub async fn create_upload(&self, tenant: &str, size: Option<u64>) -> Result<Upload> {
+        if let Some(size) = size
+            && size > self.config.max_file_bytes
+        {
+            return Err(RegistryError::TooLarge {
+                limit: self.config.max_file_bytes,
+            });
+        }
+        let now = Timestamp::now();
+        let record = UploadRecord {
+            upload: Upload {
+                id: UploadId::generate(),
+                offset: 0,
+                size,
+                state: UploadState::Open,
+                expires_at: self.expiry(now),
+            },
+            tenant: tenant.to_string(),
+            created_at: now,
+            hash_state: Sha256Hasher::new().save(),
+            file_id: None,
+        };
+        self.meta.create_upload(&record).await?;
+        Ok(record.upload)
+    }
+
+    /// An upload that is open or completed; cancelled and expired ones are not found.
+    pub async fn upload(&self, tenant: &str, id: UploadId) -> Result<Upload> {
+        Ok(self.live_upload(tenant, id).await?.upload)
+    }
+
+    /// Appends the chunk at the upload's offset. On any error the offset does not move.
+    pub async fn append_upload(
+        &self,
+        tenant: &str,
+        id: UploadId,
+        chunk: Chunk,
+        body: ByteStream,
+    ) -> Result<Upload> {
+        let _guard = self.upload_locks.lock(id).await;
+        let record = self.open_upload(tenant, id).await?;
+        let offset = record.upload.offset;
+        if let Some(start) = chunk.start
+            && start != offset
+        {
+            return Err(RegistryError::OffsetMismatch { offset, start });
+        }
+        let size = match (record.upload.size, chunk.total) {
+            (Some(size), Some(declared)) if size != declared => {
+                return Err(RegistryError::SizeMismatch { declared, size });
+            }
+            (size, declared) => size.or(declared),
+        };
+        if let Some(size) = size
+            && size > self.config.max_file_bytes
+        {
+            return Err(RegistryError::TooLarge {
+                limit: self.config.max_file_bytes,
+            });
+        }
+        // The declared size bounds the chunk, and so does the file-size limit.
+        let room = match size {
+            Some(size) if size < offset => {
+                return Err(RegistryError::BeyondDeclaredSize { size, offset });
+            }
+            Some(size) => size - offset,
+            None => self.config.max_file_bytes.saturating_sub(offset),
+        };
+        if let Some(len) = chunk.len
+            && len > room
+        {
+            return Err(match size {
+                Some(size) => RegistryError::BeyondDeclaredSize { size, offset },
+                None => RegistryError::TooLarge {
+                    limit: self.config.max_file_bytes,
+                },
+            });
+        }
+        let max_len = chunk.len.unwrap_or(room);
+        let hasher = restore_hasher(&record)?;
+        let hasher = match self
+            .blobs
+            .stage_append(&id, offset, hasher, body, max_len)
+            .await
+        {
+            Ok(hasher) => hasher,
+            Err(StoreError::TooLarge { .. }) => {
+                return Err(if chunk.len.is_some() {
+                    RegistryError::LengthMismatch { declared: max_len }
+                } else if let Some(size) = size {
+                    RegistryError::BeyondDeclaredSize { size, offset }
+                } else {
+                    RegistryError::TooLarge {
+                        limit: self.config.max_file_bytes,
+                    }
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(len) = chunk.len
+            && hasher.len() - offset != len
+        {
+            return Err(RegistryError::LengthMismatch { declared: len });
+        }
+        let expires_at = self.expiry(Timestamp::now());
+        match self
+            .meta
+            .advance_upload(tenant, id, offset, &hasher, size, expires_at)
+            .await
+        {
+            Ok(record) => Ok(record.upload),
+            Err(StoreError::Stale) => Err(RegistryError::ConcurrentUpdate),
+            Err(e) => Err(self.upload_error(e)),
+        }
+    }
+
+    /// Discards an open upload and its bytes.
+    pub async fn cancel_upload(&self, tenant: &str, id: UploadId) -> Result<()> {
+        let _guard = self.upload_locks.lock(id).await;
+        self.open_upload(tenant, id).await?;
+        self.meta
+            .delete_upload(tenant, id)
+            .await
+            .map_err(|e| self.upload_error(e))?;
+        self.blobs.stage_discard(&id).await?;
+        Ok(())
+    }
+
+    /// Turns the upload's bytes into a file of a package. A failed complete changes nothing:
+    /// the upload stays open at its offset.
+    pub async fn complete_upload(
+        &self,
+        tenant: &str,
+        id: UploadId,
+        request: CompleteUpload,
+    ) -> Result<FileRecord> {
+        let (media_type, expected) = self.check_new_file(&request.file)?;
+        let package_id: PackageId = request
+            .package_id
+            .parse()
+            .map_err(|_| RegistryError::invalid("package_id", "not a package id (pkg_…)"))?;
+        let _guard = self.upload_locks.lock(id).await;
+        let record = self.open_upload(tenant, id).await?;
+        let offset = record.upload.offset;
+        if let Some(size) = record.upload.size
+            && offset < size
+        {
+            return Err(RegistryError::UploadIncomplete { offset, size });
+        }
+        let digest = restore_hasher(&record)?.finish();
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                expected,
+                actual: digest,
+            });
+        }
+        self.open_package(tenant, package_id).await?;
+        let blob = BlobInfo {
+            digest,
+            size: offset,
+        };
+        self.blobs.stage_commit(&id, blob).await?;
+        let file = FileRecord::new(
+            tenant,
+            package_id,
+            request.file.path,
+            offset,
+            media_type,
+            digest,
+        );
+        self.record_file(&file, Some(id)).await?;
+        if let Err(e) = self.blobs.stage_discard(&id).await {
+            // The file is recorded; leftover staged bytes only cost space.
+            tracing::warn!(upload = %id, error = %e, "could not discard staged bytes");
+        }
+        Ok(file)
+    }
+
+    /// Removes expired upload sessions and their staged bytes; returns how many.
+    pub async fn sweep_expired_uploads(&self) -> Result<usize> {
+        let expired = self.meta.expired_uploads(Timestamp::now(), 1000).await?;
+        let mut removed = 0;
+        for (tenant, id) in expired {
+            let _guard = self.upload_locks.lock(id).await;
+            match self.meta.delete_upload(&tenant, id).await {
+                Ok(()) => {
+                    self.blobs.stage_discard(&id).await?;
+                    removed += 1;
+                }
+                Err(StoreError::NotFound | StoreError::UploadNotOpen) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
+    }
+
+    // ---- events ------------------------------------------------------------------------
+
+    /// The tenant's events after `since`, oldest first; if there are none yet, waits up to
+    /// `wait` for the first one.
+    pub async fn events(
+        &self,
+        tenant: &str,
+        since: u64,
+        limit: Option<u32>,
+        wait: Duration,
+    ) -> Result<Vec<Event>> {
+        let limit = limits::clamp_limit(limit, DEFAULT_EVENT_LIMIT, MAX_EVENT_LIMIT);
+        let deadline = Instant::now() + wait;
+        let mut watch = self.meta.event_watch();
+        loop {
+            // Marking the value seen before querying means a commit after the query still
+            // wakes us: no event can slip between the query and the wait.
+            let latest = *watch.borrow_and_update();
+            if latest > since {
+                let events = self.meta.events_since(tenant, since, limit).await?;
+                if !events.is_empty() {
+                    return Ok(events);
+                }
+            }
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the store is shutting down: answer with nothing.
+                Ok(Err(_)) | Err(_) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    // ---- helpers -----------------------------------------------------------------------
+
+    fn expiry(&self, now: Timestamp) -> Timestamp {
+        now.plus_secs(self.config.upload_ttl.as_secs())
+    }
+
+    /// Validates a file's path, media type and expected digest; guesses the media type.
+    fn check_new_file(&self, new: &NewFile) -> Result<(String, Option<Sha256Digest>)> {
+        let mut errors = Errors::new();
+        errors.check("path", validate::path(&new.path));
+        if let Some(media_type) = &new.media_type {
+            errors.check("media_type", validate::media_type(media_type));
+        }
+        let expected = match &new.sha256 {
+            Some(hex) => {
+                let parsed =
+                    Sha256Digest::from_hex(hex).or_else(|| Sha256Digest::from_content_address(hex));
+                if parsed.is_none() {
+                    errors.push("sha256", "must be 64 lowercase hex digits");
+                }
+                parsed
+            }
+            None => None,
+        };
+        errors.into_result().map_err(RegistryError::Invalid)?;
+        let media_type = new
+            .media_type
+            .clone()
+            .unwrap_or_else(|| guess_media_type(&new.path));
+        Ok((media_type, expected))
+    }
+
+    async fn open_package(&self, tenant: &str, id: PackageId) -> Result<Package> {
+        let package = self.package(tenant, id).await?;
+        if package.state == PackageState::Finalized {
+            return Err(RegistryError::PackageFinalized);
+        }
+        Ok(package)
+    }
+
+    async fn record_file(&self, file: &FileRecord, upload: Option<UploadId>) -> Result<()> {
+        let event = new_event(EventType::FileAdded, &file.tenant, file.package_id, file);
+        match self.meta.add_file(file, upload, event).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Package)),
+            Err(e) => Err(self.upload_error(e)),
+        }
+    }
+
+    /// Every file of a package, in path order (for the manifest).
+    async fn all_files(&self, tenant: &str, id: PackageId) -> Result<Vec<FileRecord>> {
+        let mut files = Vec::new();
+        loop {
+            let after = files.last().map(|f: &FileRecord| f.path.clone());
+            let page = self
+                .meta
+                .list_files(tenant, id, after.as_deref(), MAX_PAGE_LIMIT)
+                .await?;
+            let done = page.len() < MAX_PAGE_LIMIT as usize;
+            files.extend(page);
+            if done {
+                return Ok(files);
+            }
+        }
+    }
+
+    async fn live_upload(&self, tenant: &str, id: UploadId) -> Result<UploadRecord> {
+        let not_found = RegistryError::NotFound(Resource::Upload);
+        let record = self.meta.upload(tenant, id).await?.ok_or(not_found)?;
+        let expired =
+            record.upload.state == UploadState::Open && record.upload.expires_at < Timestamp::now();
+        if record.upload.state == UploadState::Cancelled || expired {
+            return Err(RegistryError::NotFound(Resource::Upload));
+        }
+        Ok(record)
+    }
+
+    async fn open_upload(&self, tenant: &str, id: UploadId) -> Result<UploadRecord> {
+        let record = self.live_upload(tenant, id).await?;
+        if record.upload.state == UploadState::Completed {
+            return Err(RegistryError::UploadCompleted);
+        }
+        Ok(record)
+    }
+
+    fn upload_error(&self, e: StoreError) -> RegistryError {
+        match e {
+            StoreError::UploadNotOpen => RegistryError::UploadCompleted,
+            StoreError::NotFound => RegistryError::NotFound(Resource::Upload),
+            other => other.into(),
+        }
+    }
+}
+
+fn new_event<T: serde::Serialize>(
+    kind: EventType,
+    tenant: &str,
+    package_id: PackageId,
+    resource: &T,
+) -> NewEvent {
+    NewEvent {
+        kind,
+        occurred_at: Timestamp::now(),
+        tenant: tenant.to_string(),
+        package_id,
+        // Serializing our own resource types to JSON cannot fail (string keys only).
+        data: serde_json::to_value(resource).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+fn restore_hasher(record: &UploadRecord) -> Result<Sha256Hasher> {
+    let hasher = Sha256Hasher::restore(&record.hash_state)
+        .filter(|h| h.len() == record.upload.offset)
+        .ok_or_else(|| StoreError::Corrupt(format!("hash state of {}", record.upload.id)))?;
+    Ok(hasher)
+}
+
+fn guess_media_type(path: &str) -> String {
+    mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
+        .to_string()
+}
+
+fn invalid_cursor() -> RegistryError {
+    RegistryError::Invalid(vec![FieldError {
+        field: "cursor".into(),
+        message: "not a cursor returned by this listing".into(),
+    }])
+}
+
+/// Trims a `limit + 1` result to `limit` and names the cursor of the next page, if any.
+fn next_page<T>(items: &mut Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Option<String> {
+    if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(cursor)
+    } else {
+        None
+    }
+}
+
+fn decode_path_cursor(cursor: &str) -> Option<String> {
+    String::from_utf8(hex::decode(cursor).ok()?).ok()
+}
+
+/// One async mutex per upload id in use, so two requests never write the same upload's
+/// staging area at once in this process; entries vanish when no one holds or awaits them.
+/// (Across replicas, the metadata store's compare-and-set on the offset decides.)
+#[derive(Default)]
+struct KeyedLocks {
+    locks: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct KeyedGuard<'a> {
+    owner: &'a KeyedLocks,
+    key: UploadId,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: UploadId) -> KeyedGuard<'_> {
+        let mutex = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key).or_default().clone()
+        };
+        let guard = mutex.lock_owned().await;
+        KeyedGuard {
+            owner: self,
+            key,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyedGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.owner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}

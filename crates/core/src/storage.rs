@@ -1,0 +1,220 @@
+//! The two storage traits the registry is written against — [`BlobStore`] for bytes and
+//! [`MetadataStore`] for records and the event log — and their shared error type.
+//!
+//! Implementations live in `artifactstore-storage`. Nothing here assumes one process, one
+//! machine or one database engine: every change that matters is one store call, atomic on its
+//! own, and every cross-request invariant is checked inside the store (compare-and-set), not by
+//! the registry holding a lock.
+
+use std::io;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use tokio::sync::watch;
+
+use crate::digest::{Sha256Digest, Sha256Hasher};
+use crate::ids::{FileId, PackageId, UploadId};
+use crate::model::*;
+use crate::timestamp::Timestamp;
+
+/// A stream of bytes going into or coming out of a store. Errors on an incoming stream are the
+/// client's (reported as [`StoreError::Body`]); errors on an outgoing one are the store's.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// The storage layer's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("the package is finalized")]
+    PackageFinalized,
+    #[error("the package already has a file at path {0:?}")]
+    PathTaken(String),
+    #[error("the upload is not open")]
+    UploadNotOpen,
+    /// A compare-and-set lost: the record is no longer in the state the caller read.
+    #[error("the record changed concurrently")]
+    Stale,
+    #[error("request body failed: {0}")]
+    Body(io::Error),
+    #[error("body longer than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    /// Stored data is not what it should be (a blob of the wrong size, an unreadable row).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("blob store i/o failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("metadata store failed: {0}")]
+    Database(String),
+}
+
+/// A blob that is durably in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: Sha256Digest,
+    pub size: u64,
+}
+
+/// Content-addressed bytes, plus the staging area of upload sessions.
+///
+/// Architecture invariant: a blob is visible under its digest only once all its bytes are
+/// written, made durable and hashed to that digest. Staged upload bytes are never visible as a
+/// blob until [`stage_commit`](Self::stage_commit).
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Answers when the store can be used (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Streams `body` into the store, hashing in the same pass that writes. Fails with
+    /// [`StoreError::TooLarge`] past `max_len` bytes and [`StoreError::DigestMismatch`] when
+    /// `expected` is given and differs; on any failure nothing becomes visible. Storing bytes
+    /// that are already present is not an error (the content is kept once).
+    async fn put(
+        &self,
+        body: ByteStream,
+        expected: Option<Sha256Digest>,
+        max_len: u64,
+    ) -> Result<BlobInfo, StoreError>;
+
+    /// The size of a stored blob, or `None`.
+    async fn size(&self, digest: &Sha256Digest) -> Result<Option<u64>, StoreError>;
+
+    /// Streams the bytes `range` of a blob (the caller clamps it to the blob's size).
+    async fn read(
+        &self,
+        digest: &Sha256Digest,
+        range: Range<u64>,
+    ) -> Result<ByteStream, StoreError>;
+
+    /// Writes `body` into the staging area of `upload` at `offset`, discarding anything staged
+    /// past `offset` first (the leftovers of a failed append). `hasher` holds the state of the
+    /// bytes before `offset` and is returned advanced over the new ones. At most `max_len`
+    /// bytes are taken ([`StoreError::TooLarge`] past that). On success the new bytes are
+    /// durable. An implementation may keep one staged object per append, keyed by `offset`.
+    async fn stage_append(
+        &self,
+        upload: &UploadId,
+        offset: u64,
+        hasher: Sha256Hasher,
+        body: ByteStream,
+        max_len: u64,
+    ) -> Result<Sha256Hasher, StoreError>;
+
+    /// Makes the first `blob.size` staged bytes of `upload` the blob `blob.digest`, leaving the
+    /// staged bytes in place (so a complete that fails later leaves the upload resumable).
+    async fn stage_commit(&self, upload: &UploadId, blob: BlobInfo) -> Result<(), StoreError>;
+
+    /// Removes whatever is staged for `upload`; no error if nothing is.
+    async fn stage_discard(&self, upload: &UploadId) -> Result<(), StoreError>;
+}
+
+/// Packages, files, upload sessions and the event log.
+///
+/// Architecture invariant: each call that changes a package, file or upload and emits an
+/// event does both in one transaction; the event's sequence is assigned inside it, and
+/// sequences become visible in the order they were assigned with no gaps.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a new package and its `package.created` event.
+    async fn create_package(&self, package: &Package, event: NewEvent)
+    -> Result<Event, StoreError>;
+
+    async fn package(&self, tenant: &str, id: PackageId) -> Result<Option<Package>, StoreError>;
+
+    /// Packages of `tenant` matching `query`, newest first, with ids below `before` (the
+    /// cursor), at most `limit`.
+    async fn list_packages(
+        &self,
+        tenant: &str,
+        query: &PackageQuery,
+        before: Option<PackageId>,
+        limit: u32,
+    ) -> Result<Vec<Package>, StoreError>;
+
+    /// Adds a file to its (open) package, updates the package's counts and appends the
+    /// `file.added` event. With `upload`, also marks that open upload completed. Fails with
+    /// `NotFound`, `PackageFinalized`, `PathTaken` or `UploadNotOpen` and then changes nothing.
+    async fn add_file(
+        &self,
+        file: &FileRecord,
+        upload: Option<UploadId>,
+        event: NewEvent,
+    ) -> Result<Event, StoreError>;
+
+    async fn file(&self, tenant: &str, id: FileId) -> Result<Option<FileRecord>, StoreError>;
+
+    /// Files of a package in UTF-8 byte order of their paths, after `after`, at most `limit`.
+    async fn list_files(
+        &self,
+        tenant: &str,
+        package: PackageId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, StoreError>;
+
+    /// Freezes an open package that still has `file_count` files, storing its manifest and
+    /// appending the `package.finalized` event. If the package is already finalized, returns
+    /// it unchanged with no event. `Stale` if files were added since the manifest was built.
+    async fn finalize(
+        &self,
+        tenant: &str,
+        package: PackageId,
+        file_count: u64,
+        finalized_at: Timestamp,
+        manifest: &StoredManifest,
+        event: NewEvent,
+    ) -> Result<(Package, Option<Event>), StoreError>;
+
+    async fn manifest(
+        &self,
+        tenant: &str,
+        package: PackageId,
+    ) -> Result<Option<StoredManifest>, StoreError>;
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
+
+    async fn upload(&self, tenant: &str, id: UploadId) -> Result<Option<UploadRecord>, StoreError>;
+
+    /// Moves an open upload from `from_offset` to `hasher.len()` bytes, saving the hasher's
+    /// state and a new expiry; `size` is set when it was unknown. `Stale` if the offset is
+    /// no longer `from_offset`, `UploadNotOpen` if it is not open.
+    async fn advance_upload(
+        &self,
+        tenant: &str,
+        id: UploadId,
+        from_offset: u64,
+        hasher: &Sha256Hasher,
+        size: Option<u64>,
+        expires_at: Timestamp,
+    ) -> Result<UploadRecord, StoreError>;
+
+    /// Deletes an open upload's record. `UploadNotOpen` if it is completed.
+    async fn delete_upload(&self, tenant: &str, id: UploadId) -> Result<(), StoreError>;
+
+    /// Open uploads whose expiry is before `now`, at most `limit`.
+    async fn expired_uploads(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(String, UploadId)>, StoreError>;
+
+    /// The tenant's events with sequence above `since`, oldest first, at most `limit`.
+    async fn events_since(
+        &self,
+        tenant: &str,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The highest committed event sequence of the whole store, updated after each commit.
+    fn event_watch(&self) -> watch::Receiver<u64>;
+}
