@@ -1,0 +1,380 @@
+//! Content-addressed blobs in a local directory, and upload staging beside them.
+//!
+//! Layout under the root: `blobs/sha256/<first two hex digits>/<hex>` for blobs, `tmp/` for
+//! blobs being written, `uploads/<upload id>` for staged upload bytes. All three are on one
+//! filesystem, so a finished blob moves into place with an atomic rename (or link).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use artifactstore_core::storage::{BlobInfo, BlobStore, ByteStream, StoreError};
+use artifactstore_core::{Sha256Digest, Sha256Hasher, UploadId};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+
+/// Read blocks of this size: large blocks serve files far faster than small ones here.
+const READ_BLOCK: usize = 256 * 1024;
+/// Bytes gathered before one `write` call.
+const WRITE_BLOCK: usize = 1024 * 1024;
+/// Chunks in flight between the receiving task and the hashing and writing threads.
+const PIPELINE_DEPTH: usize = 16;
+
+#[derive(Clone)]
+pub struct FsBlobStore {
+    inner: Arc<Dirs>,
+}
+
+struct Dirs {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    uploads: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a blob directory at `root`, removing leftovers of writes
+    /// that a crash interrupted.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        let dirs = tokio::task::spawn_blocking(move || -> io::Result<Dirs> {
+            let dirs = Dirs {
+                blobs: root.join("blobs").join("sha256"),
+                tmp: root.join("tmp"),
+                uploads: root.join("uploads"),
+            };
+            for dir in [&dirs.blobs, &dirs.tmp, &dirs.uploads] {
+                std::fs::create_dir_all(dir)?;
+            }
+            // Fan-out directories exist up front, so storing a blob never creates one and
+            // only its own directory needs an fsync.
+            for byte in 0..=255u8 {
+                std::fs::create_dir_all(dirs.blobs.join(format!("{byte:02x}")))?;
+            }
+            for entry in std::fs::read_dir(&dirs.tmp)? {
+                std::fs::remove_file(entry?.path())?;
+            }
+            sync_dir(&root)?;
+            Ok(dirs)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Self {
+            inner: Arc::new(dirs),
+        })
+    }
+
+    fn blob_path(&self, digest: &Sha256Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.inner.blobs.join(&hex[..2]).join(hex)
+    }
+
+    fn staging_path(&self, upload: &UploadId) -> PathBuf {
+        self.inner.uploads.join(upload.to_string())
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let meta = tokio::fs::metadata(&self.inner.tmp).await?;
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt("tmp is not a directory".into()))
+        }
+    }
+
+    async fn put(
+        &self,
+        body: ByteStream,
+        expected: Option<Sha256Digest>,
+        max_len: u64,
+    ) -> Result<BlobInfo, StoreError> {
+        let temp = TempFile::new(self.inner.tmp.join(ulid::Ulid::new().to_string()));
+        let file = blocking({
+            let path = temp.path.clone();
+            move || OpenOptions::new().write(true).create_new(true).open(path)
+        })
+        .await?;
+        let hasher = write_stream(file, Sha256Hasher::new(), body, max_len).await?;
+        let info = BlobInfo {
+            size: hasher.len(),
+            digest: hasher.finish(),
+        };
+        if let Some(expected) = expected
+            && expected != info.digest
+        {
+            return Err(StoreError::DigestMismatch {
+                expected,
+                actual: info.digest,
+            });
+        }
+        let target = self.blob_path(&info.digest);
+        blocking(move || {
+            // Same digest, same bytes: a present blob of the right size is this one.
+            if std::fs::metadata(&target).is_ok_and(|m| m.len() == info.size) {
+                return Ok(());
+            }
+            std::fs::rename(&temp.path, &target)?;
+            temp.disarm();
+            sync_dir(parent(&target))
+        })
+        .await?;
+        Ok(info)
+    }
+
+    async fn size(&self, digest: &Sha256Digest) -> Result<Option<u64>, StoreError> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read(
+        &self,
+        digest: &Sha256Digest,
+        range: Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let len = file.metadata().await?.len();
+        if range.end > len {
+            return Err(StoreError::Corrupt(format!(
+                "blob {digest:?} has {len} bytes"
+            )));
+        }
+        file.seek(SeekFrom::Start(range.start)).await?;
+        let reader = file.take(range.end - range.start);
+        Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_BLOCK).boxed())
+    }
+
+    async fn stage_append(
+        &self,
+        upload: &UploadId,
+        offset: u64,
+        hasher: Sha256Hasher,
+        body: ByteStream,
+        max_len: u64,
+    ) -> Result<Sha256Hasher, StoreError> {
+        let path = self.staging_path(upload);
+        let tmp = self.inner.tmp.clone();
+        let file = blocking(move || open_staging(&path, &tmp, offset)).await?;
+        write_stream(file, hasher, body, max_len).await
+    }
+
+    async fn stage_commit(&self, upload: &UploadId, blob: BlobInfo) -> Result<(), StoreError> {
+        let staged = self.staging_path(upload);
+        let target = self.blob_path(&blob.digest);
+        blocking(move || {
+            if std::fs::metadata(&target).is_ok_and(|m| m.len() == blob.size) {
+                return Ok(());
+            }
+            let file = match OpenOptions::new().write(true).open(&staged) {
+                Ok(file) => file,
+                // A complete of an empty upload that never saw a PATCH.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && blob.size == 0 => {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&staged)?;
+                    file.sync_all()?;
+                    file
+                }
+                Err(e) => return Err(e),
+            };
+            let len = file.metadata()?.len();
+            if len < blob.size {
+                return Err(io::Error::other(format!(
+                    "staged upload has {len} bytes, expected {}",
+                    blob.size
+                )));
+            }
+            if len > blob.size {
+                // Bytes past the offset are what a failed append left; they are no one's.
+                file.set_len(blob.size)?;
+                file.sync_all()?;
+            }
+            // A link keeps the staged bytes in place until the file is recorded; the
+            // next append to this upload, if any, first copies them (see open_staging).
+            match std::fs::hard_link(&staged, &target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // A blob of the wrong size under this name is damaged: replace it.
+                    let tmp = target.with_extension("replace");
+                    std::fs::hard_link(&staged, &tmp)?;
+                    std::fs::rename(&tmp, &target)?;
+                }
+                Err(e) => return Err(e),
+            }
+            sync_dir(parent(&target))
+        })
+        .await
+    }
+
+    async fn stage_discard(&self, upload: &UploadId) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.staging_path(upload)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Opens the staging file of an upload for writing at `offset`.
+fn open_staging(path: &Path, tmp: &Path, offset: u64) -> io::Result<File> {
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.len() < offset {
+        return Err(io::Error::other(format!(
+            "staged upload has {} bytes but its offset is {offset}",
+            meta.len()
+        )));
+    }
+    if meta.nlink() > 1 {
+        // Linked into the blob store by a complete that then failed: writing in place would
+        // change that blob. Continue on a private copy instead.
+        let copy = tmp.join(ulid::Ulid::new().to_string());
+        std::fs::copy(path, &copy)?;
+        File::open(&copy)?.sync_all()?;
+        std::fs::rename(&copy, path)?;
+        sync_dir(parent(path))?;
+        file = OpenOptions::new().read(true).write(true).open(path)?;
+    }
+    file.set_len(offset)?;
+    file.seek(SeekFrom::Start(offset))?;
+    if !existed {
+        sync_dir(parent(path))?;
+    }
+    Ok(file)
+}
+
+/// Streams `body` into `file` at its current position and advances `hasher` over the same
+/// bytes: one pass, with hashing and writing on two blocking threads so they overlap. Returns
+/// once the bytes are durable. At most `max_len` bytes are taken.
+async fn write_stream(
+    file: File,
+    hasher: Sha256Hasher,
+    mut body: ByteStream,
+    max_len: u64,
+) -> Result<Sha256Hasher, StoreError> {
+    // `None` says "that was all": a channel closed without it means the write was abandoned.
+    let (to_writer, mut writer_rx) = mpsc::channel::<Option<Bytes>>(PIPELINE_DEPTH);
+    let (to_hasher, mut hasher_rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
+    let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(WRITE_BLOCK, file);
+        while let Some(message) = writer_rx.blocking_recv() {
+            match message {
+                Some(chunk) => out.write_all(&chunk)?,
+                None => {
+                    let file = out.into_inner().map_err(|e| e.into_error())?;
+                    return file.sync_all();
+                }
+            }
+        }
+        Err(io::Error::other("write abandoned"))
+    });
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut hasher = hasher;
+        while let Some(chunk) = hasher_rx.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hasher
+    });
+
+    let mut taken: u64 = 0;
+    let received: Result<(), StoreError> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(StoreError::Body)?;
+            taken += chunk.len() as u64;
+            if taken > max_len {
+                return Err(StoreError::TooLarge { limit: max_len });
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            // A closed channel means the writer failed; its error is reported below.
+            if to_writer.send(Some(chunk.clone())).await.is_err()
+                || to_hasher.send(chunk).await.is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if received.is_ok() {
+        let _ = to_writer.send(None).await;
+    }
+    drop(to_writer);
+    drop(to_hasher);
+    let written = writer.await.map_err(join_error)?;
+    let hasher = hashing.await.map_err(join_error)?;
+    received?;
+    written?;
+    Ok(hasher)
+}
+
+/// A file in `tmp/` that is removed when dropped unless it was moved into place — also when
+/// the request writing it is cancelled.
+struct TempFile {
+    path: PathBuf,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            armed: true.into(),
+        }
+    }
+
+    fn disarm(&self) {
+        self.armed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if *self.armed.get_mut() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Makes a directory's entries (a rename, a new file) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    Ok(tokio::task::spawn_blocking(f).await.map_err(join_error)??)
+}
+
+fn join_error(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(format!("blocking task failed: {e}"))
+}

@@ -1,0 +1,761 @@
+//! The registry on its embedded stores (SQLite + blob directory): packages, files, manifests,
+//! listing, events, concurrency and faults.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use artifactstore_core::*;
+use common::*;
+
+fn file(path: &str) -> NewFile {
+    NewFile {
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn package_lifecycle_and_manifest() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let pkg = r.create_package(TENANT, new_package()).await.unwrap();
+    assert_eq!(pkg.state, PackageState::Open);
+    assert!(pkg.id.to_string().starts_with("pkg_"));
+
+    let a = bytes(100_000, 1);
+    let f = r
+        .add_file(TENANT, pkg.id, file("bin/app"), body(&a, 7000))
+        .await
+        .unwrap();
+    assert_eq!(f.size, 100_000);
+    assert_eq!(f.sha256(), Sha256Digest::of(&a));
+    assert_eq!(f.media_type, "application/octet-stream");
+    let g = r
+        .add_file(TENANT, pkg.id, file("README.md"), body(b"# hi", 1))
+        .await
+        .unwrap();
+    assert_eq!(g.media_type, "text/markdown");
+    let e = r
+        .add_file(TENANT, pkg.id, file("empty"), body(b"", 1))
+        .await
+        .unwrap();
+    assert_eq!(e.size, 0);
+
+    let got = r.package(TENANT, pkg.id).await.unwrap();
+    assert_eq!((got.file_count, got.total_size), (3, 100_004));
+    assert!(matches!(
+        r.manifest(TENANT, pkg.id).await,
+        Err(RegistryError::NotFinalized)
+    ));
+
+    let done = r.finalize(TENANT, pkg.id).await.unwrap();
+    assert_eq!(done.state, PackageState::Finalized);
+    let again = r.finalize(TENANT, pkg.id).await.unwrap();
+    assert_eq!(done, again, "finalize is idempotent");
+
+    let m = r.manifest(TENANT, pkg.id).await.unwrap();
+    assert_eq!(Some(ContentAddress(m.digest)), done.manifest_digest);
+    assert_eq!(m.digest, Sha256Digest::of(&m.cbor));
+    let decoded: manifest::Manifest = ciborium_free_decode(&m.json);
+    let paths: Vec<_> = decoded.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["README.md", "bin/app", "empty"]);
+    assert_eq!(decoded.finalized_at, done.finalized_at.unwrap());
+
+    // Finalized packages take no more files, and the attempt stores nothing.
+    let blobs_before = env.blob_files().len();
+    let err = r
+        .add_file(TENANT, pkg.id, file("late"), body(b"new bytes", 4))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::PackageFinalized), "{err:?}");
+    assert_eq!(env.blob_files().len(), blobs_before);
+
+    // Downloads, whole and by range.
+    let (_, stream) = r.open_file(TENANT, f.id, None).await.unwrap();
+    assert_eq!(collect(stream).await, a);
+    let (_, stream) = r.open_file(TENANT, f.id, Some(10..20)).await.unwrap();
+    assert_eq!(collect(stream).await, &a[10..20]);
+    let (_, stream) = r.open_file(TENANT, e.id, None).await.unwrap();
+    assert!(collect(stream).await.is_empty());
+}
+
+fn ciborium_free_decode(json: &str) -> manifest::Manifest {
+    serde_json::from_str(json).unwrap()
+}
+
+#[tokio::test]
+async fn duplicate_path_and_validation_change_nothing() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let pkg = r.create_package(TENANT, new_package()).await.unwrap();
+    r.add_file(TENANT, pkg.id, file("a"), body(b"one", 3))
+        .await
+        .unwrap();
+    let err = r
+        .add_file(TENANT, pkg.id, file("a"), body(b"two", 3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::PathTaken(ref p) if p == "a"),
+        "{err:?}"
+    );
+
+    let err = r
+        .add_file(TENANT, pkg.id, file("../x"), body(b"x", 1))
+        .await
+        .unwrap_err();
+    let RegistryError::Invalid(fields) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(fields[0].field, "path");
+
+    let bad = NewFile {
+        path: "ok".into(),
+        media_type: Some("nope".into()),
+        sha256: Some("xyz".into()),
+    };
+    let RegistryError::Invalid(fields) = r
+        .add_file(TENANT, pkg.id, bad, body(b"x", 1))
+        .await
+        .unwrap_err()
+    else {
+        panic!()
+    };
+    let names: Vec<_> = fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(names, ["media_type", "sha256"]);
+
+    let mut bad_pkg = new_package();
+    bad_pkg.producer = String::new();
+    bad_pkg.retention_class = "Standard".into();
+    bad_pkg.metadata.insert("bad key".into(), "v".into());
+    let RegistryError::Invalid(fields) = r.create_package(TENANT, bad_pkg).await.unwrap_err()
+    else {
+        panic!()
+    };
+    let names: Vec<_> = fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(names, ["producer", "retention_class", "metadata"]);
+
+    let got = r.package(TENANT, pkg.id).await.unwrap();
+    assert_eq!(got.file_count, 1);
+    // One package.created and one file.added: the failures made no events.
+    assert_eq!(
+        r.events(TENANT, 0, None, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn retention_classes_can_be_restricted() {
+    let config = RegistryConfig {
+        retention_classes: Some(["standard".to_string()].into_iter().collect()),
+        ..Default::default()
+    };
+    let env = Env::with_config(config).await;
+    env.registry
+        .create_package(TENANT, new_package())
+        .await
+        .unwrap();
+    let mut other = new_package();
+    other.retention_class = "forever".into();
+    let err = env
+        .registry
+        .create_package(TENANT, other)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Invalid(ref f) if f[0].field == "retention_class"));
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_other() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let pkg = r.create_package("acme", new_package()).await.unwrap();
+    let f = r
+        .add_file("acme", pkg.id, file("a"), body(b"secret", 2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.package("beta", pkg.id).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        r.file("beta", f.id).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        r.open_file("beta", f.id, None).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    let err = r
+        .add_file("beta", pkg.id, file("b"), body(b"x", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound(_)));
+    assert!(matches!(
+        r.finalize("beta", pkg.id).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        r.manifest("beta", pkg.id).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    let q = PackageQuery::default();
+    assert!(
+        r.list_packages("beta", &q, None, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        r.events("beta", 0, None, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let contains = PackageQuery {
+        contains: Some(f.sha256()),
+        ..Default::default()
+    };
+    assert!(
+        r.list_packages("beta", &contains, None, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        r.list_packages("acme", &contains, None, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn listing_filters_and_paging() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let mut new = new_package();
+        new.producer = format!("producer-{}", i % 3);
+        new.subject = format!("app@{i}");
+        new.retention_class = if i % 2 == 0 {
+            "standard".into()
+        } else {
+            "short".into()
+        };
+        new.metadata = BTreeMap::new();
+        new.metadata.insert(
+            "team".into(),
+            if i % 5 == 0 {
+                "red".into()
+            } else {
+                "blue".into()
+            },
+        );
+        if i % 7 == 0 {
+            new.metadata.insert("release".into(), "yes".into());
+        }
+        let pkg = r.create_package(TENANT, new).await.unwrap();
+        r.add_file(
+            TENANT,
+            pkg.id,
+            file("f"),
+            body(format!("content {}", i % 4).as_bytes(), 3),
+        )
+        .await
+        .unwrap();
+        if i % 10 == 0 {
+            r.finalize(TENANT, pkg.id).await.unwrap();
+        }
+        ids.push(pkg.id);
+    }
+    let list = |q: PackageQuery| async move {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = r
+                .list_packages(TENANT, &q, cursor.as_deref(), Some(4))
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 4);
+            all.extend(page.items.iter().map(|p| p.id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return all,
+            }
+        }
+    };
+    let newest_first: Vec<_> = ids.iter().rev().copied().collect();
+    assert_eq!(list(PackageQuery::default()).await, newest_first);
+    let pick = |f: &dyn Fn(usize) -> bool| -> Vec<PackageId> {
+        (0..30).rev().filter(|i| f(*i)).map(|i| ids[i]).collect()
+    };
+    let q = PackageQuery {
+        producer: Some("producer-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(q).await, pick(&|i| i % 3 == 1));
+    let q = PackageQuery {
+        subject: Some("app@7".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(q).await, pick(&|i| i == 7));
+    let q = PackageQuery {
+        retention_class: Some("short".into()),
+        state: Some(PackageState::Finalized),
+        ..Default::default()
+    };
+    assert_eq!(list(q).await, pick(&|i| i % 2 == 1 && i % 10 == 0));
+    let q = PackageQuery {
+        state: Some(PackageState::Finalized),
+        ..Default::default()
+    };
+    assert_eq!(list(q).await, pick(&|i| i % 10 == 0));
+    let q = PackageQuery {
+        metadata: vec![("team".into(), "red".into())],
+        ..Default::default()
+    };
+    assert_eq!(list(q).await, pick(&|i| i % 5 == 0));
+    let q = PackageQuery {
+        metadata: vec![("team".into(), "blue".into())],
+        has_metadata: vec!["release".into()],
+        ..Default::default()
+    };
+    assert_eq!(list(q).await, pick(&|i| i % 5 != 0 && i % 7 == 0));
+    let q = PackageQuery {
+        contains: Some(Sha256Digest::of(b"content 2")),
+        ..Default::default()
+    };
+    assert_eq!(list(q).await, pick(&|i| i % 4 == 2));
+    let all = r
+        .list_packages(TENANT, &PackageQuery::default(), None, Some(1000))
+        .await
+        .unwrap()
+        .items;
+    let t10 = all.iter().find(|p| p.id == ids[10]).unwrap().created_at;
+    let t20 = all.iter().find(|p| p.id == ids[20]).unwrap().created_at;
+    let q = PackageQuery {
+        created_after: Some(t10),
+        created_before: Some(t20),
+        ..Default::default()
+    };
+    let got = list(q).await;
+    assert!(!got.contains(&ids[0]) && !got.contains(&ids[29]));
+    assert!(got.iter().all(|id| {
+        all.iter()
+            .any(|p| p.id == *id && p.created_at > t10 && p.created_at < t20)
+    }));
+
+    // A cursor stays valid while new packages arrive.
+    let page = r
+        .list_packages(TENANT, &PackageQuery::default(), None, Some(10))
+        .await
+        .unwrap();
+    r.create_package(TENANT, new_package()).await.unwrap();
+    let next = r
+        .list_packages(
+            TENANT,
+            &PackageQuery::default(),
+            page.next_cursor.as_deref(),
+            Some(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        newest_first[10..20]
+    );
+    let err = r
+        .list_packages(TENANT, &PackageQuery::default(), Some("garbage"), None)
+        .await;
+    assert!(matches!(err, Err(RegistryError::Invalid(ref f)) if f[0].field == "cursor"));
+    // Limits are clamped, not refused.
+    let page = r
+        .list_packages(TENANT, &PackageQuery::default(), None, Some(100_000))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 31);
+    let page = r
+        .list_packages(TENANT, &PackageQuery::default(), None, Some(0))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+}
+
+#[tokio::test]
+async fn files_list_in_byte_order_with_paging() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let pkg = r.create_package(TENANT, new_package()).await.unwrap();
+    let paths = ["b", "a/z", "a", "Z", "é", "e", "a/b/c", "ß", "中文", "~"];
+    for p in paths {
+        r.add_file(TENANT, pkg.id, file(p), body(p.as_bytes(), 2))
+            .await
+            .unwrap();
+    }
+    let mut expected: Vec<&str> = paths.to_vec();
+    expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut got = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = r
+            .list_files(TENANT, pkg.id, cursor.as_deref(), Some(3))
+            .await
+            .unwrap();
+        got.extend(page.items.into_iter().map(|f| f.path));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn expected_digest_mismatch_stores_nothing() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let pkg = r.create_package(TENANT, new_package()).await.unwrap();
+    let wrong = NewFile {
+        path: "a".into(),
+        media_type: None,
+        sha256: Some(Sha256Digest::of(b"other").hex()),
+    };
+    let err = r
+        .add_file(TENANT, pkg.id, wrong, body(b"actual", 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(env.blob_files().is_empty());
+    assert!(env.temp_files().is_empty());
+    assert_eq!(r.package(TENANT, pkg.id).await.unwrap().file_count, 0);
+    assert_eq!(
+        r.events(TENANT, 0, None, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let right = NewFile {
+        path: "a".into(),
+        media_type: None,
+        sha256: Some(Sha256Digest::of(b"actual").hex()),
+    };
+    r.add_file(TENANT, pkg.id, right, body(b"actual", 2))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failed_or_dropped_streams_leave_nothing() {
+    let env = Env::new().await;
+    let r = env.registry.clone();
+    let pkg = r.create_package(TENANT, new_package()).await.unwrap();
+
+    let err = r
+        .add_file(
+            TENANT,
+            pkg.id,
+            file("a"),
+            failing_body(&bytes(3_000_000, 2)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Body(_)), "{err:?}");
+
+    // A request dropped mid-body (client gone, server shutting down) is a cancelled future.
+    let stalled = r.add_file(
+        TENANT,
+        pkg.id,
+        file("b"),
+        stalled_body(&bytes(2_000_000, 3)),
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stalled)
+            .await
+            .is_err()
+    );
+
+    // The size limit is enforced while streaming.
+    let small = Env::with_config(RegistryConfig {
+        max_file_bytes: 1000,
+        ..Default::default()
+    })
+    .await;
+    let p2 = small
+        .registry
+        .create_package(TENANT, new_package())
+        .await
+        .unwrap();
+    let err = small
+        .registry
+        .add_file(TENANT, p2.id, file("big"), body(&bytes(1001, 4), 100))
+        .await;
+    assert!(
+        matches!(err, Err(RegistryError::TooLarge { limit: 1000 })),
+        "{err:?}"
+    );
+    small
+        .registry
+        .add_file(TENANT, p2.id, file("fits"), body(&bytes(1000, 4), 100))
+        .await
+        .unwrap();
+    assert!(small.temp_files().is_empty());
+
+    // Give the writer threads a moment to notice the cancelled write.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(env.blob_files().is_empty(), "{:?}", env.blob_files());
+    assert!(env.temp_files().is_empty(), "{:?}", env.temp_files());
+    assert_eq!(r.package(TENANT, pkg.id).await.unwrap().file_count, 0);
+    assert_eq!(
+        r.events(TENANT, 0, None, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_keep_the_event_log_gap_free() {
+    let env = Env::new().await;
+    let base = env
+        .registry
+        .create_package(TENANT, new_package())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let r = env.registry.clone();
+        let tenant = if t % 4 == 0 { "beta" } else { TENANT };
+        tasks.push(tokio::spawn(async move {
+            let mut changes = 0;
+            let own = r.create_package(tenant, new_package()).await.unwrap();
+            changes += 1;
+            for i in 0..10u64 {
+                let data = bytes(1000 + i as usize * 997, t * 100 + i);
+                let target = if tenant == TENANT && i % 2 == 0 {
+                    base.id
+                } else {
+                    own.id
+                };
+                r.add_file(
+                    tenant,
+                    target,
+                    file(&format!("t{t}/f{i}")),
+                    body(&data, 512),
+                )
+                .await
+                .unwrap();
+                changes += 1;
+            }
+            r.finalize(tenant, own.id).await.unwrap();
+            changes + 1
+        }));
+    }
+    let mut changes = 1;
+    for t in tasks {
+        changes += t.await.unwrap();
+    }
+    let mut all = env
+        .registry
+        .events(TENANT, 0, Some(1000), Duration::ZERO)
+        .await
+        .unwrap();
+    all.extend(
+        env.registry
+            .events("beta", 0, Some(1000), Duration::ZERO)
+            .await
+            .unwrap(),
+    );
+    all.sort_by_key(|e| e.sequence);
+    let sequences: Vec<u64> = all.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=changes as u64).collect::<Vec<_>>(),
+        "gap-free, one per change"
+    );
+    let file_events: HashSet<String> = all
+        .iter()
+        .filter(|e| e.kind == EventType::FileAdded)
+        .map(|e| e.data["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(file_events.len(), 160, "every file has exactly one event");
+    let finals = all
+        .iter()
+        .filter(|e| e.kind == EventType::PackageFinalized)
+        .count();
+    assert_eq!(finals, 16);
+    let base_now = env.registry.package(TENANT, base.id).await.unwrap();
+    assert_eq!(base_now.file_count, 12 * 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_content_is_stored_once_under_races() {
+    let env = Env::new().await;
+    let pkg = env
+        .registry
+        .create_package(TENANT, new_package())
+        .await
+        .unwrap();
+    let data = bytes(4_000_000, 9);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let r = env.registry.clone();
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move {
+            r.add_file(
+                TENANT,
+                pkg.id,
+                file(&format!("copy{i}")),
+                body(&data, 65536),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut digests = HashSet::new();
+    for t in tasks {
+        digests.insert(t.await.unwrap().sha256());
+    }
+    assert_eq!(digests.len(), 1);
+    let blobs = env.blob_files();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert_eq!(std::fs::read(&blobs[0]).unwrap(), data);
+    assert!(env.temp_files().is_empty());
+}
+
+#[tokio::test]
+async fn finalize_races_with_adds_without_losing_files() {
+    let env = Env::new().await;
+    for round in 0..5 {
+        let r = env.registry.clone();
+        let pkg = r.create_package(TENANT, new_package()).await.unwrap();
+        let adder = {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut added = 0u64;
+                for i in 0..20 {
+                    match r
+                        .add_file(
+                            TENANT,
+                            pkg.id,
+                            file(&format!("f{i}")),
+                            body(&[round as u8, i], 1),
+                        )
+                        .await
+                    {
+                        Ok(_) => added += 1,
+                        Err(RegistryError::PackageFinalized) => break,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                added
+            })
+        };
+        tokio::task::yield_now().await;
+        let done = r.finalize(TENANT, pkg.id).await.unwrap();
+        let added = adder.await.unwrap();
+        let manifest: manifest::Manifest =
+            serde_json::from_str(&r.manifest(TENANT, pkg.id).await.unwrap().json).unwrap();
+        assert_eq!(done.file_count, added);
+        assert_eq!(
+            manifest.file_count, added,
+            "the manifest holds exactly the files accepted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_the_next_event() {
+    let env = Env::new().await;
+    let r = env.registry.clone();
+    let first = r.create_package(TENANT, new_package()).await.unwrap();
+    let events = r.events(TENANT, 0, None, Duration::ZERO).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventType::PackageCreated);
+    assert_eq!(events[0].data["id"], first.id.to_string());
+    let since = events[0].sequence;
+
+    // Nothing new: an empty answer once the wait is over.
+    let started = std::time::Instant::now();
+    assert!(
+        r.events(TENANT, since, None, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    let waiter = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let got = r
+                .events(TENANT, since, None, Duration::from_secs(20))
+                .await
+                .unwrap();
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another tenant's event does not end the wait.
+    r.create_package("beta", new_package()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    r.create_package(TENANT, new_package()).await.unwrap();
+    let (got, waited) = waiter.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].sequence, since + 2);
+    assert!(waited < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn data_survives_reopening_the_store() {
+    let env = Env::new().await;
+    let pkg = env
+        .registry
+        .create_package(TENANT, new_package())
+        .await
+        .unwrap();
+    let data = bytes(300_000, 5);
+    let f = env
+        .registry
+        .add_file(TENANT, pkg.id, file("x"), body(&data, 4096))
+        .await
+        .unwrap();
+    env.registry.finalize(TENANT, pkg.id).await.unwrap();
+    let manifest = env.registry.manifest(TENANT, pkg.id).await.unwrap();
+    let env = env.reopen().await;
+    let (_, stream) = env.registry.open_file(TENANT, f.id, None).await.unwrap();
+    assert_eq!(collect(stream).await, data);
+    assert_eq!(
+        env.registry.manifest(TENANT, pkg.id).await.unwrap(),
+        manifest
+    );
+    // Sequences continue after a restart.
+    env.registry
+        .create_package(TENANT, new_package())
+        .await
+        .unwrap();
+    let events = env
+        .registry
+        .events(TENANT, 0, None, Duration::ZERO)
+        .await
+        .unwrap();
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, [1, 2, 3, 4]);
+}
