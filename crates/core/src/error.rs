@@ -5,6 +5,7 @@ use crate::digest::Sha256Digest;
 use crate::storage::StoreError;
 
 /// One invalid field, named as the client sent it (`path`, `producer`, `metadata`, …).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     pub field: String,

@@ -11,6 +11,8 @@ use ulid::{Generator, Ulid};
 /// The kind of resource an [`Id`] names; fixes its prefix.
 pub trait IdKind: Send + Sync + 'static {
     const PREFIX: &'static str;
+    /// The name of the id's schema in the OpenAPI document.
+    const SCHEMA_NAME: &'static str;
 }
 
 macro_rules! id_kind {
@@ -19,6 +21,7 @@ macro_rules! id_kind {
         pub enum $kind {}
         impl IdKind for $kind {
             const PREFIX: &'static str = $prefix;
+            const SCHEMA_NAME: &'static str = stringify!($alias);
         }
         pub type $alias = Id<$kind>;
     };

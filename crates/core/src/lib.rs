@@ -7,6 +7,8 @@ pub mod ids;
 pub mod limits;
 pub mod manifest;
 pub mod model;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod registry;
 pub mod storage;
 pub mod timestamp;

@@ -34,6 +34,7 @@ impl<'de> Deserialize<'de> for ContentAddress {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PackageState {
@@ -59,6 +60,7 @@ impl PackageState {
 }
 
 /// A package resource, exactly as the contract's JSON shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Package {
     pub id: PackageId,
@@ -76,6 +78,7 @@ pub struct Package {
 }
 
 /// What a producer sends to create a package.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewPackage {
     pub producer: String,
@@ -85,6 +88,7 @@ pub struct NewPackage {
     pub metadata: BTreeMap<String, String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digests {
     pub sha256: Sha256Digest,
@@ -92,6 +96,7 @@ pub struct Digests {
 
 /// A file resource. `digests` and `content_address` always name the same digest; build one
 /// with [`FileRecord::new`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     pub id: FileId,
@@ -144,6 +149,7 @@ pub struct NewFile {
     pub sha256: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UploadState {
@@ -172,6 +178,7 @@ impl UploadState {
 }
 
 /// An upload session as clients see it (the server adds `upload_url`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upload {
     pub id: UploadId,
@@ -193,6 +200,7 @@ pub struct UploadRecord {
     pub file_id: Option<FileId>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "package.created")]
@@ -224,6 +232,7 @@ impl EventType {
 
 /// An event of the append-only log. `sequence` is assigned by the metadata store when the
 /// change that caused it commits.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub sequence: u64,
@@ -232,6 +241,7 @@ pub struct Event {
     pub occurred_at: Timestamp,
     pub tenant: String,
     pub package_id: PackageId,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: serde_json::Value,
 }
 
@@ -264,6 +274,7 @@ pub struct PackageQuery {
 }
 
 /// One page of a listing; `next_cursor` is `None` on the last page.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,

@@ -1,0 +1,37 @@
+# artifactstore — the two set-up commands are `make dev` and `make test`.
+
+DEV_TOKEN ?= devtoken
+DEV_LISTEN ?= 127.0.0.1:8080
+DEV_DATA ?= dev-data
+
+.PHONY: dev test lint unit bench build
+
+## Run a development server on the embedded stores (SQLite + ./dev-data/blobs).
+dev:
+	cargo build --release -p artifactstore
+	@echo ""
+	@echo "artifactstore dev server on http://$(DEV_LISTEN)  (data in ./$(DEV_DATA))"
+	@echo "  tenant: dev   token: $(DEV_TOKEN)   (reads also work without a token)"
+	@echo "  try:    curl -H 'Authorization: Bearer $(DEV_TOKEN)' http://$(DEV_LISTEN)/packages"
+	@echo "  docs:   http://$(DEV_LISTEN)/docs    walkthrough: README.md"
+	@echo ""
+	ARTIFACTSTORE_TOKENS=dev:$(DEV_TOKEN) ARTIFACTSTORE_ANON_READ=true \
+	ARTIFACTSTORE_LISTEN=$(DEV_LISTEN) ARTIFACTSTORE_DATA_DIR=$(DEV_DATA) \
+	./target/release/artifactstore serve
+
+## Everything CI checks: formatting, lints, the whole test suite.
+test: lint unit
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit:
+	cargo test --workspace
+
+## The ingest benchmark of the core (1 GiB; BENCH_MIB to change).
+bench:
+	cargo bench -p artifactstore-storage --bench ingest
+
+build:
+	cargo build --release -p artifactstore

@@ -1,0 +1,193 @@
+//! Bearer-token authentication and the two extractors handlers use: [`Reader`] and
+//! [`Writer`]. Tokens are kept only as SHA-256 hashes and compared in constant time.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+#[derive(Clone)]
+pub struct TokenEntry {
+    pub tenant: String,
+    hash: [u8; 32],
+    pub read_only: bool,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TokenEntry {{ tenant: {:?}, read_only: {} }}",
+            self.tenant, self.read_only
+        )
+    }
+}
+
+impl TokenEntry {
+    pub fn new(tenant: &str, token: &str, read_only: bool) -> Self {
+        Self {
+            tenant: tenant.into(),
+            hash: Sha256::digest(token.as_bytes()).into(),
+            read_only,
+        }
+    }
+
+    /// From the hex SHA-256 of a token, as a config file may hold it.
+    pub fn from_hash(tenant: &str, hex_hash: &str, read_only: bool) -> Option<Self> {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hex_hash.to_ascii_lowercase(), &mut hash).ok()?;
+        Some(Self {
+            tenant: tenant.into(),
+            hash,
+            read_only,
+        })
+    }
+}
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Auth {
+    tokens: Vec<TokenEntry>,
+    anon_tenant: Option<String>,
+}
+
+impl Auth {
+    pub fn new(tokens: Vec<TokenEntry>, anon_tenant: Option<String>) -> Self {
+        Self {
+            tokens,
+            anon_tenant,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn anon_tenant(&self) -> Option<&str> {
+        self.anon_tenant.as_deref()
+    }
+
+    /// The caller a token belongs to. Every entry is compared, each in constant time, so the
+    /// time taken says nothing about which token came close.
+    fn lookup(&self, token: &str) -> Option<Caller> {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for entry in &self.tokens {
+            let diff = entry
+                .hash
+                .iter()
+                .zip(presented.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(Caller {
+                    tenant: entry.tenant.clone(),
+                    read_only: entry.read_only,
+                });
+            }
+        }
+        found
+    }
+
+    /// The caller of a request: `Ok(None)` when it carries no credentials.
+    fn caller(&self, parts: &Parts) -> Result<Option<Caller>, ApiError> {
+        let Some(value) = parts.headers.get(AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+        let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::Unauthorized);
+        }
+        self.lookup(token.trim())
+            .map(Some)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// A caller allowed to read: any valid token, or anyone when anonymous reads are on.
+pub struct Reader(pub Caller);
+
+/// A caller allowed to change things: a valid token that is not read-only.
+pub struct Writer(pub Caller);
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match state.auth.caller(parts)? {
+            Some(caller) => Ok(Reader(caller)),
+            None => match &state.auth.anon_tenant {
+                Some(tenant) => Ok(Reader(Caller {
+                    tenant: tenant.clone(),
+                    read_only: true,
+                })),
+                None => Err(ApiError::Unauthorized),
+            },
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match state.auth.caller(parts)? {
+            Some(caller) if caller.read_only => Err(ApiError::Forbidden),
+            Some(caller) => Ok(Writer(caller)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_map_to_their_tenant() {
+        let auth = Auth::new(
+            vec![
+                TokenEntry::new("acme", "tok1", false),
+                TokenEntry::new("acme", "tok2", true),
+                TokenEntry::from_hash(
+                    "beta",
+                    "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08",
+                    false,
+                )
+                .unwrap(),
+            ],
+            None,
+        );
+        assert_eq!(
+            auth.lookup("tok1"),
+            Some(Caller {
+                tenant: "acme".into(),
+                read_only: false
+            })
+        );
+        assert_eq!(
+            auth.lookup("tok2"),
+            Some(Caller {
+                tenant: "acme".into(),
+                read_only: true
+            })
+        );
+        // sha256("test")
+        assert_eq!(auth.lookup("test").map(|c| c.tenant), Some("beta".into()));
+        assert_eq!(auth.lookup("tok3"), None);
+        assert_eq!(auth.lookup(""), None);
+    }
+}

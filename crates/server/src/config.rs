@@ -1,0 +1,332 @@
+//! Server configuration: flags override environment (`ARTIFACTSTORE_*`), which overrides the
+//! TOML file named by `--config` / `ARTIFACTSTORE_CONFIG`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use artifactstore_core::limits::{DEFAULT_MAX_FILE_BYTES, DEFAULT_UPLOAD_TTL_SECS};
+use artifactstore_core::validate;
+use serde::Deserialize;
+
+use crate::auth::{Auth, TokenEntry};
+
+/// Largest JSON request body, by default.
+pub const DEFAULT_MAX_JSON_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "ARTIFACTSTORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ARTIFACTSTORE_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory of the embedded stores (SQLite database and blob directory)
+    /// [default: ./artifactstore-data].
+    #[arg(long, env = "ARTIFACTSTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Metadata store: sqlite://PATH [default: the data dir's meta.db].
+    #[arg(long, env = "ARTIFACTSTORE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Blob store: file://PATH [default: the data dir's blobs/].
+    #[arg(long, env = "ARTIFACTSTORE_BLOB_URL")]
+    pub blob_url: Option<String>,
+    /// Bearer tokens: comma-separated tenant:token or tenant:token:ro.
+    #[arg(long, env = "ARTIFACTSTORE_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+    /// Allow reads without a token (development only).
+    #[arg(long, env = "ARTIFACTSTORE_ANON_READ")]
+    pub anon_read: Option<bool>,
+    /// The tenant anonymous reads see [default: the only configured tenant].
+    #[arg(long, env = "ARTIFACTSTORE_ANON_TENANT")]
+    pub anon_tenant: Option<String>,
+    /// Largest file, single-shot or through an upload session, in bytes [default: 64 GiB].
+    #[arg(long, env = "ARTIFACTSTORE_MAX_FILE_BYTES")]
+    pub max_file_bytes: Option<u64>,
+    /// Largest JSON request body in bytes [default: 1 MiB].
+    #[arg(long, env = "ARTIFACTSTORE_MAX_JSON_BYTES")]
+    pub max_json_bytes: Option<usize>,
+    /// Seconds an upload session lives after its last change [default: 86400].
+    #[arg(long, env = "ARTIFACTSTORE_UPLOAD_TTL_SECS")]
+    pub upload_ttl_secs: Option<u64>,
+    /// Accepted retention classes, comma-separated [default: any].
+    #[arg(long, env = "ARTIFACTSTORE_RETENTION_CLASSES")]
+    pub retention_classes: Option<String>,
+}
+
+/// The TOML file. Tokens may be given as `token` or as the hex SHA-256 of the token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub blob_url: Option<String>,
+    pub anon_read: Option<bool>,
+    pub anon_tenant: Option<String>,
+    pub max_file_bytes: Option<u64>,
+    pub max_json_bytes: Option<usize>,
+    pub upload_ttl_secs: Option<u64>,
+    pub retention_classes: Option<Vec<String>>,
+    #[serde(default)]
+    pub tokens: Vec<FileToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileToken {
+    pub tenant: String,
+    pub token: Option<String>,
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Everything the server runs with, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub blob_dir: PathBuf,
+    pub auth: Auth,
+    pub max_file_bytes: u64,
+    pub max_json_bytes: usize,
+    pub upload_ttl: Duration,
+    pub retention_classes: Option<BTreeSet<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| err(format!("listen address {listen:?} is not host:port")))?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| "artifactstore-data".into());
+        let database_url = match self.database_url.or(file.database_url) {
+            Some(url) if url.starts_with("sqlite:") => url,
+            Some(url) => {
+                return Err(err(format!(
+                    "database url {url:?}: this build supports sqlite:// only (PostgreSQL is planned)"
+                )));
+            }
+            None => format!("sqlite://{}", data_dir.join("meta.db").display()),
+        };
+        let blob_dir = match self.blob_url.or(file.blob_url) {
+            Some(url) => match url.strip_prefix("file://") {
+                Some(path) => PathBuf::from(path),
+                None => {
+                    return Err(err(format!(
+                        "blob url {url:?}: this build supports file:// only (S3 is planned)"
+                    )));
+                }
+            },
+            None => data_dir.join("blobs"),
+        };
+
+        let mut tokens = Vec::new();
+        if let Some(list) = &self.tokens {
+            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                tokens.push(parse_env_token(item)?);
+            }
+        }
+        for t in &file.tokens {
+            validate::slug(&t.tenant).map_err(|m| err(format!("tenant {:?} {m}", t.tenant)))?;
+            let entry = match (&t.token, &t.sha256) {
+                (Some(token), None) => TokenEntry::new(&t.tenant, token, t.read_only),
+                (None, Some(hex)) => TokenEntry::from_hash(&t.tenant, hex, t.read_only)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "token sha256 for {:?} is not 64 hex digits",
+                            t.tenant
+                        ))
+                    })?,
+                _ => {
+                    return Err(err(format!(
+                        "token of {:?}: give exactly one of token, sha256",
+                        t.tenant
+                    )));
+                }
+            };
+            tokens.push(entry);
+        }
+        let anon_read = self.anon_read.or(file.anon_read).unwrap_or(false);
+        let anon_tenant = match (anon_read, self.anon_tenant.or(file.anon_tenant)) {
+            (false, _) => None,
+            (true, Some(tenant)) => Some(tenant),
+            (true, None) => {
+                let tenants: BTreeSet<&str> = tokens.iter().map(|t| t.tenant.as_str()).collect();
+                match tenants.len() {
+                    1 => tenants.into_iter().next().map(str::to_string),
+                    _ => {
+                        return Err(err(
+                            "ARTIFACTSTORE_ANON_READ=true needs ARTIFACTSTORE_ANON_TENANT: the tenant \
+                             whose data anonymous readers see",
+                        ));
+                    }
+                }
+            }
+        };
+        if tokens.is_empty() && anon_tenant.is_none() {
+            return Err(err(
+                "no token is configured, so nobody could use this server. Set ARTIFACTSTORE_TOKENS, \
+                 e.g. ARTIFACTSTORE_TOKENS=acme:$(openssl rand -hex 16), or add [[tokens]] to the \
+                 file named by ARTIFACTSTORE_CONFIG (or, for development only, \
+                 ARTIFACTSTORE_ANON_READ=true with ARTIFACTSTORE_ANON_TENANT)",
+            ));
+        }
+        let retention_classes = match self.retention_classes {
+            Some(list) => Some(
+                list.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            ),
+            None => file.retention_classes.map(|v| v.into_iter().collect()),
+        };
+        Ok(Settings {
+            listen,
+            database_url,
+            blob_dir,
+            auth: Auth::new(tokens, anon_tenant),
+            max_file_bytes: self
+                .max_file_bytes
+                .or(file.max_file_bytes)
+                .unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            max_json_bytes: self
+                .max_json_bytes
+                .or(file.max_json_bytes)
+                .unwrap_or(DEFAULT_MAX_JSON_BYTES),
+            upload_ttl: Duration::from_secs(
+                self.upload_ttl_secs
+                    .or(file.upload_ttl_secs)
+                    .unwrap_or(DEFAULT_UPLOAD_TTL_SECS),
+            ),
+            retention_classes,
+        })
+    }
+}
+
+fn parse_env_token(item: &str) -> Result<TokenEntry, ConfigError> {
+    let parts: Vec<&str> = item.split(':').collect();
+    let (tenant, token, read_only) = match parts.as_slice() {
+        [tenant, token] => (*tenant, *token, false),
+        [tenant, token, "ro"] => (*tenant, *token, true),
+        _ => {
+            return Err(err(
+                "ARTIFACTSTORE_TOKENS entries are tenant:token or tenant:token:ro",
+            ));
+        }
+    };
+    validate::slug(tenant).map_err(|m| err(format!("tenant {tenant:?} {m}")))?;
+    if token.is_empty() {
+        return Err(err(format!("empty token for tenant {tenant:?}")));
+    }
+    Ok(TokenEntry::new(tenant, token, read_only))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(tokens: Option<&str>) -> ServeArgs {
+        ServeArgs {
+            tokens: tokens.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refuses_to_start_without_tokens() {
+        let e = args(None).resolve().unwrap_err();
+        assert!(e.0.contains("ARTIFACTSTORE_TOKENS"), "{e}");
+    }
+
+    #[test]
+    fn parses_env_tokens() {
+        let s = args(Some("acme:tok1,acme:tok2:ro, beta:tok3"))
+            .resolve()
+            .unwrap();
+        assert_eq!(s.auth.len(), 3);
+        assert!(args(Some("acme")).resolve().is_err());
+        assert!(args(Some("ACME:x")).resolve().is_err());
+        assert!(args(Some("acme:x:rw")).resolve().is_err());
+    }
+
+    #[test]
+    fn flags_over_env_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nmax_file_bytes = 10\nupload_ttl_secs = 5\n\
+             [[tokens]]\ntenant = \"acme\"\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n",
+        )
+        .unwrap();
+        let s = ServeArgs {
+            config: Some(path.clone()),
+            max_file_bytes: Some(20),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.max_file_bytes, 20);
+        assert_eq!(s.upload_ttl, Duration::from_secs(5));
+        assert!(s.auth.len() == 1);
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(
+            ServeArgs {
+                config: Some(path),
+                ..args(Some("a:b"))
+            }
+            .resolve()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn anon_read_needs_a_tenant() {
+        let one = ServeArgs {
+            anon_read: Some(true),
+            ..args(Some("acme:t"))
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(one.auth.anon_tenant(), Some("acme"));
+        let two = ServeArgs {
+            anon_read: Some(true),
+            ..args(Some("acme:t,beta:u"))
+        };
+        assert!(two.resolve().is_err());
+        let none = ServeArgs {
+            anon_read: Some(true),
+            anon_tenant: Some("dev".into()),
+            ..args(None)
+        };
+        assert_eq!(none.resolve().unwrap().auth.anon_tenant(), Some("dev"));
+    }
+}

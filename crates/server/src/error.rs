@@ -1,0 +1,223 @@
+//! The server's error type and the one place where every error becomes an RFC 7807 problem
+//! document (`application/problem+json`).
+
+use artifactstore_core::error::Resource;
+use artifactstore_core::{FieldError, RegistryError};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Everything a request can fail with, in HTTP terms.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("this token is read-only")]
+    Forbidden,
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// A resource id that cannot exist (malformed) is as absent as one that does not.
+    #[error("{} not found", .0.as_str())]
+    NotFound(Resource),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("the range is not satisfiable for a file of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    /// A bug (a panic) or an unexpected failure; details go to the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("invalid request: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    pub fn http_status_code(&self) -> StatusCode {
+        use RegistryError as R;
+        match self {
+            Self::Registry(e) => match e {
+                R::Invalid(_) | R::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                R::NotFound(_) => StatusCode::NOT_FOUND,
+                R::PackageFinalized
+                | R::NotFinalized
+                | R::PathTaken(_)
+                | R::UploadCompleted
+                | R::UploadIncomplete { .. }
+                | R::ConcurrentUpdate => StatusCode::CONFLICT,
+                R::OffsetMismatch { .. } | R::BeyondDeclaredSize { .. } => {
+                    StatusCode::RANGE_NOT_SATISFIABLE
+                }
+                R::LengthMismatch { .. } | R::SizeMismatch { .. } | R::Body(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                R::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                R::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NoRoute(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable, machine-readable name of the problem (the last part of `type`).
+    fn slug(&self) -> &'static str {
+        use RegistryError as R;
+        match self {
+            Self::Registry(e) => match e {
+                R::Invalid(_) => "invalid-request",
+                R::NotFound(_) => "not-found",
+                R::PackageFinalized => "package-finalized",
+                R::NotFinalized => "package-not-finalized",
+                R::PathTaken(_) => "path-taken",
+                R::UploadCompleted => "upload-completed",
+                R::UploadIncomplete { .. } => "upload-incomplete",
+                R::OffsetMismatch { .. } => "offset-mismatch",
+                R::BeyondDeclaredSize { .. } => "beyond-declared-size",
+                R::LengthMismatch { .. } => "length-mismatch",
+                R::SizeMismatch { .. } => "size-mismatch",
+                R::DigestMismatch { .. } => "digest-mismatch",
+                R::TooLarge { .. } => "too-large",
+                R::ConcurrentUpdate => "concurrent-update",
+                R::Body(_) => "body-failed",
+                R::Storage(_) => "internal",
+            },
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "read-only-token",
+            Self::NoRoute(_) => "no-route",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::NotFound(_) => "not-found",
+            Self::BadRequest(_) => "bad-request",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::TooLarge { .. } => "too-large",
+            Self::NotAcceptable(_) => "not-acceptable",
+            Self::RangeNotSatisfiable { .. } => "range-not-satisfiable",
+            Self::Invalid(_) => "invalid-request",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.http_status_code() {
+            StatusCode::BAD_REQUEST => "Bad request",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
+            StatusCode::NOT_ACCEPTABLE => "Not acceptable",
+            StatusCode::CONFLICT => "Conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "Content too large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
+            StatusCode::RANGE_NOT_SATISFIABLE => "Range not satisfiable",
+            StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable content",
+            _ => "Internal server error",
+        }
+    }
+}
+
+/// An RFC 7807 problem document.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Validation failures, by the field name the client sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// The upload's current offset, on a chunk that did not start there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+pub const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.http_status_code();
+        let detail = match &self {
+            // Internal details go to the log, not to the client.
+            Self::Registry(RegistryError::Storage(e)) => {
+                tracing::error!(error = %e, "storage failure");
+                "the server could not complete the request; it has been logged".to_string()
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                "the server could not complete the request; it has been logged".to_string()
+            }
+            other => other.to_string(),
+        };
+        let errors = match &self {
+            Self::Invalid(errors) | Self::Registry(RegistryError::Invalid(errors)) => {
+                Some(errors.clone())
+            }
+            _ => None,
+        };
+        let offset = match &self {
+            Self::Registry(
+                RegistryError::OffsetMismatch { offset, .. }
+                | RegistryError::BeyondDeclaredSize { offset, .. },
+            ) => Some(*offset),
+            _ => None,
+        };
+        let problem = Problem {
+            kind: format!("tag:artifactstore,2026:problem/{}", self.slug()),
+            title: self.title().to_string(),
+            status: status.as_u16(),
+            detail,
+            errors,
+            offset,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            Self::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"artifactstore\""),
+                );
+            }
+            Self::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        if let Some(offset) = offset {
+            headers.insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,94 @@
+//! `/files/{id}` and its download: streamed bytes, strong ETag, `304`, single `Range`.
+
+use artifactstore_core::FileRecord;
+use artifactstore_core::error::Resource;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::parse_id;
+use crate::AppState;
+use crate::auth::Reader;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::http::{RangeRequest, if_none_match, if_range_allows, parse_range};
+
+#[utoipa::path(get, path = "/files/{id}", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "File id")),
+    responses((status = 200, description = "The file resource", body = FileRecord),
+              (status = 404, description = "Not found", body = Problem)))]
+pub async fn get_file(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    Path(id): Path<String>,
+) -> ApiResult<Json<FileRecord>> {
+    let id = parse_id(&id, Resource::File)?;
+    Ok(Json(state.registry.file(&caller.tenant, id).await?))
+}
+
+#[utoipa::path(method(get, head), path = "/files/{id}/download", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "File id"),
+           ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
+           ("If-None-Match" = Option<String>, Header, description = "ETags (weak comparison) or *")),
+    responses((status = 200, description = "The bytes, streamed", content_type = "application/octet-stream",
+               headers(("ETag" = String, description = "\"sha256:<hex>\""), ("Accept-Ranges" = String), ("Content-Length" = u64))),
+              (status = 206, description = "The requested range", headers(("Content-Range" = String))),
+              (status = 304, description = "Not modified"),
+              (status = 416, description = "Range not satisfiable", body = Problem,
+               headers(("Content-Range" = String, description = "bytes */SIZE")))))]
+pub async fn download(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = parse_id(&id, Resource::File)?;
+    let file = state.registry.file(&caller.tenant, id).await?;
+    let etag = format!("\"{}\"", file.content_address);
+    let mut out = HeaderMap::new();
+    out.insert(header::ETAG, header_value(&etag)?);
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Content never changes under a content address.
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    if if_none_match(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+    }
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) if if_range_allows(&headers, &etag) => parse_range(value, file.size),
+        _ => RangeRequest::Full,
+    };
+    let (status, range) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0..file.size),
+        RangeRequest::Partial(r) => {
+            let content_range = format!("bytes {}-{}/{}", r.start, r.end - 1, file.size);
+            out.insert(header::CONTENT_RANGE, header_value(&content_range)?);
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        RangeRequest::Unsatisfiable => {
+            return Err(ApiError::RangeNotSatisfiable { size: file.size });
+        }
+    };
+    out.insert(header::CONTENT_TYPE, header_value(&file.media_type)?);
+    out.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(range.end - range.start),
+    );
+    if method == Method::HEAD {
+        return Ok((status, out).into_response());
+    }
+    let (_, stream) = state
+        .registry
+        .open_file(&caller.tenant, id, Some(range))
+        .await?;
+    Ok((status, out, Body::from_stream(stream)).into_response())
+}
+
+fn header_value(text: &str) -> ApiResult<HeaderValue> {
+    HeaderValue::from_str(text)
+        .map_err(|_| ApiError::BadRequest(format!("cannot send header {text:?}")))
+}

@@ -1,0 +1,273 @@
+//! artifactstore's HTTP API v1: configuration, authentication, the router and its thin
+//! handlers, problem documents, OpenAPI and metrics. Everything else is the registry's.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use artifactstore_core::{Registry, RegistryConfig};
+use artifactstore_storage::{FsBlobStore, SqliteStore};
+use axum::Router;
+use axum::extract::{OriginalUri, Request};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use config::{ServeArgs, Settings};
+use error::ApiError;
+use handlers::{events, files, packages, service, uploads};
+
+/// How often expired upload sessions are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub registry: Registry,
+    pub settings: Settings,
+    pub auth: auth::Auth,
+    pub metrics: metrics::Metrics,
+    meta: Arc<SqliteStore>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("opening the stores failed: {0}")]
+    Store(#[from] artifactstore_core::storage::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Opens the stores the settings name.
+    pub async fn open(settings: Settings) -> Result<Self, ServeError> {
+        if let Some(path) = settings.database_url.strip_prefix("sqlite://")
+            && let Some(parent) = std::path::Path::new(path).parent()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        let meta = Arc::new(SqliteStore::open(&settings.database_url).await?);
+        let blobs = Arc::new(FsBlobStore::open(&settings.blob_dir).await?);
+        let config = RegistryConfig {
+            max_file_bytes: settings.max_file_bytes,
+            upload_ttl: settings.upload_ttl,
+            retention_classes: settings.retention_classes.clone(),
+        };
+        let registry = Registry::new(meta.clone(), blobs, config);
+        let auth = settings.auth.clone();
+        Ok(Self(Arc::new(Inner {
+            registry,
+            settings,
+            auth,
+            metrics: Default::default(),
+            meta,
+        })))
+    }
+}
+
+/// The whole HTTP surface. The OpenAPI document is built from the same `routes!` calls, so it
+/// lists exactly the routes served.
+pub fn router(state: AppState) -> Router {
+    let (router, api) = api_router().split_for_parts();
+    router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a handler panicked".into()).into_response()
+        }))
+        .with_state(state)
+}
+
+/// The documented routes with their OpenAPI description.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(packages::create_package, packages::list_packages))
+        .routes(routes!(packages::get_package))
+        .routes(routes!(packages::add_file, packages::list_files))
+        .routes(routes!(packages::finalize))
+        .routes(routes!(packages::manifest))
+        .routes(routes!(packages::manifest_json))
+        .routes(routes!(files::get_file))
+        .routes(routes!(files::download))
+        .routes(routes!(uploads::create_upload))
+        .routes(routes!(
+            uploads::append,
+            uploads::get_upload,
+            uploads::cancel
+        ))
+        .routes(routes!(uploads::complete))
+        .routes(routes!(events::events))
+        .routes(routes!(service::healthz))
+        .routes(routes!(service::readyz))
+        .routes(routes!(service::metrics))
+}
+
+async fn no_route(OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_string())
+}
+
+async fn method_not_allowed(
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    _req: Request,
+) -> Response {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+    .into_response()
+}
+
+/// A server listening on its address until told to stop.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, closes the stores.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// Binds and serves in the background (tests, embedding).
+pub async fn start(settings: Settings) -> Result<Running, ServeError> {
+    let addr = settings.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let addr = listener.local_addr()?;
+    let state = AppState::open(settings).await?;
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let wait = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        run(listener, state, wait).await
+    });
+    Ok(Running { addr, stop, task })
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests and closes the stores.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let sweeper = tokio::spawn(sweep(state.clone()));
+    let app = router(state.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    state.meta.close().await;
+    Ok(served?)
+}
+
+async fn sweep(state: AppState) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        every.tick().await;
+        match state.registry.sweep_expired_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired upload sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired uploads failed"),
+        }
+    }
+}
+
+/// `artifactstore serve`: resolve the configuration, listen, serve until SIGTERM or Ctrl-C.
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let settings = args.resolve()?;
+    let addr = settings.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener.local_addr()?;
+    let state = AppState::open(settings).await?;
+    tracing::info!(
+        addr = %bound,
+        database = %state.settings.database_url,
+        blobs = %state.settings.blob_dir.display(),
+        "artifactstore listening"
+    );
+    run(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
