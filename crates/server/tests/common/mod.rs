@@ -1,0 +1,206 @@
+//! A `TestApp`: the real server on an ephemeral loopback port, on its own temporary data
+//! directory, and a reqwest client with helpers for the requests every test makes.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use artifactstore_server::{Running, ServeArgs};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const ACME: &str = "tok-acme";
+pub const ACME_RO: &str = "tok-acme-ro";
+pub const BETA: &str = "tok-beta";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    args: ServeArgs,
+    server: Option<Running>,
+}
+
+pub struct Builder {
+    args: ServeArgs,
+}
+
+impl Builder {
+    pub fn anon_read(mut self) -> Self {
+        self.args.anon_read = Some(true);
+        self.args.anon_tenant = Some("acme".into());
+        self
+    }
+
+    pub fn max_file_bytes(mut self, n: u64) -> Self {
+        self.args.max_file_bytes = Some(n);
+        self
+    }
+
+    pub fn max_json_bytes(mut self, n: usize) -> Self {
+        self.args.max_json_bytes = Some(n);
+        self
+    }
+
+    pub fn upload_ttl_secs(mut self, n: u64) -> Self {
+        self.args.upload_ttl_secs = Some(n);
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = self.args;
+        args.data_dir = Some(dir.path().to_path_buf());
+        let server = artifactstore_server::start(args.clone().resolve().unwrap())
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.addr);
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            dir,
+            args,
+            server: Some(server),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn builder() -> Builder {
+        Builder {
+            args: ServeArgs {
+                listen: Some("127.0.0.1:0".into()),
+                tokens: Some(format!("acme:{ACME},acme:{ACME_RO}:ro,beta:{BETA}")),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub async fn start() -> Self {
+        Self::builder().start().await
+    }
+
+    /// Stops the server (draining requests) and starts it again on the same data and port.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        let mut args = self.args.clone();
+        args.listen = Some(self.base.trim_start_matches("http://").to_string());
+        args.data_dir = Some(self.dir.path().to_path_buf());
+        self.server = Some(
+            artifactstore_server::start(args.resolve().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn req(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let r = self.client.request(method, format!("{}{path}", self.base));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.req(Method::GET, path, Some(ACME))
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.req(Method::POST, path, Some(ACME))
+    }
+
+    pub async fn create_package(&self) -> Value {
+        self.create_package_with(json!({
+            "producer": "ci/build-42", "subject": "app@1.2.3",
+            "retention_class": "standard", "metadata": {"git.sha": "abc123"}
+        }))
+        .await
+    }
+
+    pub async fn create_package_with(&self, body: Value) -> Value {
+        let r = self.post("/packages").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+
+    /// Single-shot multipart ingest; returns the response.
+    pub async fn upload_file(&self, package: &str, path: &str, bytes: Vec<u8>) -> Response {
+        let form = reqwest::multipart::Form::new()
+            .text("path", path.to_string())
+            .part("file", reqwest::multipart::Part::bytes(bytes));
+        self.post(&format!("/packages/{package}/files"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn add_file(&self, package: &str, path: &str, bytes: Vec<u8>) -> Value {
+        let r = self.upload_file(package, path, bytes).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+
+    pub async fn finalize(&self, package: &str) -> Value {
+        let r = self
+            .post(&format!("/packages/{package}/finalize"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// All events of acme since `since`, as JSON.
+    pub async fn events_json(&self, since: u64) -> Value {
+        let r = self
+            .get(&format!("/events?since={since}&wait=0&limit=1000"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+}
+
+/// Asserts a problem document of `status`, and returns it.
+pub async fn problem(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status, "wrong status");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("application/problem+json".to_string())
+    );
+    let body: Value = response.json().await.unwrap();
+    for key in ["type", "title", "status", "detail"] {
+        assert!(body.get(key).is_some(), "problem without {key}: {body}");
+    }
+    assert_eq!(body["status"], status);
+    body
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    artifactstore_core::Sha256Digest::of(bytes).hex()
+}
