@@ -47,6 +47,8 @@ pub struct Inner {
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
     meta: Arc<SqliteStore>,
+    /// Turns true when shutdown begins, so long-polls answer at once instead of holding it up.
+    stopping: watch::Sender<bool>,
 }
 
 impl Deref for AppState {
@@ -88,13 +90,22 @@ impl AppState {
         };
         let registry = Registry::new(meta.clone(), blobs, config);
         let auth = settings.auth.clone();
+        let stopping = watch::Sender::new(false);
+        let metrics = Default::default();
         Ok(Self(Arc::new(Inner {
             registry,
             settings,
             auth,
-            metrics: Default::default(),
+            metrics,
             meta,
+            stopping,
         })))
+    }
+
+    /// Resolves once the server has begun shutting down.
+    pub async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        let _ = stopping.wait_for(|s| *s).await;
     }
 }
 
@@ -200,6 +211,11 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let sweeper = tokio::spawn(sweep(state.clone()));
     let app = router(state.clone());
+    let signal_state = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        signal_state.stopping.send_replace(true);
+    };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -249,3 +249,37 @@ async fn long_poll_answers_soon_after_the_event() {
         latencies
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_long_polls_and_keeps_acknowledged_data() {
+    let mut app = TestApp::start().await;
+    let pkg = app.create_package().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.add_file(&pkg, "kept", b"acknowledged".to_vec()).await;
+    let poll = {
+        let request = app
+            .get("/events?since=1000&wait=60")
+            .header("accept", "application/json");
+        tokio::spawn(async move { request.send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    app.restart().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the long-poll"
+    );
+    let answered = poll.await.unwrap().unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    let files: Value = app
+        .get(&format!("/packages/{pkg}/files"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(files["items"][0]["path"], "kept");
+}

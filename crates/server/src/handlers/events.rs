@@ -56,10 +56,12 @@ pub async fn events(
             "events are served as application/cbor or application/json".into(),
         ));
     }
-    let events = state
-        .registry
-        .events(&caller.tenant, since, limit, Duration::from_secs(wait))
-        .await?;
+    let wait = Duration::from_secs(wait);
+    let events = tokio::select! {
+        events = state.registry.events(&caller.tenant, since, limit, wait) => events?,
+        // Shutting down: answer now with nothing new; the client polls again elsewhere.
+        () = state.stopping() => Vec::new(),
+    };
     let next_since = events.last().map_or(since, |e| e.sequence);
     let page = EventPage { events, next_since };
     let encode_error =
