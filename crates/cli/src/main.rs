@@ -1,17 +1,43 @@
-//! The `artifactstore` binary: `serve` runs the server; the client commands arrive with the
-//! CLI issue and talk to a server only through its HTTP API.
+//! The `artifactstore` binary: `serve` runs the server; every other command is a client of
+//! its HTTP API (never of the stores), so whatever it does, curl can do too.
+
+mod client;
+mod commands;
+mod progress;
+mod pull;
+mod push;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use client::{CliError, Client};
+
 #[derive(Parser)]
 #[command(
     name = "artifactstore",
     version,
-    about = "A content-addressed artifact store"
+    about = "A content-addressed artifact store: server and client",
+    after_help = "Connection: --url/--token, else ARTIFACTSTORE_URL/ARTIFACTSTORE_TOKEN, else \
+                  url/token in ~/.config/artifactstore/config.toml, else http://127.0.0.1:8080.\n\
+                  Exit codes: 0 ok, 1 other, 2 usage or rejected input, 3 auth, 4 not found, \
+                  5 conflict, 6 integrity, 7 network."
 )]
 struct Cli {
+    /// Server URL.
+    #[arg(long, global = true, env = "ARTIFACTSTORE_URL")]
+    url: Option<String>,
+    /// Bearer token.
+    #[arg(
+        long,
+        global = true,
+        env = "ARTIFACTSTORE_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Machine-readable output (JSON) and no progress.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,9 +45,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (SQLite + a local blob directory by default).
-    ///
-    /// Example: ARTIFACTSTORE_TOKENS=acme:secret artifactstore serve --listen 127.0.0.1:8080
+    #[command(
+        after_help = "Example:\n  ARTIFACTSTORE_TOKENS=acme:secret artifactstore serve --listen 127.0.0.1:8080"
+    )]
     Serve(artifactstore_server::ServeArgs),
+    /// Upload a directory as a package, then finalize it.
+    Push(push::PushArgs),
+    /// Download every file of a finalized package, verified against its manifest.
+    Pull(pull::PullArgs),
+    /// Print a package's manifest (CBOR, JSON or a table).
+    Manifest(commands::ManifestArgs),
+    /// List packages, newest first, with the API's filters.
+    Ls(commands::LsArgs),
+    /// Show one package.
+    #[command(after_help = "Example:\n  artifactstore show pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA")]
+    Show {
+        /// Package id.
+        id: String,
+    },
+    /// Print events as JSON lines; --follow keeps tailing.
+    Events(commands::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,19 +73,42 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(client::exit::OTHER);
         }
     };
-    match cli.command {
-        Command::Serve(args) => {
-            artifactstore_server::init_tracing();
-            match runtime.block_on(artifactstore_server::serve(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+    if let Command::Serve(args) = cli.command {
+        artifactstore_server::init_tracing();
+        return match runtime.block_on(artifactstore_server::serve(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(client::exit::USAGE)
             }
+        };
+    }
+    match runtime.block_on(run(cli.url, cli.token, cli.json, cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::from(e.exit_code())
         }
+    }
+}
+
+async fn run(
+    url: Option<String>,
+    token: Option<String>,
+    json: bool,
+    command: Command,
+) -> Result<(), CliError> {
+    let client = Client::new(url, token)?;
+    match command {
+        Command::Serve(_) => Ok(()),
+        Command::Push(args) => push::run(&client, args, json).await,
+        Command::Pull(args) => pull::run(&client, args, json).await,
+        Command::Manifest(args) => commands::manifest(&client, args).await,
+        Command::Ls(args) => commands::ls(&client, args, json).await,
+        Command::Show { id } => commands::show(&client, &id).await,
+        Command::Events(args) => commands::events(&client, args).await,
     }
 }
