@@ -56,12 +56,12 @@ impl Progress {
         }
     }
 
-    /// A line that must not be lost under the bar (a retry, a skipped file).
+    /// A line that must not be lost under the bar (a retry, a skipped file); printed also
+    /// when quiet, since it is a warning, not progress.
     pub fn note(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None if !self.quiet => eprintln!("{line}"),
-            None => {}
+            None => eprintln!("{line}"),
         }
     }
 

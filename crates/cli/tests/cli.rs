@@ -1,0 +1,488 @@
+//! The real `artifactstore` binary as a client of the real `artifactstore serve` on an
+//! ephemeral loopback port: push, pull, manifest, resume across a server restart, and the
+//! exit code and one-line message of each kind of failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
+const TOKEN: &str = "cli-test-token";
+
+struct Server {
+    port: u16,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(data: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Server {
+            port,
+            data: data.to_path_buf(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .env("ARTIFACTSTORE_TOKENS", format!("acme:{TOKEN}"))
+            .env("ARTIFACTSTORE_DATA_DIR", &self.data)
+            .env_remove("ARTIFACTSTORE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("ARTIFACTSTORE_URL", self.url())
+            .env("ARTIFACTSTORE_TOKEN", TOKEN)
+            // No user config file can leak in.
+            .env("HOME", &self.data)
+            .env_remove("XDG_CONFIG_HOME");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cli(args).output().unwrap()
+    }
+
+    fn http(&self, path: &str) -> Vec<u8> {
+        let out = Command::new("curl")
+            .args([
+                "-sSf",
+                "-H",
+                &format!("Authorization: Bearer {TOKEN}"),
+                &format!("{}{path}", self.url()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Exit code and the one-line message.
+fn failed(out: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {stderr}");
+    lines[0].to_string()
+}
+
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn tree(root: &Path) {
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("README.md", b"# hello\n".to_vec()),
+        ("empty", Vec::new()),
+        ("bin/app", bytes(200_000, 1)),
+        ("bin/big/blob.bin", bytes(3 * 1024 * 1024 + 17, 2)),
+        (
+            "docs/ünïcödé/ファイル.txt",
+            "unicode names".as_bytes().to_vec(),
+        ),
+        ("a/b/c/d/e/deep.json", b"{}".to_vec()),
+    ];
+    for (path, data) in files {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, data).unwrap();
+    }
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let mut count = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for entry in std::fs::read_dir(a.join(&rel)).unwrap() {
+            let entry = entry.unwrap();
+            let rel = rel.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(rel);
+            } else {
+                assert_eq!(
+                    std::fs::read(a.join(&rel)).unwrap(),
+                    std::fs::read(b.join(&rel)).unwrap(),
+                    "{}",
+                    rel.display()
+                );
+                count += 1;
+            }
+        }
+    }
+    assert!(count > 0);
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn push_pull_and_manifest_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let src = dir.path().join("src");
+    tree(&src);
+    let pushed = json(&ok(&server.run(&[
+        "push",
+        src.to_str().unwrap(),
+        "--producer",
+        "ci/test",
+        "--subject",
+        "app@1",
+        "--meta",
+        "git.sha=abc",
+        "--chunk-threshold",
+        "1048576",
+        "--chunk-size",
+        "524288",
+        "--jobs",
+        "3",
+        "--json",
+    ])));
+    let id = pushed["package_id"].as_str().unwrap().to_string();
+    assert_eq!(pushed["state"], "finalized");
+    assert_eq!(pushed["file_count"], 6);
+    let digest = pushed["manifest_digest"].as_str().unwrap().to_string();
+
+    let out = dir.path().join("out");
+    ok(&server.run(&["pull", &id, out.to_str().unwrap()]));
+    same_tree(&src, &out);
+    // Pulling again finds everything in place.
+    let again = server
+        .cli(&["pull", &id, out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already present"));
+
+    // manifest: CBOR bytes as served, JSON as served, and a table.
+    let cbor = server.run(&["manifest", &id, "--format", "cbor"]);
+    let served = server.http(&format!("/packages/{id}/manifest"));
+    assert_eq!(ok_bytes(&cbor), served);
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            artifactstore_core::Sha256Digest::of(&served).hex()
+        ),
+        digest
+    );
+    let file = dir.path().join("m.cbor");
+    ok(&server.run(&[
+        "manifest",
+        &id,
+        "--format",
+        "cbor",
+        "-o",
+        file.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read(&file).unwrap(), served);
+    let text = ok(&server.run(&["manifest", &id, "--format", "json"]));
+    assert_eq!(
+        text.as_bytes(),
+        server.http(&format!("/packages/{id}/manifest.json"))
+    );
+    let table = ok(&server.run(&["manifest", &id]));
+    for path in [
+        "README.md",
+        "bin/big/blob.bin",
+        "docs/ünïcödé/ファイル.txt",
+        "empty",
+    ] {
+        assert!(table.contains(path), "{path} in\n{table}");
+    }
+    assert!(table.contains("sha256:"));
+
+    // ls, show, events.
+    let listed = ok(&server.run(&["ls", "--meta", "git.sha=abc", "--json"]));
+    assert_eq!(json(listed.lines().next().unwrap())["id"], id.as_str());
+    assert!(
+        ok(&server.run(&["ls", "--producer", "nobody"]))
+            .lines()
+            .count()
+            <= 1
+    );
+    assert_eq!(
+        json(&ok(&server.run(&["show", &id])))["manifest_digest"],
+        digest.as_str()
+    );
+    let events = ok(&server.run(&["events", "--since", "0"]));
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| json(l)["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("package.created"));
+    assert_eq!(kinds.last().map(String::as_str), Some("package.finalized"));
+    assert_eq!(kinds.len(), 8);
+}
+
+fn ok_bytes(out: &Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout.clone()
+}
+
+#[test]
+fn push_resumes_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = bytes(96 * 1024 * 1024, 5);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let push = server
+        .cli(&[
+            "push",
+            src.to_str().unwrap(),
+            "--producer",
+            "p",
+            "--subject",
+            "s",
+            "--chunk-threshold",
+            "1",
+            "--chunk-size",
+            "262144",
+            "--retries",
+            "40",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server once part of the file is staged, then bring it back.
+    let staging = data.join("blobs").join("uploads");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let staged: u64 = std::fs::read_dir(&staging)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if staged >= 8 * 1024 * 1024 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "upload never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill();
+    std::thread::sleep(Duration::from_millis(700));
+    server.spawn();
+    let out = push.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let pushed = json(&ok(&out));
+    assert!(
+        stderr.contains("resuming"),
+        "the push went through a resume: {stderr}"
+    );
+    let id = pushed["package_id"].as_str().unwrap();
+    let manifest =
+        json(&String::from_utf8(server.http(&format!("/packages/{id}/manifest.json"))).unwrap());
+    assert_eq!(
+        manifest["files"][0]["digests"]["sha256"],
+        artifactstore_core::Sha256Digest::of(&big).hex()
+    );
+    assert_eq!(manifest["files"][0]["size"], big.len());
+}
+
+#[test]
+fn failures_have_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("file.bin"), bytes(100_000, 8)).unwrap();
+
+    // Auth: 3.
+    let line = failed(
+        &server
+            .cli(&["ls"])
+            .env("ARTIFACTSTORE_TOKEN", "wrong")
+            .output()
+            .unwrap(),
+        3,
+    );
+    assert!(line.contains("Unauthorized"), "{line}");
+    // Not found: 4.
+    let line = failed(&server.run(&["show", "pkg_01ARZ3NDEKTSV4RRFFQ69G5FAV"]), 4);
+    assert!(line.contains("not found"), "{line}");
+    failed(
+        &server.run(&[
+            "pull",
+            "pkg_01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            dir.path().join("x").to_str().unwrap(),
+        ]),
+        4,
+    );
+    // Conflict: 5 (no manifest before finalize).
+    let open = json(&ok(&server.run(&[
+        "push",
+        src.to_str().unwrap(),
+        "--producer",
+        "p",
+        "--subject",
+        "s",
+        "--no-finalize",
+        "--json",
+    ])));
+    assert_eq!(open["state"], "open");
+    let line = failed(
+        &server.run(&["manifest", open["package_id"].as_str().unwrap()]),
+        5,
+    );
+    assert!(line.contains("not finalized"), "{line}");
+    // Usage: 2.
+    failed(
+        &server.run(&[
+            "push",
+            dir.path().join("missing").to_str().unwrap(),
+            "--producer",
+            "p",
+            "--subject",
+            "s",
+        ]),
+        2,
+    );
+    #[cfg(unix)]
+    {
+        let linked = dir.path().join("linked");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::fs::write(linked.join("real"), b"r").unwrap();
+        std::os::unix::fs::symlink(linked.join("real"), linked.join("link")).unwrap();
+        let line = failed(
+            &server.run(&[
+                "push",
+                linked.to_str().unwrap(),
+                "--producer",
+                "p",
+                "--subject",
+                "s",
+            ]),
+            2,
+        );
+        assert!(line.contains("symbolic link"), "{line}");
+        let skipped = server.run(&[
+            "push",
+            linked.to_str().unwrap(),
+            "--producer",
+            "p",
+            "--subject",
+            "s",
+            "--symlinks",
+            "skip",
+            "--json",
+        ]);
+        assert_eq!(json(&ok(&skipped))["file_count"], 1);
+    }
+    // Network: 7.
+    let line = failed(
+        &server
+            .cli(&["ls"])
+            .env("ARTIFACTSTORE_URL", "http://127.0.0.1:9")
+            .output()
+            .unwrap(),
+        7,
+    );
+    assert!(line.contains("cannot reach"), "{line}");
+
+    // Integrity: 6 — a blob damaged on the server's disk is caught, and nothing corrupt is
+    // left under the file's name.
+    let pushed = json(&ok(&server.run(&[
+        "push",
+        src.to_str().unwrap(),
+        "--producer",
+        "p",
+        "--subject",
+        "s",
+        "--json",
+    ])));
+    let id = pushed["package_id"].as_str().unwrap();
+    let digest = artifactstore_core::Sha256Digest::of(&bytes(100_000, 8)).hex();
+    let blob = data
+        .join("blobs")
+        .join("blobs")
+        .join("sha256")
+        .join(&digest[..2])
+        .join(&digest);
+    let mut damaged = std::fs::read(&blob).unwrap();
+    damaged[500] ^= 0xff;
+    std::fs::write(&blob, damaged).unwrap();
+    let out_dir = dir.path().join("pulled");
+    let line = failed(&server.run(&["pull", id, out_dir.to_str().unwrap()]), 6);
+    assert!(line.contains("file.bin"), "{line}");
+    assert!(
+        !out_dir.join("file.bin").exists(),
+        "no corrupt file under its final name"
+    );
+    assert!(
+        std::fs::read_dir(&out_dir).unwrap().next().is_none(),
+        "no partial file left behind"
+    );
+}
