@@ -2,6 +2,7 @@
 //! ephemeral loopback port: push, pull, manifest, resume across a server restart, and the
 //! exit code and one-line message of each kind of failure.
 
+use artifactstore_testkit::bytes;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -118,18 +119,6 @@ fn failed(out: &Output, code: i32) -> String {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "one error line: {stderr}");
     lines[0].to_string()
-}
-
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn tree(root: &Path) {

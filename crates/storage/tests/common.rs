@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub use artifactstore_testkit::bytes;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,19 +130,6 @@ pub fn failing_body(data: &[u8]) -> ByteStream {
 pub fn stalled_body(data: &[u8]) -> ByteStream {
     let ok = futures::stream::iter(vec![Ok(Bytes::copy_from_slice(data))]);
     ok.chain(futures::stream::pending()).boxed()
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 pub async fn collect(stream: ByteStream) -> Vec<u8> {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
+pub use artifactstore_testkit::bytes;
 use std::path::PathBuf;
 
 use artifactstore_server::{Running, ServeArgs};
@@ -186,19 +188,6 @@ pub async fn problem(response: Response, status: u16) -> Value {
     }
     assert_eq!(body["status"], status);
     body
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
