@@ -204,6 +204,20 @@ fn push_pull_and_manifest_formats() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&again.stderr).contains("already present"));
+    // A partial download is resumed with a Range request and verified as a whole.
+    let big = out.join("bin/big/blob.bin");
+    let original = std::fs::read(&big).unwrap();
+    std::fs::remove_file(&big).unwrap();
+    let partial = out.join("bin/big/blob.bin.artifactstore-part");
+    std::fs::write(&partial, &original[..1_000_000]).unwrap();
+    ok(&server.run(&["pull", &id, out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&big).unwrap(), original);
+    assert!(!partial.exists());
+    let metrics = String::from_utf8(server.http("/metrics")).unwrap();
+    assert!(
+        metrics.contains("route=\"/files/{id}/download\",status=\"206\"} 1"),
+        "{metrics}"
+    );
 
     // manifest: CBOR bytes as served, JSON as served, and a table.
     let cbor = server.run(&["manifest", &id, "--format", "cbor"]);
