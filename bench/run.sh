@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The benchmark harness: artifactstore beside the CNCF distribution registry (Debian package
+# docker-registry) and nginx, and beside the machine's own limits, in one run. Every workload
+# runs on each system in alternation (A B A B …) for several rounds; the table shows medians
+# and the ratios of artifactstore to the best peer and to the limit.
+#   bench/run.sh            full run (~10 min)
+#   bench/run.sh --quick    smaller sizes, one round (~2 min)
+# Only loopback addresses are used. Needs: cargo, curl, python3; installs docker-registry and
+# nginx from Debian's packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+if [ $QUICK = 1 ]; then
+  BIG_MIB=256; ROUNDS=1; SMALL=500; RANGES=5000; POLLERS=200; PACKAGES=5000
+else
+  BIG_MIB=1024; ROUNDS=3; SMALL=2000; RANGES=20000; POLLERS=1000; PACKAGES=100000
+fi
+
+need=()
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q -p artifactstore -p artifactstore-bench
+AS_BIN=target/release/artifactstore
+LG=target/release/artifactstore-bench
+
+WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { until curl -s -o /dev/null "http://127.0.0.1:$1/"; do sleep 0.1; done; }
+RESULTS=$WORK/results.jsonl
+record() { python3 -c 'import json,sys; print(json.dumps({"workload":sys.argv[1],"system":sys.argv[2],"m":json.loads(sys.argv[3])}))' "$1" "$2" "$3" >> "$RESULTS"; }
+
+# --- the systems ---------------------------------------------------------------------------
+AS_PORT=$(port); REG_PORT=$(port); NGX_SF=$(port); NGX_RD=$(port)
+ARTIFACTSTORE_TOKENS=bench:tok ARTIFACTSTORE_LISTEN=127.0.0.1:$AS_PORT ARTIFACTSTORE_DATA_DIR=$WORK/as \
+  RUST_LOG=warn "$AS_BIN" serve 2>"$WORK/as.log" & AS_PID=$!; PIDS+=($AS_PID)
+mkdir -p "$WORK/registry"
+cat > "$WORK/registry.yml" <<YML
+version: 0.1
+log: {level: error}
+storage:
+  filesystem: {rootdirectory: $WORK/registry}
+http: {addr: 127.0.0.1:$REG_PORT}
+YML
+docker-registry serve "$WORK/registry.yml" 2>"$WORK/registry.log" & REG_PID=$!; PIDS+=($REG_PID)
+mkdir -p "$WORK/nginx/dav" "$WORK/nginx/tmp" "$WORK/nginx/logs"
+cat > "$WORK/nginx.conf" <<NGX
+daemon off; worker_processes 2; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $WORK/nginx/tmp; client_max_body_size 0;
+  server { listen 127.0.0.1:$NGX_SF; root $WORK/nginx; sendfile on; tcp_nopush on;
+           location /dav/ { dav_methods PUT; create_full_put_path on; } }
+  server { listen 127.0.0.1:$NGX_RD; root $WORK/nginx; sendfile off; output_buffers 2 512k; }
+}
+NGX
+nginx -c "$WORK/nginx.conf" -p "$WORK/nginx" & NGX_PID=$!; PIDS+=($NGX_PID)
+wait_port "$AS_PORT"; wait_port "$REG_PORT"; wait_port "$NGX_SF"; wait_port "$NGX_RD"
+AS="$LG --base http://127.0.0.1:$AS_PORT --token tok"
+REG="$LG --base http://127.0.0.1:$REG_PORT"
+NGX="$LG --base http://127.0.0.1:$NGX_SF"
+NGXRD="$LG --base http://127.0.0.1:$NGX_RD"
+
+head -c $((BIG_MIB * 1024 * 1024)) /dev/urandom > "$WORK/big.bin"
+SIZE=$((BIG_MIB * 1024 * 1024))
+
+# --- the machine's limits, in the same run -------------------------------------------------
+python3 - "$WORK" "$RESULTS" <<'PY'
+import hashlib, json, os, sys, threading, time
+work, results = sys.argv[1], sys.argv[2]
+data = open(f"{work}/big.bin", "rb").read()
+t = time.perf_counter(); hashlib.sha256(data).digest(); sha = len(data) / (time.perf_counter() - t) / 1e6
+t = time.perf_counter()
+with open(f"{work}/plain", "wb") as f:
+    for i in range(0, len(data), 1 << 20): f.write(data[i:i + (1 << 20)])
+    f.flush(); os.fsync(f.fileno())
+write = len(data) / (time.perf_counter() - t) / 1e6
+os.remove(f"{work}/plain")
+os.makedirs(f"{work}/creates", exist_ok=True)
+def creates(k, n):
+    d = os.open(f"{work}/creates", os.O_RDONLY)
+    for i in range(n):
+        tmp, final = f"{work}/creates/.t{k}-{i}", f"{work}/creates/f{k}-{i}"
+        with open(tmp, "wb") as f:
+            f.write(os.urandom(4096)); f.flush(); os.fsync(f.fileno())
+        os.rename(tmp, final); os.fsync(d)
+    os.close(d)
+t = time.perf_counter()
+threads = [threading.Thread(target=creates, args=(k, 250)) for k in range(8)]
+[x.start() for x in threads]; [x.join() for x in threads]
+files = 2000 / (time.perf_counter() - t)
+with open(results, "a") as out:
+    for w, s, m in [("limit-sha256", "machine", {"mbps": sha}), ("limit-write", "machine", {"mbps": write}),
+                    ("limit-creates", "machine", {"files_per_s": files})]:
+        out.write(json.dumps({"workload": w, "system": s, "m": m}) + "\n")
+PY
+
+# --- W1, W2: large ingest ------------------------------------------------------------------
+for r in $(seq 1 $ROUNDS); do
+  record W1 artifactstore-multipart "$($AS ingest --system as-multipart --file "$WORK/big.bin")"
+  record W1 registry "$($REG ingest --system registry-monolithic --file "$WORK/big.bin")"
+  record W1 artifactstore-patch "$($AS ingest --system as-patch --file "$WORK/big.bin")"
+  record W1 nginx-put "$($NGX ingest --system nginx-put --file "$WORK/big.bin")"
+  record W2 artifactstore "$($AS ingest --system as-chunked --file "$WORK/big.bin")"
+  record W2 registry "$($REG ingest --system registry-chunked --file "$WORK/big.bin")"
+done
+AS_W1_RSS=$(awk '/VmHWM/{print $2}' /proc/$AS_PID/status); REG_W1_RSS=$(awk '/VmHWM/{print $2}' /proc/$REG_PID/status)
+
+# --- W4, W5: downloads ---------------------------------------------------------------------
+AS_PATH=$($AS place --system as-multipart --file "$WORK/big.bin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
+REG_PATH=$($REG place --system registry-monolithic --file "$WORK/big.bin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
+cp "$WORK/big.bin" "$WORK/nginx/big.bin"
+for r in $(seq 1 $ROUNDS); do
+  record W4 artifactstore "$($AS download --path "$AS_PATH")"
+  record W4 registry "$($REG download --path "$REG_PATH")"
+  record W4 nginx-sendfile "$($NGX download --path /big.bin)"
+  record W4 nginx-read "$($NGXRD download --path /big.bin)"
+done
+AS_W4_RSS=$(awk '/VmHWM/{print $2}' /proc/$AS_PID/status); REG_W4_RSS=$(awk '/VmHWM/{print $2}' /proc/$REG_PID/status)
+for r in $(seq 1 $ROUNDS); do
+  record W5 artifactstore "$($AS ranges --path "$AS_PATH" --size $SIZE --requests $RANGES)"
+  record W5 registry "$($REG ranges --path "$REG_PATH" --size $SIZE --requests $RANGES)"
+  record W5 nginx-sendfile "$($NGX ranges --path /big.bin --size $SIZE --requests $RANGES)"
+done
+rm -f "$WORK/nginx/big.bin" "$WORK/nginx/dav/big.bin"
+
+# --- W3: small files -----------------------------------------------------------------------
+for r in $(seq 1 $ROUNDS); do
+  record W3 artifactstore "$($AS small --system as --count $SMALL)"
+  record W3 registry "$($REG small --system registry --count $SMALL)"
+done
+
+# --- W6: long-pollers ----------------------------------------------------------------------
+ulimit -n 65536 2>/dev/null || true
+for r in $(seq 1 $ROUNDS); do
+  record W6 artifactstore "$($AS pollers --pollers $POLLERS)"
+done
+AS_W6_RSS=$(awk '/VmRSS/{print $2}' /proc/$AS_PID/status)
+
+# --- W7: listing on many packages ----------------------------------------------------------
+record W7-populate artifactstore "$($AS populate --packages $PACKAGES)"
+for r in $(seq 1 $ROUNDS); do
+  record W7 artifactstore "$($AS queries)"
+done
+
+python3 - "$RESULTS" "$AS_W1_RSS" "$REG_W1_RSS" "$AS_W4_RSS" "$REG_W4_RSS" "$AS_W6_RSS" "$BIG_MIB" "$QUICK" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+as_w1, reg_w1, as_w4, reg_w4, as_w6 = (int(x) / 1024 for x in sys.argv[2:7])
+big, quick = sys.argv[7], sys.argv[8] == "1"
+def med(workload, system, key):
+    v = [r["m"][key] for r in rows if r["workload"] == workload and r["system"] == system]
+    return statistics.median(v) if v else float("nan")
+def medq(system, kind, key):
+    v = [r["m"][kind][key] for r in rows if r["workload"] == "W7" and r["system"] == system]
+    return statistics.median(v) if v else float("nan")
+sha, write, creates = med("limit-sha256", "machine", "mbps"), med("limit-write", "machine", "mbps"), med("limit-creates", "machine", "files_per_s")
+print(f"artifactstore benchmark ({'quick' if quick else 'full'}; {big} MiB file; medians)")
+print(f"limits: sha256 {sha:.0f} MB/s, write+fsync {write:.0f} MB/s, durable 4 KiB creates (8 threads) {creates:.0f} files/s\n")
+fmt = "{:<4} {:<26} {:>12} {:>10}   {}"
+print(fmt.format("", "system", "median", "unit", "ratio"))
+def line(w, s, v, unit, note=""):
+    print(fmt.format(w, s, f"{v:.1f}", unit, note))
+for w, systems, key, unit in [("W1", ["artifactstore-multipart", "artifactstore-patch", "registry", "nginx-put"], "mbps", "MB/s"),
+                              ("W2", ["artifactstore", "registry"], "mbps", "MB/s")]:
+    vals = {s: med(w, s, key) for s in systems}
+    for s in systems:
+        note = ""
+        if s.startswith("artifactstore"):
+            note = f"x{vals[s] / vals['registry']:.2f} registry"
+            if w == "W1": note += f", {vals[s] / vals['nginx-put']:.2f} of nginx PUT"
+            if w == "W2": note += f", {vals[s] / med('W1', 'artifactstore-patch', 'mbps'):.2f} of own W1"
+        line(w, s, vals[s], unit, note)
+w3a, w3r = med("W3", "artifactstore", "files_per_s"), med("W3", "registry", "files_per_s")
+line("W3", "artifactstore", w3a, "files/s", f"x{w3a / w3r:.2f} registry, {w3a / creates:.2f} of durable creates")
+line("W3", "registry", w3r, "files/s")
+w4 = {s: med("W4", s, "mbps") for s in ["artifactstore", "registry", "nginx-sendfile", "nginx-read"]}
+best = max(w4["nginx-sendfile"], w4["nginx-read"])
+for s, v in w4.items():
+    line("W4", s, v, "MB/s", f"{v / best:.2f} of best nginx" if s == "artifactstore" else "")
+for s in ["artifactstore", "registry", "nginx-sendfile"]:
+    rps, p99 = med("W5", s, "req_per_s"), med("W5", s, "p99_ms")
+    note = f"p99 {p99:.2f} ms"
+    if s == "artifactstore": note += f", {rps / med('W5', 'nginx-sendfile', 'req_per_s'):.2f} of nginx"
+    line("W5", s, rps, "req/s", note)
+line("W6", "artifactstore", med("W6", "artifactstore", "p99_ms"), "ms p99", f"p50 {med('W6', 'artifactstore', 'p50_ms'):.1f} ms; server RSS {as_w6:.0f} MiB with the pollers attached")
+for kind in ["producer", "metadata", "contains"]:
+    line("W7", f"artifactstore {kind}", medq("artifactstore", kind, "p99_ms"), "ms p99", f"p50 {medq('artifactstore', kind, 'p50_ms'):.2f} ms")
+print(f"\npeak RSS: artifactstore {as_w1:.0f} MiB after W1, {as_w4:.0f} MiB after W4; registry {reg_w1:.0f} / {reg_w4:.0f} MiB")
+PY
