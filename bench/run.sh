@@ -48,10 +48,10 @@ storage:
   filesystem: {rootdirectory: $WORK/registry}
 http: {addr: 127.0.0.1:$REG_PORT}
 YML
-docker-registry serve "$WORK/registry.yml" 2>"$WORK/registry.log" & REG_PID=$!; PIDS+=($REG_PID)
+docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 & REG_PID=$!; PIDS+=($REG_PID)
 mkdir -p "$WORK/nginx/dav" "$WORK/nginx/tmp" "$WORK/nginx/logs"
 cat > "$WORK/nginx.conf" <<NGX
-daemon off; worker_processes 2; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
+daemon off; worker_processes 2; $( [ "$(id -u)" = 0 ] && echo "user root;" ) pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
 events { worker_connections 4096; }
 http {
   access_log off; client_body_temp_path $WORK/nginx/tmp; client_max_body_size 0;
@@ -102,14 +102,24 @@ with open(results, "a") as out:
 PY
 
 # --- W1, W2: large ingest ------------------------------------------------------------------
+# Each run starts with every system's stored copy deleted: this disk writes just-freed blocks
+# several times faster than new ones, so every run must find the same kind, and no system may
+# skip the write because it already holds the content.
+fresh() {
+  find "$WORK/as/blobs/blobs" -type f -delete 2>/dev/null || true
+  rm -rf "$WORK/registry/docker/registry/v2/blobs" "$WORK/nginx/dav/big.bin"
+  sync
+}
+ingest() { fresh; record "$1" "$2" "$($3 ingest --system "$4" --file "$WORK/big.bin")"; }
 for r in $(seq 1 $ROUNDS); do
-  record W1 artifactstore-multipart "$($AS ingest --system as-multipart --file "$WORK/big.bin")"
-  record W1 registry "$($REG ingest --system registry-monolithic --file "$WORK/big.bin")"
-  record W1 artifactstore-patch "$($AS ingest --system as-patch --file "$WORK/big.bin")"
-  record W1 nginx-put "$($NGX ingest --system nginx-put --file "$WORK/big.bin")"
-  record W2 artifactstore "$($AS ingest --system as-chunked --file "$WORK/big.bin")"
-  record W2 registry "$($REG ingest --system registry-chunked --file "$WORK/big.bin")"
+  ingest W1 artifactstore-multipart "$AS" as-multipart
+  ingest W1 registry "$REG" registry-monolithic
+  ingest W1 artifactstore-patch "$AS" as-patch
+  ingest W1 nginx-put "$NGX" nginx-put
+  ingest W2 artifactstore "$AS" as-chunked
+  ingest W2 registry "$REG" registry-chunked
 done
+fresh
 AS_W1_RSS=$(awk '/VmHWM/{print $2}' /proc/$AS_PID/status); REG_W1_RSS=$(awk '/VmHWM/{print $2}' /proc/$REG_PID/status)
 
 # --- W4, W5: downloads ---------------------------------------------------------------------
