@@ -4,7 +4,7 @@ DEV_TOKEN ?= devtoken
 DEV_LISTEN ?= 127.0.0.1:8080
 DEV_DATA ?= dev-data
 
-.PHONY: dev test lint unit bench build
+.PHONY: dev test lint unit bench bench-peers bench-cli build
 
 ## Run a development server on the embedded stores (SQLite + ./dev-data/blobs).
 dev:
@@ -32,6 +32,14 @@ unit:
 ## The ingest benchmark of the core (1 GiB; BENCH_MIB to change).
 bench:
 	cargo bench -p artifactstore-storage --bench ingest
+
+## Workloads W1-W7 beside docker-registry and nginx (BENCHMARKS.md); QUICK=1 for the short run.
+bench-peers:
+	bench/run.sh $(if $(QUICK),--quick,)
+
+## `artifactstore push` beside curl.
+bench-cli:
+	bench/cli_push.sh $(if $(QUICK),--quick,)
 
 build:
 	cargo build --release -p artifactstore

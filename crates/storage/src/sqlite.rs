@@ -4,7 +4,7 @@
 //! serialized, which is what makes `MAX(sequence) + 1` a gap-free, commit-ordered sequence.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -27,9 +27,20 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../migrations/sqlite/0001_init.sql"),
 )];
 
+/// Events kept in memory after commit (see [`SqliteStore::tail`]).
+const TAIL_EVENTS: usize = 4096;
+
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Held from `BEGIN` until the commit's event is in `tail` and `events`, so those two see
+    /// commits in commit order (the pool's one connection alone would not promise that: it is
+    /// back in the pool, free for the next writer, as soon as `COMMIT` returns).
+    write_turn: tokio::sync::Mutex<()>,
+    /// The newest committed events, contiguous, in order. A thousand long-polls woken by one
+    /// commit read them here instead of each querying the database.
+    tail: std::sync::Mutex<VecDeque<Event>>,
+    tail_events: usize,
     events: watch::Sender<u64>,
 }
 
@@ -37,6 +48,11 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain path) and
     /// applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with_tail(url, TAIL_EVENTS).await
+    }
+
+    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few).
+    pub async fn open_with_tail(url: &str, tail_events: usize) -> Result<Self, StoreError> {
         let url = if url.starts_with("sqlite:") {
             url.to_string()
         } else {
@@ -75,6 +91,9 @@ impl SqliteStore {
         Ok(Self {
             writer,
             readers,
+            write_turn: tokio::sync::Mutex::new(()),
+            tail: std::sync::Mutex::new(VecDeque::with_capacity(tail_events)),
+            tail_events: tail_events.max(1),
             events,
         })
     }
@@ -85,8 +104,33 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.writer.begin().await.map_err(db)
+    async fn begin(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::MutexGuard<'_, ()>,
+            Transaction<'static, Sqlite>,
+        ),
+        StoreError,
+    > {
+        let turn = self.write_turn.lock().await;
+        Ok((turn, self.writer.begin().await.map_err(db)?))
+    }
+
+    /// The tenant's events after `since` from memory, if memory holds all of them.
+    fn recent_events(&self, tenant: &str, since: u64, limit: u32) -> Option<Vec<Event>> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let first = tail.front()?.sequence;
+        if first > since.saturating_add(1) {
+            return None;
+        }
+        let events = tail
+            .iter()
+            .filter(|e| e.sequence > since && e.tenant == tenant)
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        Some(events)
     }
 
     /// Commits and then tells waiting tailers about the new sequence.
@@ -97,6 +141,13 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         tx.commit().await.map_err(db)?;
         if let Some(event) = event {
+            {
+                let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() >= self.tail_events {
+                    tail.pop_front();
+                }
+                tail.push_back(event.clone());
+            }
             self.events.send_if_modified(|last| {
                 let newer = event.sequence > *last;
                 if newer {
@@ -288,7 +339,7 @@ impl MetadataStore for SqliteStore {
     async fn create_package(&self, p: &Package, event: NewEvent) -> Result<Event, StoreError> {
         let metadata =
             serde_json::to_string(&p.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query(
             "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
              state, created_at, file_count, total_size) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, 0, 0)",
@@ -400,7 +451,7 @@ impl MetadataStore for SqliteStore {
         upload: Option<UploadId>,
         event: NewEvent,
     ) -> Result<Event, StoreError> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM packages WHERE id = ? AND tenant = ?")
                 .bind(file.package_id.to_string())
@@ -502,7 +553,7 @@ impl MetadataStore for SqliteStore {
         event: NewEvent,
     ) -> Result<(Package, Option<Event>), StoreError> {
         let select = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ? AND tenant = ?");
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let row = sqlx::query(&select)
             .bind(package.to_string())
             .bind(tenant)
@@ -561,7 +612,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         sqlx::query(&format!(
             "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
@@ -602,7 +653,7 @@ impl MetadataStore for SqliteStore {
         size: Option<u64>,
         expires_at: Timestamp,
     ) -> Result<UploadRecord, StoreError> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE uploads SET \"offset\" = ?, hash_state = ?, size = COALESCE(size, ?), expires_at = ? \
              WHERE id = ? AND tenant = ? AND state = 'open' AND \"offset\" = ? RETURNING {UPLOAD_COLUMNS}"
@@ -641,7 +692,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn delete_upload(&self, tenant: &str, id: UploadId) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+        let (_turn, mut tx) = self.begin().await?;
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM uploads WHERE id = ? AND tenant = ?")
                 .bind(id.to_string())
@@ -690,6 +741,9 @@ impl MetadataStore for SqliteStore {
         since: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
+        if let Some(events) = self.recent_events(tenant, since, limit) {
+            return Ok(events);
+        }
         let rows = sqlx::query(
             "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
              WHERE tenant = ? AND sequence > ? ORDER BY sequence LIMIT ?",

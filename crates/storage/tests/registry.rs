@@ -4,9 +4,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use artifactstore_core::storage::MetadataStore;
 use artifactstore_core::*;
+use artifactstore_storage::{FsBlobStore, SqliteStore};
 use common::*;
 
 fn file(path: &str) -> NewFile {
@@ -758,4 +761,29 @@ async fn data_survives_reopening_the_store() {
         .unwrap();
     let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
     assert_eq!(sequences, [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn events_from_memory_match_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("m.db");
+    let url = url.to_str().unwrap();
+    // A tail of 8 events: most reads below fall before it and go to the database.
+    let meta = Arc::new(SqliteStore::open_with_tail(url, 8).await.unwrap());
+    let blobs = Arc::new(FsBlobStore::open(dir.path().join("b")).await.unwrap());
+    let r = Registry::new(meta.clone(), blobs, RegistryConfig::default());
+    for i in 0..30 {
+        let tenant = if i % 3 == 0 { "beta" } else { TENANT };
+        r.create_package(tenant, new_package()).await.unwrap();
+    }
+    let fresh = SqliteStore::open(url).await.unwrap();
+    for tenant in [TENANT, "beta"] {
+        for since in 0..32 {
+            for limit in [1, 3, 100] {
+                let cached = meta.events_since(tenant, since, limit).await.unwrap();
+                let stored = fresh.events_since(tenant, since, limit).await.unwrap();
+                assert_eq!(cached, stored, "{tenant} since {since} limit {limit}");
+            }
+        }
+    }
 }
