@@ -16,7 +16,7 @@ use artifactstore_core::{Sha256Digest, Sha256Hasher, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 /// Read blocks of this size: large blocks serve files far faster than small ones here.
@@ -144,19 +144,41 @@ impl BlobStore for FsBlobStore {
         digest: &Sha256Digest,
         range: Range<u64>,
     ) -> Result<ByteStream, StoreError> {
-        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-            Err(e) => return Err(e.into()),
-        };
-        let len = file.metadata().await?.len();
-        if range.end > len {
-            return Err(StoreError::Corrupt(format!(
-                "blob {digest:?} has {len} bytes"
-            )));
+        let path = self.blob_path(digest);
+        let digest = *digest;
+        let wanted = range.end - range.start;
+        // Open, check and (for a small range) read in one trip to the blocking pool: small
+        // range reads are the hot path of random access.
+        let (file, small) = blocking(move || {
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, "blob"));
+                }
+                Err(e) => return Err(e),
+            };
+            let len = file.metadata()?.len();
+            if range.end > len {
+                return Err(io::Error::other(format!("blob {digest:?} has {len} bytes")));
+            }
+            if wanted <= READ_BLOCK as u64 {
+                let mut buf = vec![0u8; wanted as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, range.start)?;
+                return Ok((None, Some(Bytes::from(buf))));
+            }
+            file.seek(SeekFrom::Start(range.start))?;
+            Ok((Some(file), None))
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Io(e) if e.kind() == io::ErrorKind::NotFound => StoreError::NotFound,
+            other => other,
+        })?;
+        if let Some(bytes) = small {
+            return Ok(futures::stream::once(async move { Ok(bytes) }).boxed());
         }
-        file.seek(SeekFrom::Start(range.start)).await?;
-        let reader = file.take(range.end - range.start);
+        let file = tokio::fs::File::from_std(file.ok_or_else(|| io::Error::other("no file"))?);
+        let reader = file.take(wanted);
         Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_BLOCK).boxed())
     }
 

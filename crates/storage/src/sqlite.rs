@@ -4,7 +4,7 @@
 //! serialized, which is what makes `MAX(sequence) + 1` a gap-free, commit-ordered sequence.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[(
 
 /// Events kept in memory after commit (see [`SqliteStore::tail`]).
 const TAIL_EVENTS: usize = 4096;
+/// File records kept in memory (see [`SqliteStore::files`]).
+const FILE_CACHE: usize = 16 * 1024;
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -41,6 +43,9 @@ pub struct SqliteStore {
     /// commit read them here instead of each querying the database.
     tail: std::sync::Mutex<VecDeque<Event>>,
     tail_events: usize,
+    /// File records by id. A file never changes once added (and files are never removed), so
+    /// a cached record is never stale; downloads and range reads skip the database.
+    files: std::sync::Mutex<HashMap<FileId, FileRecord>>,
     events: watch::Sender<u64>,
 }
 
@@ -94,6 +99,7 @@ impl SqliteStore {
             write_turn: tokio::sync::Mutex::new(()),
             tail: std::sync::Mutex::new(VecDeque::with_capacity(tail_events)),
             tail_events: tail_events.max(1),
+            files: std::sync::Mutex::new(HashMap::new()),
             events,
         })
     }
@@ -511,15 +517,27 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn file(&self, tenant: &str, id: FileId) -> Result<Option<FileRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE id = ? AND tenant = ?"
-        ))
-        .bind(id.to_string())
-        .bind(tenant)
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(db)?;
-        row.as_ref().map(file_from_row).transpose()
+        {
+            let cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(file) = cache.get(&id) {
+                return Ok((file.tenant == tenant).then(|| file.clone()));
+            }
+        }
+        let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db)?;
+        let Some(file) = row.as_ref().map(file_from_row).transpose()? else {
+            return Ok(None);
+        };
+        let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= FILE_CACHE {
+            // Crude but bounded; hot files come straight back.
+            cache.clear();
+        }
+        cache.insert(id, file.clone());
+        Ok((file.tenant == tenant).then_some(file))
     }
 
     async fn list_files(
