@@ -65,7 +65,7 @@ pub async fn events(
     let next_since = events.last().map_or(since, |e| e.sequence);
     let page = EventPage { events, next_since };
     let encode_error =
-        |e: artifactstore_core::manifest::EncodeError| ApiError::BadRequest(e.to_string());
+        |e: artifactstore_core::manifest::EncodeError| ApiError::Internal(e.to_string());
     let (content_type, body) = if json {
         (
             "application/json",
