@@ -63,7 +63,7 @@ pub struct Registry {
     meta: Arc<dyn MetadataStore>,
     blobs: Arc<dyn BlobStore>,
     config: RegistryConfig,
-    upload_locks: KeyedLocks,
+    upload_locks: Arc<KeyedLocks>,
 }
 
 impl Registry {
@@ -76,7 +76,7 @@ impl Registry {
             meta,
             blobs,
             config,
-            upload_locks: KeyedLocks::default(),
+            upload_locks: Arc::default(),
         }
     }
 
@@ -332,7 +332,7 @@ impl Registry {
         chunk: Chunk,
         body: ByteStream,
     ) -> Result<Upload> {
-        let _guard = self.upload_locks.lock(id).await;
+        let guard = self.upload_locks.lock(id).await;
         let record = self.open_upload(tenant, id).await?;
         let offset = record.upload.offset;
         if let Some(start) = chunk.start
@@ -373,39 +373,44 @@ impl Registry {
         }
         let max_len = chunk.len.unwrap_or(room);
         let hasher = restore_hasher(&record)?;
-        let hasher = match self
-            .blobs
-            .stage_append(&id, offset, hasher, body, max_len)
-            .await
-        {
-            Ok(hasher) => hasher,
-            Err(StoreError::TooLarge { .. }) => {
-                return Err(if chunk.len.is_some() {
-                    RegistryError::LengthMismatch { declared: max_len }
-                } else if let Some(size) = size {
-                    RegistryError::BeyondDeclaredSize { size, offset }
-                } else {
-                    RegistryError::TooLarge {
-                        limit: self.config.max_file_bytes,
-                    }
-                });
+        // Writing the staged bytes and moving the offset run to their end under the lock even
+        // if the request goes away: a half-finished append must not overlap the next one.
+        let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
+        let (owned_tenant, ttl) = (tenant.to_string(), self.config.upload_ttl.as_secs());
+        let declared_len = chunk.len;
+        let appended = tokio::spawn(async move {
+            let _guard = guard;
+            let hasher = blobs
+                .stage_append(&id, offset, hasher, body, max_len)
+                .await
+                .map_err(Append::Stage)?;
+            if let Some(len) = declared_len
+                && hasher.len() - offset != len
+            {
+                return Err(Append::Length(len));
             }
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(len) = chunk.len
-            && hasher.len() - offset != len
-        {
-            return Err(RegistryError::LengthMismatch { declared: len });
-        }
-        let expires_at = self.expiry(Timestamp::now());
-        match self
-            .meta
-            .advance_upload(tenant, id, offset, &hasher, size, expires_at)
-            .await
-        {
+            let expires_at = Timestamp::now().plus_secs(ttl);
+            meta.advance_upload(&owned_tenant, id, offset, &hasher, size, expires_at)
+                .await
+                .map_err(Append::Advance)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("append failed: {e}")))?;
+        match appended {
             Ok(record) => Ok(record.upload),
-            Err(StoreError::Stale) => Err(RegistryError::ConcurrentUpdate),
-            Err(e) => Err(self.upload_error(e)),
+            Err(Append::Length(declared)) => Err(RegistryError::LengthMismatch { declared }),
+            Err(Append::Advance(StoreError::Stale)) => Err(RegistryError::ConcurrentUpdate),
+            Err(Append::Advance(e)) => Err(self.upload_error(e)),
+            Err(Append::Stage(StoreError::TooLarge { .. })) => Err(if declared_len.is_some() {
+                RegistryError::LengthMismatch { declared: max_len }
+            } else if let Some(size) = size {
+                RegistryError::BeyondDeclaredSize { size, offset }
+            } else {
+                RegistryError::TooLarge {
+                    limit: self.config.max_file_bytes,
+                }
+            }),
+            Err(Append::Stage(e)) => Err(e.into()),
         }
     }
 
@@ -617,6 +622,13 @@ impl Registry {
     }
 }
 
+/// Where an append stopped, for [`Registry::append_upload`] to explain.
+enum Append {
+    Stage(StoreError),
+    Length(u64),
+    Advance(StoreError),
+}
+
 fn new_event<T: serde::Serialize>(
     kind: EventType,
     tenant: &str,
@@ -676,28 +688,28 @@ struct KeyedLocks {
     locks: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-struct KeyedGuard<'a> {
-    owner: &'a KeyedLocks,
+struct KeyedGuard {
+    owner: Arc<KeyedLocks>,
     key: UploadId,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
 impl KeyedLocks {
-    async fn lock(&self, key: UploadId) -> KeyedGuard<'_> {
+    async fn lock(self: &Arc<Self>, key: UploadId) -> KeyedGuard {
         let mutex = {
             let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key).or_default().clone()
         };
         let guard = mutex.lock_owned().await;
         KeyedGuard {
-            owner: self,
+            owner: self.clone(),
             key,
             guard: Some(guard),
         }
     }
 }
 
-impl Drop for KeyedGuard<'_> {
+impl Drop for KeyedGuard {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut map = self.owner.locks.lock().unwrap_or_else(|p| p.into_inner());

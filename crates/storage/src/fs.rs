@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 const READ_BLOCK: usize = 256 * 1024;
 /// Bytes gathered before one `write` call.
 const WRITE_BLOCK: usize = 128 * 1024;
+/// Bodies up to this size are gathered in memory and stored in one blocking call.
+const SMALL_BLOB: u64 = WRITE_BLOCK as u64;
 /// Bytes written before their writeback is started (see [`WriteBehind`]).
 const WRITE_BEHIND_WINDOW: u64 = 8 * 1024 * 1024;
 /// Chunks in flight between the receiving task and the hashing and writing threads.
@@ -76,6 +78,45 @@ impl FsBlobStore {
         self.inner.blobs.join(&hex[..2]).join(hex)
     }
 
+    fn temp_path(&self) -> PathBuf {
+        self.inner.tmp.join(ulid::Ulid::new().to_string())
+    }
+
+    /// Stores a body that is all in `chunks`: hash, write, fsync, rename, all in one
+    /// blocking call, and no write at all when the blob is already there.
+    async fn put_small(
+        &self,
+        chunks: Vec<Bytes>,
+        expected: Option<Sha256Digest>,
+    ) -> Result<BlobInfo, StoreError> {
+        let mut hasher = Sha256Hasher::new();
+        for chunk in &chunks {
+            hasher.update(chunk);
+        }
+        let info = BlobInfo {
+            size: hasher.len(),
+            digest: hasher.finish(),
+        };
+        check_digest(expected, info.digest)?;
+        let target = self.blob_path(&info.digest);
+        let temp = TempFile::new(self.temp_path());
+        blocking(move || {
+            if !present(&target, info.size) {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&temp.path)?;
+                for chunk in &chunks {
+                    file.write_all(chunk)?;
+                }
+                file.sync_all()?;
+            }
+            place(&temp, &target, info.size)
+        })
+        .await?;
+        Ok(info)
+    }
+
     fn staging_path(&self, upload: &UploadId) -> PathBuf {
         self.inner.uploads.join(upload.to_string())
     }
@@ -98,7 +139,28 @@ impl BlobStore for FsBlobStore {
         expected: Option<Sha256Digest>,
         max_len: u64,
     ) -> Result<BlobInfo, StoreError> {
-        let temp = TempFile::new(self.inner.tmp.join(ulid::Ulid::new().to_string()));
+        // A small body is gathered whole (at most SMALL_BLOB bytes) and stored in one trip to
+        // the blocking pool: for small files the trips, not the bytes, are the cost.
+        let mut body = body;
+        let mut head = Vec::new();
+        let mut gathered: u64 = 0;
+        while gathered <= SMALL_BLOB {
+            match body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(StoreError::Body)?;
+                    gathered += chunk.len() as u64;
+                    if gathered > max_len {
+                        return Err(StoreError::TooLarge { limit: max_len });
+                    }
+                    head.push(chunk);
+                }
+                None => return self.put_small(head, expected).await,
+            }
+        }
+        let body = futures::stream::iter(head.into_iter().map(Ok))
+            .chain(body)
+            .boxed();
+        let temp = TempFile::new(self.temp_path());
         let file = blocking({
             let path = temp.path.clone();
             move || OpenOptions::new().write(true).create_new(true).open(path)
@@ -109,25 +171,9 @@ impl BlobStore for FsBlobStore {
             size: hasher.len(),
             digest: hasher.finish(),
         };
-        if let Some(expected) = expected
-            && expected != info.digest
-        {
-            return Err(StoreError::DigestMismatch {
-                expected,
-                actual: info.digest,
-            });
-        }
+        check_digest(expected, info.digest)?;
         let target = self.blob_path(&info.digest);
-        blocking(move || {
-            // Same digest, same bytes: a present blob of the right size is this one.
-            if std::fs::metadata(&target).is_ok_and(|m| m.len() == info.size) {
-                return Ok(());
-            }
-            std::fs::rename(&temp.path, &target)?;
-            temp.disarm();
-            sync_dir(parent(&target))
-        })
-        .await?;
+        blocking(move || place(&temp, &target, info.size)).await?;
         Ok(info)
     }
 
@@ -200,8 +246,8 @@ impl BlobStore for FsBlobStore {
         let staged = self.staging_path(upload);
         let target = self.blob_path(&blob.digest);
         blocking(move || {
-            if std::fs::metadata(&target).is_ok_and(|m| m.len() == blob.size) {
-                return Ok(());
+            if present(&target, blob.size) {
+                return sync_dir(parent(&target));
             }
             let file = match OpenOptions::new().write(true).open(&staged) {
                 Ok(file) => file,
@@ -457,6 +503,31 @@ impl Drop for TempFile {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+fn check_digest(expected: Option<Sha256Digest>, actual: Sha256Digest) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(StoreError::DigestMismatch { expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Same digest, same bytes: a present blob of the right size is this one.
+fn present(target: &Path, size: u64) -> bool {
+    std::fs::metadata(target).is_ok_and(|m| m.len() == size)
+}
+
+/// Moves a written and fsynced temporary file to its blob name, unless the blob is already
+/// there, and makes the name durable. The directory is fsynced in both cases: a blob that
+/// another writer just renamed into place may not be durable yet.
+fn place(temp: &TempFile, target: &Path, size: u64) -> io::Result<()> {
+    if !present(target, size) {
+        std::fs::rename(&temp.path, target)?;
+        temp.disarm();
+    }
+    sync_dir(parent(target))
 }
 
 fn parent(path: &Path) -> &Path {

@@ -6,18 +6,21 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use artifactstore_core::storage::{MetadataStore, StoreError};
 use artifactstore_core::*;
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
-use tokio::sync::watch;
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const READERS: u32 = 4;
 
@@ -27,26 +30,53 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../migrations/sqlite/0001_init.sql"),
 )];
 
-/// Events kept in memory after commit (see [`SqliteStore::tail`]).
+/// Events kept in memory after commit (see [`Published::tail`]).
 const TAIL_EVENTS: usize = 4096;
 /// File records kept in memory (see [`SqliteStore::files`]).
 const FILE_CACHE: usize = 16 * 1024;
+/// Writes committed together at most (see [`run_writer`]).
+const MAX_GROUP: usize = 256;
+/// Writes waiting for the writer at most; more wait to be queued.
+const WRITE_QUEUE: usize = 1024;
 
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
-    /// Held from `BEGIN` until the commit's event is in `tail` and `events`, so those two see
-    /// commits in commit order (the pool's one connection alone would not promise that: it is
-    /// back in the pool, free for the next writer, as soon as `COMMIT` returns).
-    write_turn: tokio::sync::Mutex<()>,
+    /// The writer task's queue: every change goes through it (see [`run_writer`]).
+    jobs: mpsc::Sender<Message>,
+    published: Arc<Published>,
+    /// File records by id. A file never changes once added (and files are never removed), so
+    /// a cached record is never stale; downloads and range reads skip the database.
+    files: std::sync::Mutex<HashMap<FileId, FileRecord>>,
+}
+
+/// What the writer task tells readers after each commit, in commit order.
+struct Published {
     /// The newest committed events, contiguous, in order. A thousand long-polls woken by one
     /// commit read them here instead of each querying the database.
     tail: std::sync::Mutex<VecDeque<Event>>,
     tail_events: usize,
-    /// File records by id. A file never changes once added (and files are never removed), so
-    /// a cached record is never stale; downloads and range reads skip the database.
-    files: std::sync::Mutex<HashMap<FileId, FileRecord>>,
     events: watch::Sender<u64>,
+}
+
+/// One change, run by the writer task on its connection inside the group's transaction.
+type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Outcome> + Send>;
+
+enum Message {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+enum Outcome {
+    /// Done in the transaction; `deliver` answers the caller once the commit is known.
+    Staged {
+        event: Option<Event>,
+        deliver: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    },
+    /// Refused (not found, conflict, …) before changing anything; the caller has its answer.
+    Refused,
+    /// The database failed mid-change: the whole group's transaction must be rolled back.
+    Broken(String),
 }
 
 impl SqliteStore {
@@ -93,39 +123,83 @@ impl SqliteStore {
             .await
             .map_err(db)?;
         let (events, _) = watch::channel(last as u64);
+        let published = Arc::new(Published {
+            tail: std::sync::Mutex::new(VecDeque::with_capacity(tail_events)),
+            tail_events: tail_events.max(1),
+            events,
+        });
+        let connection = writer.acquire().await.map_err(db)?;
+        let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(run_writer(connection, queue, published.clone()));
         Ok(Self {
             writer,
             readers,
-            write_turn: tokio::sync::Mutex::new(()),
-            tail: std::sync::Mutex::new(VecDeque::with_capacity(tail_events)),
-            tail_events: tail_events.max(1),
+            jobs,
+            published,
             files: std::sync::Mutex::new(HashMap::new()),
-            events,
         })
     }
 
-    /// Closes the pools, checkpointing the WAL.
+    /// Finishes the queued writes, then closes the pools, checkpointing the WAL.
     pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.jobs.send(Message::Close(ack)).await.is_ok() {
+            let _ = done.await;
+        }
         self.readers.close().await;
         self.writer.close().await;
     }
 
-    async fn begin(
+    /// Runs `change` on the writer task and answers once it is committed (or refused). A
+    /// change that returns any error but [`StoreError::Database`] must have changed nothing:
+    /// it shares its transaction with the rest of its group.
+    ///
+    /// Once queued, a change is carried out even if the caller stops waiting, like a request
+    /// a server received in full.
+    async fn write<T: Send + 'static>(
         &self,
-    ) -> Result<
-        (
-            tokio::sync::MutexGuard<'_, ()>,
-            Transaction<'static, Sqlite>,
-        ),
-        StoreError,
-    > {
-        let turn = self.write_turn.lock().await;
-        Ok((turn, self.writer.begin().await.map_err(db)?))
+        change: impl for<'c> FnOnce(
+            &'c mut SqliteConnection,
+        ) -> BoxFuture<'c, Result<(T, Option<Event>), StoreError>>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                match change(conn).await {
+                    Ok((value, event)) => Outcome::Staged {
+                        event,
+                        deliver: Box::new(move |committed: Result<(), StoreError>| {
+                            let _ = reply.send(committed.map(|()| value));
+                        }),
+                    },
+                    Err(StoreError::Database(e)) => {
+                        let _ = reply.send(Err(StoreError::Database(e.clone())));
+                        Outcome::Broken(e)
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        Outcome::Refused
+                    }
+                }
+            })
+        });
+        let gone = || StoreError::Database("the metadata writer has stopped".into());
+        self.jobs
+            .send(Message::Job(job))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// The tenant's events after `since` from memory, if memory holds all of them.
     fn recent_events(&self, tenant: &str, since: u64, limit: u32) -> Option<Vec<Event>> {
-        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let tail = self
+            .published
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let first = tail.front()?.sequence;
         if first > since.saturating_add(1) {
             return None;
@@ -138,31 +212,113 @@ impl SqliteStore {
             .collect();
         Some(events)
     }
+}
 
-    /// Commits and then tells waiting tailers about the new sequence.
-    async fn commit(
-        &self,
-        tx: Transaction<'static, Sqlite>,
-        event: Option<&Event>,
-    ) -> Result<(), StoreError> {
-        tx.commit().await.map_err(db)?;
-        if let Some(event) = event {
-            {
-                let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+impl Published {
+    /// Makes committed events visible to tailers, in commit order, and wakes them.
+    fn publish(&self, events: impl IntoIterator<Item = Event>) {
+        let mut last = None;
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            for event in events {
                 if tail.len() >= self.tail_events {
                     tail.pop_front();
                 }
-                tail.push_back(event.clone());
+                last = Some(event.sequence);
+                tail.push_back(event);
             }
+        }
+        if let Some(sequence) = last {
             self.events.send_if_modified(|last| {
-                let newer = event.sequence > *last;
+                let newer = sequence > *last;
                 if newer {
-                    *last = event.sequence;
+                    *last = sequence;
                 }
                 newer
             });
         }
-        Ok(())
+    }
+}
+
+/// The one writer: takes queued changes, runs as many as are waiting (up to [`MAX_GROUP`]) in
+/// one transaction, commits them with one fsync, publishes their events in order and only
+/// then answers their callers. Grouping is what lets many small writes share the cost of a
+/// durable commit; with a single writer, `MAX(sequence) + 1` stays gap-free and in commit
+/// order.
+async fn run_writer(
+    mut conn: PoolConnection<Sqlite>,
+    mut queue: mpsc::Receiver<Message>,
+    published: Arc<Published>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut next = Some(first);
+        let mut staged = Vec::new();
+        let mut broken: Option<String> = None;
+        let mut closing = None;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            // Dropping the job answers its caller with an error.
+            tracing::error!(error = %e, "metadata writer could not begin a transaction");
+            continue;
+        }
+        let mut taken = 0;
+        loop {
+            let message = match next.take() {
+                Some(message) => message,
+                None if taken >= MAX_GROUP => break,
+                None => match queue.try_recv() {
+                    Ok(message) => message,
+                    Err(_) => break,
+                },
+            };
+            match message {
+                Message::Close(ack) => {
+                    closing = Some(ack);
+                    break;
+                }
+                Message::Job(job) => {
+                    taken += 1;
+                    match job(&mut conn).await {
+                        Outcome::Staged { event, deliver } => staged.push((event, deliver)),
+                        Outcome::Refused => {}
+                        Outcome::Broken(e) => {
+                            broken = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let committed = match broken {
+            None => sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Some(e) => Err(e),
+        };
+        match committed {
+            Ok(()) => {
+                let events: Vec<Event> = staged.iter().filter_map(|(e, _)| e.clone()).collect();
+                published.publish(events);
+                for (_, deliver) in staged {
+                    deliver(Ok(()));
+                }
+            }
+            Err(e) => {
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    tracing::error!(error = %rollback, "metadata writer could not roll back");
+                }
+                let e = format!("a change committed together with this one failed: {e}");
+                for (_, deliver) in staged {
+                    deliver(Err(StoreError::Database(e.clone())));
+                }
+            }
+        }
+        if let Some(ack) = closing {
+            drop(conn);
+            let _ = ack.send(());
+            return;
+        }
     }
 }
 
@@ -199,10 +355,7 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unreadable {what} in the metadata store"))
 }
 
-async fn append_event(
-    tx: &mut Transaction<'static, Sqlite>,
-    event: NewEvent,
-) -> Result<Event, StoreError> {
+async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Event, StoreError> {
     let data =
         serde_json::to_string(&event.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let sequence: i64 = sqlx::query_scalar(
@@ -215,7 +368,7 @@ async fn append_event(
     .bind(&event.tenant)
     .bind(event.package_id.to_string())
     .bind(data)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await
     .map_err(db)?;
     Ok(Event {
@@ -226,6 +379,19 @@ async fn append_event(
         package_id: event.package_id,
         data: event.data,
     })
+}
+
+async fn upload_state(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    id: UploadId,
+) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar("SELECT state FROM uploads WHERE id = ? AND tenant = ?")
+        .bind(id.to_string())
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)
 }
 
 const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, state, \
@@ -345,36 +511,42 @@ impl MetadataStore for SqliteStore {
     async fn create_package(&self, p: &Package, event: NewEvent) -> Result<Event, StoreError> {
         let metadata =
             serde_json::to_string(&p.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (_turn, mut tx) = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO packages (id, tenant, producer, subject, retention_class, metadata, \
-             state, created_at, file_count, total_size) VALUES (?, ?, ?, ?, ?, ?, 'open', ?, 0, 0)",
-        )
-        .bind(p.id.to_string())
-        .bind(&p.tenant)
-        .bind(&p.producer)
-        .bind(&p.subject)
-        .bind(&p.retention_class)
-        .bind(metadata)
-        .bind(p.created_at.as_millis())
-        .execute(&mut *tx)
+        let p = p.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO packages (id, tenant, producer, subject, retention_class, \
+                     metadata, state, created_at, file_count, total_size) \
+                     VALUES (?, ?, ?, ?, ?, ?, 'open', ?, 0, 0)",
+                )
+                .bind(p.id.to_string())
+                .bind(&p.tenant)
+                .bind(&p.producer)
+                .bind(&p.subject)
+                .bind(&p.retention_class)
+                .bind(metadata)
+                .bind(p.created_at.as_millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                for (key, value) in &p.metadata {
+                    sqlx::query(
+                        "INSERT INTO package_metadata (package_id, tenant, key, value) \
+                         VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(p.id.to_string())
+                    .bind(&p.tenant)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                }
+                let event = append_event(conn, event).await?;
+                Ok((event.clone(), Some(event)))
+            })
+        })
         .await
-        .map_err(db)?;
-        for (key, value) in &p.metadata {
-            sqlx::query(
-                "INSERT INTO package_metadata (package_id, tenant, key, value) VALUES (?, ?, ?, ?)",
-            )
-            .bind(p.id.to_string())
-            .bind(&p.tenant)
-            .bind(key)
-            .bind(value)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
-        let event = append_event(&mut tx, event).await?;
-        self.commit(tx, Some(&event)).await?;
-        Ok(event)
     }
 
     async fn package(&self, tenant: &str, id: PackageId) -> Result<Option<Package>, StoreError> {
@@ -457,63 +629,70 @@ impl MetadataStore for SqliteStore {
         upload: Option<UploadId>,
         event: NewEvent,
     ) -> Result<Event, StoreError> {
-        let (_turn, mut tx) = self.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM packages WHERE id = ? AND tenant = ?")
+        let file = file.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                // Every refusal is decided before the first change (see `write`).
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM packages WHERE id = ? AND tenant = ?")
+                        .bind(file.package_id.to_string())
+                        .bind(&file.tenant)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(db)?;
+                match state.as_deref() {
+                    None => return Err(StoreError::NotFound),
+                    Some("open") => {}
+                    Some(_) => return Err(StoreError::PackageFinalized),
+                }
+                if let Some(upload) = upload
+                    && upload_state(conn, &file.tenant, upload).await?.as_deref() != Some("open")
+                {
+                    return Err(StoreError::UploadNotOpen);
+                }
+                // A taken path fails this statement alone, before anything has changed.
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .bind(file.id.to_string())
                 .bind(file.package_id.to_string())
                 .bind(&file.tenant)
-                .fetch_optional(&mut *tx)
+                .bind(&file.path)
+                .bind(file.size as i64)
+                .bind(&file.media_type)
+                .bind(file.sha256().hex())
+                .bind(file.created_at.as_millis())
+                .execute(&mut *conn)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::PathTaken(file.path.clone()));
+                    }
+                    Err(e) => return Err(db(e)),
+                }
+                if let Some(upload) = upload {
+                    sqlx::query("UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ?")
+                        .bind(file.id.to_string())
+                        .bind(upload.to_string())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(db)?;
+                }
+                sqlx::query(
+                    "UPDATE packages SET file_count = file_count + 1, \
+                     total_size = total_size + ? WHERE id = ?",
+                )
+                .bind(file.size as i64)
+                .bind(file.package_id.to_string())
+                .execute(&mut *conn)
                 .await
                 .map_err(db)?;
-        match state.as_deref() {
-            None => return Err(StoreError::NotFound),
-            Some("open") => {}
-            Some(_) => return Err(StoreError::PackageFinalized),
-        }
-        if let Some(upload) = upload {
-            let done = sqlx::query(
-                "UPDATE uploads SET state = 'completed', file_id = ? \
-                 WHERE id = ? AND tenant = ? AND state = 'open'",
-            )
-            .bind(file.id.to_string())
-            .bind(upload.to_string())
-            .bind(&file.tenant)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            if done.rows_affected() != 1 {
-                return Err(StoreError::UploadNotOpen);
-            }
-        }
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(file.id.to_string())
-        .bind(file.package_id.to_string())
-        .bind(&file.tenant)
-        .bind(&file.path)
-        .bind(file.size as i64)
-        .bind(&file.media_type)
-        .bind(file.sha256().hex())
-        .bind(file.created_at.as_millis())
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::PathTaken(file.path.clone()));
-            }
-            Err(e) => return Err(db(e)),
-        }
-        sqlx::query("UPDATE packages SET file_count = file_count + 1, total_size = total_size + ? WHERE id = ?")
-            .bind(file.size as i64)
-            .bind(file.package_id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        let event = append_event(&mut tx, event).await?;
-        self.commit(tx, Some(&event)).await?;
-        Ok(event)
+                let event = append_event(conn, event).await?;
+                Ok((event.clone(), Some(event)))
+            })
+        })
+        .await
     }
 
     async fn file(&self, tenant: &str, id: FileId) -> Result<Option<FileRecord>, StoreError> {
@@ -570,38 +749,44 @@ impl MetadataStore for SqliteStore {
         manifest: &StoredManifest,
         event: NewEvent,
     ) -> Result<(Package, Option<Event>), StoreError> {
-        let select = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ? AND tenant = ?");
-        let (_turn, mut tx) = self.begin().await?;
-        let row = sqlx::query(&select)
-            .bind(package.to_string())
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?
-            .ok_or(StoreError::NotFound)?;
-        let current = package_from_row(&row)?;
-        if current.state == PackageState::Finalized {
-            return Ok((current, None));
-        }
-        if current.file_count != file_count {
-            return Err(StoreError::Stale);
-        }
-        let row = sqlx::query(&format!(
-            "UPDATE packages SET state = 'finalized', finalized_at = ?, manifest_digest = ?, \
-             manifest_cbor = ?, manifest_json = ? WHERE id = ? RETURNING {PACKAGE_COLUMNS}"
-        ))
-        .bind(finalized_at.as_millis())
-        .bind(manifest.digest.content_address())
-        .bind(&manifest.cbor)
-        .bind(&manifest.json)
-        .bind(package.to_string())
-        .fetch_one(&mut *tx)
+        let (tenant, manifest) = (tenant.to_string(), manifest.clone());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let row = sqlx::query(&format!(
+                    "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ? AND tenant = ?"
+                ))
+                .bind(package.to_string())
+                .bind(&tenant)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?
+                .ok_or(StoreError::NotFound)?;
+                let current = package_from_row(&row)?;
+                if current.state == PackageState::Finalized {
+                    return Ok(((current, None), None));
+                }
+                if current.file_count != file_count {
+                    return Err(StoreError::Stale);
+                }
+                let row = sqlx::query(&format!(
+                    "UPDATE packages SET state = 'finalized', finalized_at = ?, \
+                     manifest_digest = ?, manifest_cbor = ?, manifest_json = ? \
+                     WHERE id = ? RETURNING {PACKAGE_COLUMNS}"
+                ))
+                .bind(finalized_at.as_millis())
+                .bind(manifest.digest.content_address())
+                .bind(&manifest.cbor)
+                .bind(&manifest.json)
+                .bind(package.to_string())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db)?;
+                let updated = package_from_row(&row)?;
+                let event = append_event(conn, event).await?;
+                Ok(((updated, Some(event.clone())), Some(event)))
+            })
+        })
         .await
-        .map_err(db)?;
-        let updated = package_from_row(&row)?;
-        let event = append_event(&mut tx, event).await?;
-        self.commit(tx, Some(&event)).await?;
-        Ok((updated, Some(event)))
     }
 
     async fn manifest(
@@ -630,33 +815,38 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
-        let (_turn, mut tx) = self.begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(u.upload.id.to_string())
-        .bind(&u.tenant)
-        .bind(u.upload.size.map(|s| s as i64))
-        .bind(u.upload.offset as i64)
-        .bind(u.upload.state.as_str())
-        .bind(&u.hash_state)
-        .bind(u.created_at.as_millis())
-        .bind(u.upload.expires_at.as_millis())
-        .bind(u.file_id.map(|f| f.to_string()))
-        .execute(&mut *tx)
+        let u = u.clone();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(&format!(
+                    "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .bind(u.upload.id.to_string())
+                .bind(&u.tenant)
+                .bind(u.upload.size.map(|s| s as i64))
+                .bind(u.upload.offset as i64)
+                .bind(u.upload.state.as_str())
+                .bind(&u.hash_state)
+                .bind(u.created_at.as_millis())
+                .bind(u.upload.expires_at.as_millis())
+                .bind(u.file_id.map(|f| f.to_string()))
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+                Ok(((), None))
+            })
+        })
         .await
-        .map_err(db)?;
-        self.commit(tx, None).await
     }
 
     async fn upload(&self, tenant: &str, id: UploadId) -> Result<Option<UploadRecord>, StoreError> {
-        // From the writer: a client resuming right after a PATCH must see its new offset.
+        // A change is answered only after its commit, so a reader sees every answered one.
         let row = sqlx::query(&format!(
             "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND tenant = ?"
         ))
         .bind(id.to_string())
         .bind(tenant)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.readers)
         .await
         .map_err(db)?;
         row.as_ref().map(upload_from_row).transpose()
@@ -671,64 +861,55 @@ impl MetadataStore for SqliteStore {
         size: Option<u64>,
         expires_at: Timestamp,
     ) -> Result<UploadRecord, StoreError> {
-        let (_turn, mut tx) = self.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE uploads SET \"offset\" = ?, hash_state = ?, size = COALESCE(size, ?), expires_at = ? \
-             WHERE id = ? AND tenant = ? AND state = 'open' AND \"offset\" = ? RETURNING {UPLOAD_COLUMNS}"
-        ))
-        .bind(hasher.len() as i64)
-        .bind(hasher.save())
-        .bind(size.map(|s| s as i64))
-        .bind(expires_at.as_millis())
-        .bind(id.to_string())
-        .bind(tenant)
-        .bind(from_offset as i64)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        match row {
-            Some(row) => {
-                let record = upload_from_row(&row)?;
-                self.commit(tx, None).await?;
-                Ok(record)
-            }
-            None => {
-                let state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM uploads WHERE id = ? AND tenant = ?")
-                        .bind(id.to_string())
-                        .bind(tenant)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                Err(match state.as_deref() {
+        let (tenant, offset, hash_state) = (tenant.to_string(), hasher.len(), hasher.save());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let row = sqlx::query(&format!(
+                    "UPDATE uploads SET \"offset\" = ?, hash_state = ?, size = COALESCE(size, ?), \
+                     expires_at = ? WHERE id = ? AND tenant = ? AND state = 'open' \
+                     AND \"offset\" = ? RETURNING {UPLOAD_COLUMNS}"
+                ))
+                .bind(offset as i64)
+                .bind(hash_state)
+                .bind(size.map(|s| s as i64))
+                .bind(expires_at.as_millis())
+                .bind(id.to_string())
+                .bind(&tenant)
+                .bind(from_offset as i64)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?;
+                if let Some(row) = row {
+                    return Ok((upload_from_row(&row)?, None));
+                }
+                Err(match upload_state(conn, &tenant, id).await?.as_deref() {
                     None => StoreError::NotFound,
                     Some("open") => StoreError::Stale,
                     Some(_) => StoreError::UploadNotOpen,
                 })
-            }
-        }
+            })
+        })
+        .await
     }
 
     async fn delete_upload(&self, tenant: &str, id: UploadId) -> Result<(), StoreError> {
-        let (_turn, mut tx) = self.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM uploads WHERE id = ? AND tenant = ?")
-                .bind(id.to_string())
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        match state.as_deref() {
-            None => return Err(StoreError::NotFound),
-            Some("open") => {}
-            Some(_) => return Err(StoreError::UploadNotOpen),
-        }
-        sqlx::query("DELETE FROM uploads WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        self.commit(tx, None).await
+        let tenant = tenant.to_string();
+        self.write(move |conn| {
+            Box::pin(async move {
+                match upload_state(conn, &tenant, id).await?.as_deref() {
+                    None => return Err(StoreError::NotFound),
+                    Some("open") => {}
+                    Some(_) => return Err(StoreError::UploadNotOpen),
+                }
+                sqlx::query("DELETE FROM uploads WHERE id = ?")
+                    .bind(id.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+                Ok(((), None))
+            })
+        })
+        .await
     }
 
     async fn expired_uploads(
@@ -776,6 +957,6 @@ impl MetadataStore for SqliteStore {
     }
 
     fn event_watch(&self) -> watch::Receiver<u64> {
-        self.events.subscribe()
+        self.published.events.subscribe()
     }
 }

@@ -606,6 +606,66 @@ async fn concurrent_writers_keep_the_event_log_gap_free() {
     assert_eq!(base_now.file_count, 12 * 5);
 }
 
+/// Writes committed together share a transaction: one that is refused (a taken path) must
+/// neither take the others down nor leave a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusals_inside_a_commit_group_change_nothing() {
+    let env = Env::new().await;
+    let pkg = env
+        .registry
+        .create_package(TENANT, new_package())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let r = env.registry.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every path is wanted by two tasks with different bytes.
+            let data = bytes(100 + t as usize, t);
+            r.add_file(
+                TENANT,
+                pkg.id,
+                file(&format!("p{}", t / 2)),
+                body(&data, 64),
+            )
+            .await
+        }));
+    }
+    let mut added = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => added += 1,
+            Err(RegistryError::PathTaken(_)) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(added, 32, "one winner per path");
+    let now = env.registry.package(TENANT, pkg.id).await.unwrap();
+    assert_eq!(now.file_count, 32);
+    let events = env
+        .registry
+        .events(TENANT, 0, Some(1000), Duration::ZERO)
+        .await
+        .unwrap();
+    let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=33).collect::<Vec<_>>(),
+        "one event per change"
+    );
+    let files = env
+        .registry
+        .list_files(TENANT, pkg.id, None, Some(1000))
+        .await
+        .unwrap();
+    assert_eq!(files.items.len(), 32);
+    assert_eq!(
+        files.items.iter().map(|f| f.size).sum::<u64>(),
+        now.total_size,
+        "counts match the rows"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identical_content_is_stored_once_under_races() {
     let env = Env::new().await;
