@@ -535,11 +535,7 @@ async fn failed_or_dropped_streams_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_keep_the_event_log_gap_free() {
     let env = Env::new().await;
-    let base = env
-        .registry
-        .create_package(TENANT, new_package())
-        .await
-        .unwrap();
+    let base = env.package().await;
     let mut tasks = Vec::new();
     for t in 0..16u64 {
         let r = env.registry.clone();
@@ -611,11 +607,7 @@ async fn concurrent_writers_keep_the_event_log_gap_free() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refusals_inside_a_commit_group_change_nothing() {
     let env = Env::new().await;
-    let pkg = env
-        .registry
-        .create_package(TENANT, new_package())
-        .await
-        .unwrap();
+    let pkg = env.package().await;
     let mut tasks = Vec::new();
     for t in 0..64u64 {
         let r = env.registry.clone();
@@ -669,11 +661,7 @@ async fn refusals_inside_a_commit_group_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identical_content_is_stored_once_under_races() {
     let env = Env::new().await;
-    let pkg = env
-        .registry
-        .create_package(TENANT, new_package())
-        .await
-        .unwrap();
+    let pkg = env.package().await;
     let data = bytes(4_000_000, 9);
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -789,11 +777,7 @@ async fn long_poll_wakes_on_the_next_event() {
 #[tokio::test]
 async fn data_survives_reopening_the_store() {
     let env = Env::new().await;
-    let pkg = env
-        .registry
-        .create_package(TENANT, new_package())
-        .await
-        .unwrap();
+    let pkg = env.package().await;
     let data = bytes(300_000, 5);
     let f = env
         .registry

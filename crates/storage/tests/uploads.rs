@@ -374,11 +374,7 @@ async fn empty_upload_and_oversized_declarations() {
 #[tokio::test]
 async fn an_upload_survives_reopening_the_store() {
     let env = Env::new().await;
-    let pkg = env
-        .registry
-        .create_package(TENANT, new_package())
-        .await
-        .unwrap();
+    let pkg = env.package().await;
     let data = bytes(700_000, 12);
     let up = env
         .registry

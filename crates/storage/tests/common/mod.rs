@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use artifactstore_core::storage::ByteStream;
-use artifactstore_core::{NewPackage, Registry, RegistryConfig};
+use artifactstore_core::{NewPackage, Package, Registry, RegistryConfig};
 use artifactstore_storage::{FsBlobStore, SqliteStore};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -35,6 +35,14 @@ impl Env {
             registry,
             meta,
         }
+    }
+
+    /// A new open package of [`TENANT`].
+    pub async fn package(&self) -> Package {
+        self.registry
+            .create_package(TENANT, new_package())
+            .await
+            .unwrap()
     }
 
     /// Closes the stores and opens them again on the same directory, as a restart would.
