@@ -101,18 +101,20 @@ impl FsBlobStore {
         };
         check_digest(expected, info.digest)?;
         let target = self.blob_path(&info.digest);
-        let temp = TempFile::new(self.temp_path());
+        let temp_path = self.temp_path();
         blocking(move || {
-            if !present(&target, info.size) {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&temp.path)?;
-                for chunk in &chunks {
-                    file.write_all(chunk)?;
-                }
-                file.sync_all()?;
+            if present(&target, info.size) {
+                return sync_dir(parent(&target));
             }
+            if let Some(linked) = store_unnamed(&target, info.size, &chunks) {
+                return linked;
+            }
+            let temp = TempFile::new(temp_path);
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp.path)?;
+            write_chunks(&mut file, &chunks)?;
             place(&temp, &target, info.size)
         })
         .await?;
@@ -507,6 +509,76 @@ impl Drop for TempFile {
     }
 }
 
+fn write_chunks(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
+    for chunk in chunks {
+        file.write_all(chunk)?;
+    }
+    file.sync_all()
+}
+
+/// Writes a blob as an unnamed file (`O_TMPFILE`) in its own directory, fsyncs it, links it
+/// under its name and fsyncs the directory. Compared with a named temporary file this takes
+/// no lock on a directory shared by all writers (concurrent small writes queued on `tmp/`'s
+/// lock here), and a crash leaves nothing to clean up. `None` when the filesystem or
+/// `/proc` does not offer it; the caller then takes the portable way.
+#[cfg(target_os = "linux")]
+fn store_unnamed(target: &Path, size: u64, chunks: &[Bytes]) -> Option<io::Result<()>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = parent(target);
+    let mut file = match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(file) => file,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            return None;
+        }
+        Err(e) => return Some(Err(e)),
+    };
+    if let Err(e) = write_chunks(&mut file, chunks) {
+        return Some(Err(e));
+    }
+    let from = format!("/proc/self/fd/{}\0", file.as_raw_fd());
+    let mut to = target.as_os_str().as_bytes().to_vec();
+    to.push(0);
+    // SAFETY: both paths are NUL-terminated buffers that outlive the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr().cast(),
+            libc::AT_FDCWD,
+            to.as_ptr().cast(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked != 0 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Another writer stored the same bytes first.
+            Some(libc::EEXIST) if present(target, size) => {}
+            // A damaged blob is in the way: the portable way replaces it.
+            Some(libc::EEXIST) => return None,
+            // No /proc: the portable way still works.
+            Some(libc::ENOENT) if !Path::new("/proc/self/fd").exists() => return None,
+            _ => return Some(Err(e)),
+        }
+    }
+    Some(sync_dir(dir))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn store_unnamed(_target: &Path, _size: u64, _chunks: &[Bytes]) -> Option<io::Result<()>> {
+    None
+}
+
 fn check_digest(expected: Option<Sha256Digest>, actual: Sha256Digest) -> Result<(), StoreError> {
     match expected {
         Some(expected) if expected != actual => {
@@ -549,4 +621,62 @@ async fn blocking<T: Send + 'static>(
 
 fn join_error(e: tokio::task::JoinError) -> io::Error {
     io::Error::other(format!("blocking task failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(data: &[u8]) -> ByteStream {
+        let chunks: Vec<io::Result<Bytes>> = data
+            .chunks(4096)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(chunks).boxed()
+    }
+
+    async fn read_all(store: &FsBlobStore, info: &BlobInfo) -> Vec<u8> {
+        let mut stream = store.read(&info.digest, 0..info.size).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    /// Both ways of storing (a small body at once, a large one through the pipeline) store
+    /// the bytes under their digest, leave nothing in `tmp/`, and replace a damaged blob.
+    #[tokio::test]
+    async fn small_and_large_bodies_store_and_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        for len in [0, 1, SMALL_BLOB as usize, SMALL_BLOB as usize + 1, 3 << 20] {
+            let data = artifactstore_testkit::bytes(len, len as u64);
+            let info = store.put(body(&data), None, u64::MAX).await.unwrap();
+            assert_eq!(info.size, len as u64);
+            assert_eq!(info.digest, Sha256Digest::of(&data));
+            assert_eq!(read_all(&store, &info).await, data, "{len} bytes");
+            // Stored again: same blob, nothing new.
+            store.put(body(&data), None, u64::MAX).await.unwrap();
+            // A damaged copy (wrong size) is replaced by the next put of the content.
+            std::fs::write(store.blob_path(&info.digest), b"damaged!!").unwrap();
+            store.put(body(&data), None, u64::MAX).await.unwrap();
+            assert_eq!(read_all(&store, &info).await, data, "{len} bytes, repaired");
+        }
+        let leftovers = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        assert_eq!(leftovers, 0);
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_checked_like_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let data = b"four score".to_vec();
+        let wrong = Sha256Digest::of(b"other");
+        let err = store.put(body(&data), Some(wrong), u64::MAX).await;
+        assert!(matches!(err, Err(StoreError::DigestMismatch { .. })));
+        let err = store.put(body(&data), None, 3).await;
+        assert!(matches!(err, Err(StoreError::TooLarge { limit: 3 })));
+        assert_eq!(store.size(&Sha256Digest::of(&data)).await.unwrap(), None);
+    }
 }
