@@ -29,7 +29,12 @@ LG=target/release/artifactstore-bench
 
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" bench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  # Every round's figures stay for a closer look at the spread.
+  cp "$WORK/results.jsonl" "${BENCH_DIR:-$PWD/target}/bench-last.jsonl" 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { until curl -s -o /dev/null "http://127.0.0.1:$1/"; do sleep 0.1; done; }
