@@ -1,6 +1,7 @@
 //! Metadata and the event log in SQLite (WAL, `synchronous=FULL`): the embedded default.
 //!
-//! One connection writes, a small pool reads. With a single writer every transaction is
+//! One task writes, through one connection, committing the changes queued at each moment
+//! together (group commit); a small pool reads. With a single writer every transaction is
 //! serialized, which is what makes `MAX(sequence) + 1` a gap-free, commit-ordered sequence.
 
 use std::borrow::Cow;
