@@ -183,11 +183,18 @@ big, quick = sys.argv[7], sys.argv[8] == "1"
 def med(workload, system, key):
     v = [r["m"][key] for r in rows if r["workload"] == workload and r["system"] == system]
     return statistics.median(v) if v else float("nan")
+def vals(workload, system, key):
+    return [r["m"][key] for r in rows if r["workload"] == workload and r["system"] == system]
+# Ratios are medians of per-round ratios: both sides of a ratio ran in the same round, minutes
+# apart at most, while the disk's speed moves several-fold between rounds.
+def ratio(a, b):
+    pairs = [x / y for x, y in zip(a, b) if y]
+    return statistics.median(pairs) if pairs else float("nan")
 def medq(system, kind, key):
     v = [r["m"][kind][key] for r in rows if r["workload"] == "W7" and r["system"] == system]
     return statistics.median(v) if v else float("nan")
 sha, write, creates = med("limit-sha256", "machine", "mbps"), med("limit-write", "machine", "mbps"), med("limit-creates", "machine", "files_per_s")
-print(f"artifactstore benchmark ({'quick' if quick else 'full'}; {big} MiB file; medians)")
+print(f"artifactstore benchmark ({'quick' if quick else 'full'}; {big} MiB file; medians; ratios are medians of per-round ratios)")
 print(f"limits: sha256 {sha:.0f} MB/s, write+fsync {write:.0f} MB/s, durable 4 KiB creates (8 threads, median of the W3 rounds) {creates:.0f} files/s\n")
 fmt = "{:<4} {:<26} {:>12} {:>10}   {}"
 print(fmt.format("", "system", "median", "unit", "ratio"))
@@ -195,25 +202,26 @@ def line(w, s, v, unit, note=""):
     print(fmt.format(w, s, f"{v:.1f}", unit, note))
 for w, systems, key, unit in [("W1", ["artifactstore-multipart", "artifactstore-patch", "registry", "nginx-put"], "mbps", "MB/s"),
                               ("W2", ["artifactstore", "registry"], "mbps", "MB/s")]:
-    vals = {s: med(w, s, key) for s in systems}
     for s in systems:
         note = ""
         if s.startswith("artifactstore"):
-            note = f"x{vals[s] / vals['registry']:.2f} registry"
-            if w == "W1": note += f", {vals[s] / vals['nginx-put']:.2f} of nginx PUT"
-            if w == "W2": note += f", {vals[s] / med('W1', 'artifactstore-patch', 'mbps'):.2f} of own W1"
-        line(w, s, vals[s], unit, note)
-w3a, w3r = med("W3", "artifactstore", "files_per_s"), med("W3", "registry", "files_per_s")
-line("W3", "artifactstore", w3a, "files/s", f"x{w3a / w3r:.2f} registry, {w3a / creates:.2f} of durable creates")
-line("W3", "registry", w3r, "files/s")
-w4 = {s: med("W4", s, "mbps") for s in ["artifactstore", "registry", "nginx-sendfile", "nginx-read"]}
-best = max(w4["nginx-sendfile"], w4["nginx-read"])
-for s, v in w4.items():
-    line("W4", s, v, "MB/s", f"{v / best:.2f} of best nginx" if s == "artifactstore" else "")
+            mine = vals(w, s, key)
+            note = f"x{ratio(mine, vals(w, 'registry', key)):.2f} registry"
+            if w == "W1": note += f", {ratio(mine, vals(w, 'nginx-put', key)):.2f} of nginx PUT"
+            if w == "W2": note += f", {ratio(mine, vals('W1', 'artifactstore-patch', key)):.2f} of own W1"
+        line(w, s, med(w, s, key), unit, note)
+w3a = vals("W3", "artifactstore", "files_per_s")
+note = f"x{ratio(w3a, vals('W3', 'registry', 'files_per_s')):.2f} registry, {ratio(w3a, vals('limit-creates', 'machine', 'files_per_s')):.2f} of durable creates"
+line("W3", "artifactstore", med("W3", "artifactstore", "files_per_s"), "files/s", note)
+line("W3", "registry", med("W3", "registry", "files_per_s"), "files/s")
+best = [max(a, b) for a, b in zip(vals("W4", "nginx-sendfile", "mbps"), vals("W4", "nginx-read", "mbps"))]
+for s in ["artifactstore", "registry", "nginx-sendfile", "nginx-read"]:
+    note = f"{ratio(vals('W4', s, 'mbps'), best):.2f} of best nginx" if s == "artifactstore" else ""
+    line("W4", s, med("W4", s, "mbps"), "MB/s", note)
 for s in ["artifactstore", "registry", "nginx-sendfile"]:
     rps, p99 = med("W5", s, "req_per_s"), med("W5", s, "p99_ms")
     note = f"p99 {p99:.2f} ms"
-    if s == "artifactstore": note += f", {rps / med('W5', 'nginx-sendfile', 'req_per_s'):.2f} of nginx"
+    if s == "artifactstore": note += f", {ratio(vals('W5', s, 'req_per_s'), vals('W5', 'nginx-sendfile', 'req_per_s')):.2f} of nginx"
     line("W5", s, rps, "req/s", note)
 line("W6", "artifactstore", med("W6", "artifactstore", "p99_ms"), "ms p99", f"p50 {med('W6', 'artifactstore', 'p50_ms'):.1f} ms; server RSS {as_w6:.0f} MiB with the pollers attached")
 for kind in ["producer", "metadata", "contains"]:
