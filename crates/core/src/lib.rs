@@ -18,5 +18,5 @@ pub use digest::{Sha256Digest, Sha256Hasher};
 pub use error::{FieldError, RegistryError};
 pub use ids::{FileId, PackageId, UploadId};
 pub use model::*;
-pub use registry::{Registry, RegistryConfig};
+pub use registry::{INLINE_FILE_BYTES, Registry, RegistryConfig};
 pub use timestamp::Timestamp;

@@ -7,6 +7,8 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -16,7 +18,7 @@ use crate::ids::{FileId, PackageId, UploadId};
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
-use crate::storage::{BlobInfo, BlobStore, ByteStream, MetadataStore, StoreError};
+use crate::storage::{BlobInfo, BlobStore, ByteStream, Head, MetadataStore, StoreError, read_head};
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
 
@@ -229,10 +231,24 @@ impl Registry {
         let (media_type, expected) = self.check_new_file(&new)?;
         // Fail before taking the bytes when the answer is already known.
         self.open_package(tenant, package_id).await?;
-        let blob = self
-            .blobs
-            .put(body, expected, self.config.max_file_bytes)
-            .await?;
+        let max_len = self.config.max_file_bytes;
+        let (blob, inline) = match read_head(body, INLINE_FILE_BYTES, max_len).await? {
+            Head::Whole(chunks) => {
+                let bytes = concat(chunks);
+                let digest = Sha256Digest::of(&bytes);
+                if let Some(expected) = expected
+                    && expected != digest
+                {
+                    return Err(RegistryError::DigestMismatch {
+                        expected,
+                        actual: digest,
+                    });
+                }
+                let size = bytes.len() as u64;
+                (BlobInfo { digest, size }, Some(bytes))
+            }
+            Head::Partial(body) => (self.blobs.put(body, expected, max_len).await?, None),
+        };
         let file = FileRecord::new(
             tenant,
             package_id,
@@ -241,7 +257,7 @@ impl Registry {
             media_type,
             blob.digest,
         );
-        self.record_file(&file, None).await?;
+        self.record_file(&file, None, inline).await?;
         Ok(file)
     }
 
@@ -286,6 +302,15 @@ impl Registry {
         let range = range.unwrap_or(0..file.size);
         if range.start > range.end || range.end > file.size {
             return Err(RegistryError::invalid("range", "outside the file"));
+        }
+        if file.size <= INLINE_FILE_BYTES
+            && let Some(bytes) = self.meta.inline_blob(&file.sha256()).await?
+        {
+            if bytes.len() as u64 != file.size {
+                return Err(StoreError::Corrupt(format!("inline bytes of {}", file.id)).into());
+            }
+            let part = bytes.slice(range.start as usize..range.end as usize);
+            return Ok((file, futures::stream::once(async { Ok(part) }).boxed()));
         }
         let stream = self.blobs.read(&file.sha256(), range).await?;
         Ok((file, stream))
@@ -470,7 +495,7 @@ impl Registry {
             media_type,
             digest,
         );
-        self.record_file(&file, Some(id)).await?;
+        self.record_file(&file, Some(id), None).await?;
         if let Err(e) = self.blobs.stage_discard(&id).await {
             // The file is recorded; leftover staged bytes only cost space.
             tracing::warn!(upload = %id, error = %e, "could not discard staged bytes");
@@ -568,9 +593,14 @@ impl Registry {
         Ok(package)
     }
 
-    async fn record_file(&self, file: &FileRecord, upload: Option<UploadId>) -> Result<()> {
+    async fn record_file(
+        &self,
+        file: &FileRecord,
+        upload: Option<UploadId>,
+        inline: Option<Bytes>,
+    ) -> Result<()> {
         let event = new_event(EventType::FileAdded, &file.tenant, file.package_id, file);
-        match self.meta.add_file(file, upload, event).await {
+        match self.meta.add_file(file, upload, inline, event).await {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Package)),
             Err(e) => Err(self.upload_error(e)),
@@ -618,6 +648,25 @@ impl Registry {
             StoreError::UploadNotOpen => RegistryError::UploadCompleted,
             StoreError::NotFound => RegistryError::NotFound(Resource::Upload),
             other => other.into(),
+        }
+    }
+}
+
+/// Files up to this size that arrive in one request are kept by the metadata store, durable
+/// in the same (grouped) commit as their record: one fsync shared with other writes instead
+/// of a file fsync and a directory fsync followed by the commit's. Uploads by session always
+/// go to the blob store; a read looks in the metadata store first for files this small.
+pub const INLINE_FILE_BYTES: u64 = 64 * 1024;
+
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match <[Bytes; 1]>::try_from(chunks) {
+        Ok([one]) => one,
+        Err(chunks) => {
+            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
         }
     }
 }

@@ -23,6 +23,35 @@ use crate::timestamp::Timestamp;
 /// client's (reported as [`StoreError::Body`]); errors on an outgoing one are the store's.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
+/// What [`read_head`] found: the whole body, or the start of a longer one.
+pub enum Head {
+    /// The body ended within the limit: all of its chunks.
+    Whole(Vec<Bytes>),
+    /// The body goes on: a stream of what was read, then the rest.
+    Partial(ByteStream),
+}
+
+/// Reads `body` until it ends or passes `up_to` bytes (memory stays bounded by that), failing
+/// with [`StoreError::TooLarge`] past `max_len`.
+pub async fn read_head(mut body: ByteStream, up_to: u64, max_len: u64) -> Result<Head, StoreError> {
+    use futures::StreamExt;
+    let mut head = Vec::new();
+    let mut gathered: u64 = 0;
+    while gathered <= up_to {
+        let Some(chunk) = body.next().await else {
+            return Ok(Head::Whole(head));
+        };
+        let chunk = chunk.map_err(StoreError::Body)?;
+        gathered += chunk.len() as u64;
+        if gathered > max_len {
+            return Err(StoreError::TooLarge { limit: max_len });
+        }
+        head.push(chunk);
+    }
+    let head = futures::stream::iter(head.into_iter().map(Ok));
+    Ok(Head::Partial(head.chain(body).boxed()))
+}
+
 /// The storage layer's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -143,12 +172,18 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Adds a file to its (open) package, updates the package's counts and appends the
     /// `file.added` event. With `upload`, also marks that open upload completed. Fails with
     /// `NotFound`, `PackageFinalized`, `PathTaken` or `UploadNotOpen` and then changes nothing.
+    /// With `inline`, the file's bytes (a small file) are kept by this store, durable in the
+    /// same commit as the record, instead of in the blob store.
     async fn add_file(
         &self,
         file: &FileRecord,
         upload: Option<UploadId>,
+        inline: Option<Bytes>,
         event: NewEvent,
     ) -> Result<Event, StoreError>;
+
+    /// Bytes kept by [`add_file`](Self::add_file) with `inline`, by their digest.
+    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError>;
 
     async fn file(&self, tenant: &str, id: FileId) -> Result<Option<FileRecord>, StoreError>;
 

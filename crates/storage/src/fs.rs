@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use artifactstore_core::storage::{BlobInfo, BlobStore, ByteStream, StoreError};
+use artifactstore_core::storage::{BlobInfo, BlobStore, ByteStream, Head, StoreError, read_head};
 use artifactstore_core::{Sha256Digest, Sha256Hasher, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -145,25 +145,10 @@ impl BlobStore for FsBlobStore {
     ) -> Result<BlobInfo, StoreError> {
         // A small body is gathered whole (at most SMALL_BLOB bytes) and stored in one trip to
         // the blocking pool: for small files the trips, not the bytes, are the cost.
-        let mut body = body;
-        let mut head = Vec::new();
-        let mut gathered: u64 = 0;
-        while gathered <= SMALL_BLOB {
-            match body.next().await {
-                Some(chunk) => {
-                    let chunk = chunk.map_err(StoreError::Body)?;
-                    gathered += chunk.len() as u64;
-                    if gathered > max_len {
-                        return Err(StoreError::TooLarge { limit: max_len });
-                    }
-                    head.push(chunk);
-                }
-                None => return self.put_small(head, expected).await,
-            }
-        }
-        let body = futures::stream::iter(head.into_iter().map(Ok))
-            .chain(body)
-            .boxed();
+        let body = match read_head(body, SMALL_BLOB, max_len).await? {
+            Head::Whole(chunks) => return self.put_small(chunks, expected).await,
+            Head::Partial(body) => body,
+        };
         let temp = TempFile::new(self.temp_path());
         let file = blocking({
             let path = temp.path.clone();

@@ -13,6 +13,7 @@ use std::time::Duration;
 use artifactstore_core::storage::{MetadataStore, StoreError};
 use artifactstore_core::*;
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
@@ -25,11 +26,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 const READERS: u32 = 4;
 
-static MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+static MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "inline_blobs",
+        include_str!("../migrations/sqlite/0002_inline_blobs.sql"),
+    ),
+];
 
 /// Events kept in memory after commit (see [`Published::tail`]).
 const TAIL_EVENTS: usize = 4096;
@@ -356,30 +364,44 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unreadable {what} in the metadata store"))
 }
 
-async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Event, StoreError> {
-    let data =
-        serde_json::to_string(&event.data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let sequence: i64 = sqlx::query_scalar(
-        "INSERT INTO events (sequence, type, occurred_at, tenant, package_id, data) \
-         VALUES ((SELECT COALESCE(MAX(sequence), 0) + 1 FROM events), ?, ?, ?, ?, ?) \
-         RETURNING sequence",
-    )
-    .bind(event.kind.as_str())
-    .bind(event.occurred_at.as_millis())
-    .bind(&event.tenant)
-    .bind(event.package_id.to_string())
-    .bind(data)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(Event {
+const INSERT_EVENT: &str = "INSERT INTO events (sequence, type, occurred_at, tenant, package_id, data) \
+     VALUES ((SELECT COALESCE(MAX(sequence), 0) + 1 FROM events), ?, ?, ?, ?, ?) RETURNING sequence";
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds the parameters of [`INSERT_EVENT`].
+fn bind_event<'q>(query: SqliteQuery<'q>, event: &'q NewEvent, data: String) -> SqliteQuery<'q> {
+    query
+        .bind(event.kind.as_str())
+        .bind(event.occurred_at.as_millis())
+        .bind(&event.tenant)
+        .bind(event.package_id.to_string())
+        .bind(data)
+}
+
+fn event_data(event: &NewEvent) -> Result<String, StoreError> {
+    serde_json::to_string(&event.data).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn committed_event(event: NewEvent, sequence: i64) -> Event {
+    Event {
         sequence: sequence as u64,
         kind: event.kind,
         occurred_at: event.occurred_at,
         tenant: event.tenant,
         package_id: event.package_id,
         data: event.data,
-    })
+    }
+}
+
+async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Event, StoreError> {
+    let data = event_data(&event)?;
+    let row = bind_event(sqlx::query(INSERT_EVENT), &event, data)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    let sequence: i64 = row.try_get("sequence").map_err(|_| corrupt("event"))?;
+    Ok(committed_event(event, sequence))
 }
 
 async fn upload_state(
@@ -628,6 +650,7 @@ impl MetadataStore for SqliteStore {
         &self,
         file: &FileRecord,
         upload: Option<UploadId>,
+        inline: Option<Bytes>,
         event: NewEvent,
     ) -> Result<Event, StoreError> {
         let file = file.clone();
@@ -651,49 +674,71 @@ impl MetadataStore for SqliteStore {
                 {
                     return Err(StoreError::UploadNotOpen);
                 }
-                // A taken path fails this statement alone, before anything has changed.
-                let inserted = sqlx::query(&format!(
-                    "INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                ))
-                .bind(file.id.to_string())
-                .bind(file.package_id.to_string())
-                .bind(&file.tenant)
-                .bind(&file.path)
-                .bind(file.size as i64)
-                .bind(&file.media_type)
-                .bind(file.sha256().hex())
-                .bind(file.created_at.as_millis())
-                .execute(&mut *conn)
-                .await;
-                match inserted {
-                    Ok(_) => {}
+                // The rest is one batch, one trip to SQLite's thread: every statement here is
+                // a hop, and the writer runs jobs one after another. Its first statement is the
+                // only one that can refuse (a taken path), before anything has changed.
+                let mut sql =
+                    format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?);");
+                if inline.is_some() {
+                    sql.push_str(
+                        "INSERT OR IGNORE INTO inline_blobs (sha256, bytes) VALUES (?, ?);",
+                    );
+                }
+                if upload.is_some() {
+                    sql.push_str(
+                        "UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ?;",
+                    );
+                }
+                sql.push_str(
+                    "UPDATE packages SET file_count = file_count + 1, \
+                     total_size = total_size + ? WHERE id = ?;",
+                );
+                sql.push_str(INSERT_EVENT);
+                let data = event_data(&event)?;
+                let mut query = sqlx::query(&sql)
+                    .bind(file.id.to_string())
+                    .bind(file.package_id.to_string())
+                    .bind(&file.tenant)
+                    .bind(&file.path)
+                    .bind(file.size as i64)
+                    .bind(&file.media_type)
+                    .bind(file.sha256().hex())
+                    .bind(file.created_at.as_millis());
+                if let Some(bytes) = &inline {
+                    query = query.bind(file.sha256().hex()).bind(bytes.as_ref());
+                }
+                if let Some(upload) = upload {
+                    query = query.bind(file.id.to_string()).bind(upload.to_string());
+                }
+                let query = query
+                    .bind(file.size as i64)
+                    .bind(file.package_id.to_string());
+                let rows = match bind_event(query, &event, data).fetch_all(&mut *conn).await {
+                    Ok(rows) => rows,
                     Err(e) if is_unique_violation(&e) => {
                         return Err(StoreError::PathTaken(file.path.clone()));
                     }
                     Err(e) => return Err(db(e)),
-                }
-                if let Some(upload) = upload {
-                    sqlx::query("UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ?")
-                        .bind(file.id.to_string())
-                        .bind(upload.to_string())
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(db)?;
-                }
-                sqlx::query(
-                    "UPDATE packages SET file_count = file_count + 1, \
-                     total_size = total_size + ? WHERE id = ?",
-                )
-                .bind(file.size as i64)
-                .bind(file.package_id.to_string())
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-                let event = append_event(conn, event).await?;
+                };
+                let sequence: i64 = rows
+                    .last()
+                    .and_then(|row| row.try_get("sequence").ok())
+                    .ok_or_else(|| StoreError::Database("no event sequence returned".into()))?;
+                let event = committed_event(event, sequence);
                 Ok((event.clone(), Some(event)))
             })
         })
         .await
+    }
+
+    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT bytes FROM inline_blobs WHERE sha256 = ?")
+                .bind(digest.hex())
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(db)?;
+        Ok(bytes.map(Bytes::from))
     }
 
     async fn file(&self, tenant: &str, id: FileId) -> Result<Option<FileRecord>, StoreError> {

@@ -602,6 +602,35 @@ async fn concurrent_writers_keep_the_event_log_gap_free() {
     assert_eq!(base_now.file_count, 12 * 5);
 }
 
+/// Small single-shot files are kept with their records (no blob file), survive a restart,
+/// and read like any other, by range too; a byte more and they go to the blob store.
+#[tokio::test]
+async fn small_files_live_with_their_records() {
+    let env = Env::new().await;
+    let pkg = env.package().await;
+    let small = bytes(INLINE_FILE_BYTES as usize, 21);
+    let large = bytes(INLINE_FILE_BYTES as usize + 1, 22);
+    let r = &env.registry;
+    let s = r
+        .add_file(TENANT, pkg.id, file("small"), body(&small, 1000))
+        .await
+        .unwrap();
+    assert!(env.blob_files().is_empty(), "{:?}", env.blob_files());
+    let l = r
+        .add_file(TENANT, pkg.id, file("large"), body(&large, 1000))
+        .await
+        .unwrap();
+    assert_eq!(env.blob_files().len(), 1);
+    let env = env.reopen().await;
+    let r = &env.registry;
+    for (f, data) in [(&s, &small), (&l, &large)] {
+        let (_, whole) = r.open_file(TENANT, f.id, None).await.unwrap();
+        assert_eq!(&collect(whole).await, data);
+        let (_, part) = r.open_file(TENANT, f.id, Some(10..4096)).await.unwrap();
+        assert_eq!(collect(part).await, data[10..4096]);
+    }
+}
+
 /// Writes committed together share a transaction: one that is refused (a taken path) must
 /// neither take the others down nor leave a trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
