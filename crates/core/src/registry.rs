@@ -229,9 +229,10 @@ impl Registry {
         body: ByteStream,
     ) -> Result<FileRecord> {
         let (media_type, expected) = self.check_new_file(&new)?;
-        // Fail before taking the bytes when the answer is already known.
-        self.open_package(tenant, package_id).await?;
         let max_len = self.config.max_file_bytes;
+        // A small body is taken whole and goes to the metadata store, which checks the package
+        // in the same step that adds the file; a large one is refused before its bytes are
+        // taken when the package is not open.
         let (blob, inline) = match read_head(body, INLINE_FILE_BYTES, max_len).await? {
             Head::Whole(chunks) => {
                 let bytes = concat(chunks);
@@ -247,7 +248,10 @@ impl Registry {
                 let size = bytes.len() as u64;
                 (BlobInfo { digest, size }, Some(bytes))
             }
-            Head::Partial(body) => (self.blobs.put(body, expected, max_len).await?, None),
+            Head::Partial(body) => {
+                self.open_package(tenant, package_id).await?;
+                (self.blobs.put(body, expected, max_len).await?, None)
+            }
         };
         let file = FileRecord::new(
             tenant,

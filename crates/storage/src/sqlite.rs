@@ -3,11 +3,13 @@
 //! One task writes, through one connection, committing the changes queued at each moment
 //! together (group commit); a small pool reads. With a single writer every transaction is
 //! serialized, which is what makes `MAX(sequence) + 1` a gap-free, commit-ordered sequence.
+//! Another task checkpoints the WAL into the database file, out of the writer's way.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use artifactstore_core::storage::{MetadataStore, StoreError};
@@ -21,8 +23,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::{mpsc, oneshot, watch};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 const READERS: u32 = 4;
 
@@ -47,6 +49,11 @@ const FILE_CACHE: usize = 16 * 1024;
 const MAX_GROUP: usize = 256;
 /// Writes waiting for the writer at most; more wait to be queued.
 const WRITE_QUEUE: usize = 1024;
+/// Pause between two background checkpoints (see [`run_checkpointer`]).
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(100);
+/// WAL frames (pages) past which the writer checkpoints once itself, so that the WAL starts
+/// over from its beginning (see [`run_checkpointer`]).
+const WAL_RESTART_FRAMES: i64 = 4096;
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -54,6 +61,8 @@ pub struct SqliteStore {
     /// The writer task's queue: every change goes through it (see [`run_writer`]).
     jobs: mpsc::Sender<Message>,
     published: Arc<Published>,
+    /// Stops the checkpointer; it answers once its connection is closed.
+    stop_checkpoints: std::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>,
     /// File records by id. A file never changes once added (and files are never removed), so
     /// a cached record is never stale; downloads and range reads skip the database.
     files: std::sync::Mutex<HashMap<FileId, FileRecord>>,
@@ -66,6 +75,15 @@ struct Published {
     tail: std::sync::Mutex<VecDeque<Event>>,
     tail_events: usize,
     events: watch::Sender<u64>,
+}
+
+/// What the writer and the checkpointer tell each other.
+#[derive(Default)]
+struct Checkpoints {
+    /// Rung after every commit.
+    committed: Notify,
+    /// The WAL has grown long: the writer should checkpoint once itself.
+    restart: AtomicBool,
 }
 
 /// One change, run by the writer task on its connection inside the group's transaction.
@@ -109,7 +127,9 @@ impl SqliteStore {
             // FULL: a commit is on disk before it is acknowledged.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Checkpoints run on their own connection (see `run_checkpointer`).
+            .pragma("wal_autocheckpoint", "0");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -124,7 +144,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(e.to_string()))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await
             .map_err(db)?;
         let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM events")
@@ -137,14 +157,24 @@ impl SqliteStore {
             tail_events: tail_events.max(1),
             events,
         });
+        let checkpoints = Arc::new(Checkpoints::default());
+        let checkpointer = options.connect().await.map_err(db)?;
+        let (stop_checkpoints, stop) = oneshot::channel();
+        tokio::spawn(run_checkpointer(checkpointer, checkpoints.clone(), stop));
         let connection = writer.acquire().await.map_err(db)?;
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(run_writer(connection, queue, published.clone()));
+        tokio::spawn(run_writer(
+            connection,
+            queue,
+            published.clone(),
+            checkpoints,
+        ));
         Ok(Self {
             writer,
             readers,
             jobs,
             published,
+            stop_checkpoints: std::sync::Mutex::new(Some(stop_checkpoints)),
             files: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -154,6 +184,17 @@ impl SqliteStore {
         let (ack, done) = oneshot::channel();
         if self.jobs.send(Message::Close(ack)).await.is_ok() {
             let _ = done.await;
+        }
+        let stop = self
+            .stop_checkpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(stop) = stop {
+            let (ack, done) = oneshot::channel();
+            if stop.send(ack).is_ok() {
+                let _ = done.await;
+            }
         }
         self.readers.close().await;
         self.writer.close().await;
@@ -258,6 +299,7 @@ async fn run_writer(
     mut conn: PoolConnection<Sqlite>,
     mut queue: mpsc::Receiver<Message>,
     published: Arc<Published>,
+    checkpoints: Arc<Checkpoints>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
@@ -312,6 +354,18 @@ async fn run_writer(
                 for (_, deliver) in staged {
                     deliver(Ok(()));
                 }
+                checkpoints.committed.notify_one();
+                if checkpoints.restart.swap(false, Ordering::Relaxed) {
+                    // Cheap: the checkpointer has copied nearly everything. Once the WAL is
+                    // wholly copied, the next transaction starts it over from the beginning,
+                    // which only the writer's own transactions can do.
+                    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&mut *conn)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "metadata writer could not checkpoint");
+                    }
+                }
             }
             Err(e) => {
                 if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
@@ -328,6 +382,45 @@ async fn run_writer(
             let _ = ack.send(());
             return;
         }
+    }
+}
+
+/// Copies committed pages from the WAL into the database file, at most every
+/// [`CHECKPOINT_PAUSE`], on its own connection: a checkpoint copies and fsyncs many pages,
+/// and SQLite's automatic one would do that inside the writer's commit, stalling every write
+/// queued behind it. A passive checkpoint never waits for the writer or for readers; when the
+/// WAL is found longer than [`WAL_RESTART_FRAMES`], the writer is asked to finish the job.
+async fn run_checkpointer(
+    mut conn: SqliteConnection,
+    checkpoints: Arc<Checkpoints>,
+    stop: oneshot::Receiver<oneshot::Sender<()>>,
+) {
+    tokio::pin!(stop);
+    let ack = loop {
+        tokio::select! {
+            ack = &mut stop => break ack,
+            () = checkpoints.committed.notified() => {}
+        }
+        let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
+            .await;
+        match checkpoint {
+            Ok((_, frames, _)) if frames > WAL_RESTART_FRAMES => {
+                checkpoints.restart.store(true, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not checkpoint the metadata WAL"),
+        }
+        tokio::select! {
+            ack = &mut stop => break ack,
+            () = tokio::time::sleep(CHECKPOINT_PAUSE) => {}
+        }
+    };
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "could not close the checkpointer's connection");
+    }
+    if let Ok(ack) = ack {
+        let _ = ack.send(());
     }
 }
 
@@ -366,6 +459,51 @@ fn corrupt(what: &str) -> StoreError {
 
 const INSERT_EVENT: &str = "INSERT INTO events (sequence, type, occurred_at, tenant, package_id, data) \
      VALUES ((SELECT COALESCE(MAX(sequence), 0) + 1 FROM events), ?, ?, ?, ?, ?) RETURNING sequence";
+
+/// [`INSERT_EVENT`] carried out only if `condition` holds; its parameters follow the event's.
+fn insert_event(condition: &str) -> String {
+    let insert = INSERT_EVENT.replacen("VALUES (", "SELECT ", 1);
+    insert.replacen(
+        ", ?) RETURNING",
+        &format!(", ? WHERE {condition} RETURNING"),
+        1,
+    )
+}
+
+/// Why [`SqliteStore::add_file`]'s batch added nothing when its path was free.
+async fn add_refusal(
+    conn: &mut SqliteConnection,
+    file: &FileRecord,
+    upload: Option<UploadId>,
+) -> StoreError {
+    let state: Option<String> =
+        match sqlx::query_scalar("SELECT state FROM packages WHERE id = ? AND tenant = ?")
+            .bind(file.package_id.to_string())
+            .bind(&file.tenant)
+            .fetch_optional(&mut *conn)
+            .await
+        {
+            Ok(state) => state,
+            Err(e) => return db(e),
+        };
+    match state.as_deref() {
+        None => return StoreError::NotFound,
+        Some("open") => {}
+        Some(_) => return StoreError::PackageFinalized,
+    }
+    let upload_open = match upload {
+        Some(upload) => match upload_state(conn, &file.tenant, upload).await {
+            Ok(state) => state.as_deref() == Some("open"),
+            Err(e) => return e,
+        },
+        None => true,
+    };
+    if upload_open {
+        StoreError::Database("a file was refused for no known reason".into())
+    } else {
+        StoreError::UploadNotOpen
+    }
+}
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
@@ -656,74 +794,85 @@ impl MetadataStore for SqliteStore {
         let file = file.clone();
         self.write(move |conn| {
             Box::pin(async move {
-                // Every refusal is decided before the first change (see `write`).
-                let state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM packages WHERE id = ? AND tenant = ?")
-                        .bind(file.package_id.to_string())
-                        .bind(&file.tenant)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(db)?;
-                match state.as_deref() {
-                    None => return Err(StoreError::NotFound),
-                    Some("open") => {}
-                    Some(_) => return Err(StoreError::PackageFinalized),
-                }
-                if let Some(upload) = upload
-                    && upload_state(conn, &file.tenant, upload).await?.as_deref() != Some("open")
-                {
-                    return Err(StoreError::UploadNotOpen);
-                }
-                // The rest is one batch, one trip to SQLite's thread: every statement here is
-                // a hop, and the writer runs jobs one after another. Its first statement is the
-                // only one that can refuse (a taken path), before anything has changed.
-                let mut sql =
-                    format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?);");
-                if inline.is_some() {
-                    sql.push_str(
-                        "INSERT OR IGNORE INTO inline_blobs (sha256, bytes) VALUES (?, ?);",
-                    );
-                }
+                // One batch, one trip to SQLite's thread: every statement is a hop, and the
+                // writer runs jobs one after another. The first statement adds the file only
+                // if the package (and the upload) is open; the rest only if it was added. So a
+                // refusal changes nothing (see `write`): a taken path fails the first
+                // statement, a closed package or upload leaves the batch without a row.
+                let file_id = file.id.to_string();
+                let mut sql = format!(
+                    "INSERT INTO files ({FILE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS \
+                     (SELECT 1 FROM packages WHERE id = ? AND tenant = ? AND state = 'open')"
+                );
                 if upload.is_some() {
                     sql.push_str(
-                        "UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ?;",
+                        " AND EXISTS (SELECT 1 FROM uploads \
+                         WHERE id = ? AND tenant = ? AND state = 'open')",
                     );
                 }
-                sql.push_str(
-                    "UPDATE packages SET file_count = file_count + 1, \
-                     total_size = total_size + ? WHERE id = ?;",
-                );
-                sql.push_str(INSERT_EVENT);
+                const ADDED: &str = "EXISTS (SELECT 1 FROM files WHERE id = ?)";
+                if inline.is_some() {
+                    sql.push_str(&format!(
+                        ";INSERT OR IGNORE INTO inline_blobs (sha256, bytes) SELECT ?, ? WHERE {ADDED}"
+                    ));
+                }
+                if upload.is_some() {
+                    sql.push_str(&format!(
+                        ";UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ? AND {ADDED}"
+                    ));
+                }
+                sql.push_str(&format!(
+                    ";UPDATE packages SET file_count = file_count + 1, \
+                     total_size = total_size + ? WHERE id = ? AND {ADDED};"
+                ));
+                sql.push_str(&insert_event(ADDED));
                 let data = event_data(&event)?;
                 let mut query = sqlx::query(&sql)
-                    .bind(file.id.to_string())
+                    .bind(&file_id)
                     .bind(file.package_id.to_string())
                     .bind(&file.tenant)
                     .bind(&file.path)
                     .bind(file.size as i64)
                     .bind(&file.media_type)
                     .bind(file.sha256().hex())
-                    .bind(file.created_at.as_millis());
+                    .bind(file.created_at.as_millis())
+                    .bind(file.package_id.to_string())
+                    .bind(&file.tenant);
+                if let Some(upload) = upload {
+                    query = query.bind(upload.to_string()).bind(&file.tenant);
+                }
                 if let Some(bytes) = &inline {
-                    query = query.bind(file.sha256().hex()).bind(bytes.as_ref());
+                    query = query
+                        .bind(file.sha256().hex())
+                        .bind(bytes.as_ref())
+                        .bind(&file_id);
                 }
                 if let Some(upload) = upload {
-                    query = query.bind(file.id.to_string()).bind(upload.to_string());
+                    query = query
+                        .bind(&file_id)
+                        .bind(upload.to_string())
+                        .bind(&file_id);
                 }
                 let query = query
                     .bind(file.size as i64)
-                    .bind(file.package_id.to_string());
-                let rows = match bind_event(query, &event, data).fetch_all(&mut *conn).await {
+                    .bind(file.package_id.to_string())
+                    .bind(&file_id);
+                let rows = match bind_event(query, &event, data)
+                    .bind(&file_id)
+                    .fetch_all(&mut *conn)
+                    .await
+                {
                     Ok(rows) => rows,
                     Err(e) if is_unique_violation(&e) => {
                         return Err(StoreError::PathTaken(file.path.clone()));
                     }
                     Err(e) => return Err(db(e)),
                 };
-                let sequence: i64 = rows
-                    .last()
-                    .and_then(|row| row.try_get("sequence").ok())
-                    .ok_or_else(|| StoreError::Database("no event sequence returned".into()))?;
+                let Some(sequence) = rows.last().and_then(|row| row.try_get::<i64, _>("sequence").ok())
+                else {
+                    // Not added: find out why (nothing has changed).
+                    return Err(add_refusal(conn, &file, upload).await);
+                };
                 let event = committed_event(event, sequence);
                 Ok((event.clone(), Some(event)))
             })

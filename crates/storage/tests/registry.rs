@@ -631,6 +631,63 @@ async fn small_files_live_with_their_records() {
     }
 }
 
+/// Small files are checked against their package in the same grouped write that adds them;
+/// large ones before their bytes are taken. Neither kind of refusal leaves a trace, also when
+/// it shares its commit with files that are added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_for_closed_or_foreign_packages_leave_nothing() {
+    let env = Env::new().await;
+    let open = env.package().await;
+    let done = env.package().await;
+    env.registry.finalize(TENANT, done.id).await.unwrap();
+    let before = env.registry.events(TENANT, 0, Some(1000), Duration::ZERO);
+    let events_before = before.await.unwrap().len();
+    let mut tasks = Vec::new();
+    for t in 0..48u64 {
+        let r = env.registry.clone();
+        // Every third task writes a large file, the others small ones.
+        let len = if t % 3 == 0 {
+            INLINE_FILE_BYTES + 1
+        } else {
+            100
+        };
+        let data = bytes(len as usize, 1000 + t);
+        let (tenant, pkg) = match t % 4 {
+            0 | 1 => (TENANT, open.id),
+            2 => (TENANT, done.id),
+            _ => ("beta", open.id),
+        };
+        tasks.push(tokio::spawn(async move {
+            let added = r
+                .add_file(tenant, pkg, file(&format!("f{t}")), body(&data, 512))
+                .await;
+            (t, Sha256Digest::of(&data), added)
+        }));
+    }
+    let mut added = 0;
+    for task in tasks {
+        let (t, digest, result) = task.await.unwrap();
+        match (t % 4, result) {
+            (0 | 1, Ok(_)) => added += 1,
+            (2, Err(RegistryError::PackageFinalized)) | (3, Err(RegistryError::NotFound(_))) => {
+                assert_eq!(env.meta.inline_blob(&digest).await.unwrap(), None);
+            }
+            (_, other) => panic!("task {t}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(added, 24);
+    let now = env.registry.package(TENANT, open.id).await.unwrap();
+    assert_eq!(now.file_count, 24);
+    let finalized = env.registry.package(TENANT, done.id).await.unwrap();
+    assert_eq!(finalized.file_count, 0);
+    // Large files are the tasks 0, 3, 6, …; of them only those of the open package's own
+    // tenant (t % 4 in 0..=1) are stored.
+    let large_added = (0..48).filter(|t| t % 3 == 0 && t % 4 < 2).count();
+    assert_eq!(env.blob_files().len(), large_added);
+    let events = env.registry.events(TENANT, 0, Some(1000), Duration::ZERO);
+    assert_eq!(events.await.unwrap().len(), events_before + 24);
+}
+
 /// Writes committed together share a transaction: one that is refused (a taken path) must
 /// neither take the others down nor leave a trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -859,4 +916,47 @@ async fn events_from_memory_match_the_database() {
             }
         }
     }
+}
+
+/// Checkpoints run beside the writer, and the WAL starts over instead of growing with
+/// everything written since the store opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wal_is_checkpointed_and_stays_bounded() {
+    const FILES: u64 = 1000;
+    let env = Env::new().await;
+    let pkg = env.package().await;
+    // 60 KiB each: kept inline, 60 MiB in all, some 15,000 WAL pages if nothing started over.
+    let len = INLINE_FILE_BYTES as usize - 4096;
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let r = env.registry.clone();
+        tasks.push(tokio::spawn(async move {
+            for t in (worker..FILES).step_by(8) {
+                let data = bytes(len, 5000 + t);
+                r.add_file(TENANT, pkg.id, file(&format!("f{t}")), body(&data, 8192))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let written = FILES * len as u64;
+    let size = |name: &str| std::fs::metadata(env.dir.path().join(name)).map_or(0, |m| m.len());
+    let wal = size("meta.db-wal");
+    assert!(
+        wal < written / 2,
+        "WAL of {wal} bytes after {written} written"
+    );
+    // The database file receives the pages while the store stays open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size("meta.db") < written && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        size("meta.db") >= written,
+        "database file {}",
+        size("meta.db")
+    );
 }
