@@ -164,6 +164,9 @@ done
 
 # --- W6: long-pollers ----------------------------------------------------------------------
 ulimit -n 65536 2>/dev/null || true
+# The small-file rounds leave thousands of files to write back; W6 times fan-out, and its
+# finalize's fsync should not queue behind that.
+sync
 for r in $(seq 1 $ROUNDS); do
   record W6 artifactstore "$($AS pollers --pollers $POLLERS)"
 done
