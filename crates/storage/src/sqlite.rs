@@ -460,16 +460,20 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unreadable {what} in the metadata store"))
 }
 
-const INSERT_EVENT: &str = "INSERT INTO events (sequence, type, occurred_at, tenant, package_id, data) \
-     VALUES ((SELECT COALESCE(MAX(sequence), 0) + 1 FROM events), ?, ?, ?, ?, ?) RETURNING sequence";
+/// Appends an event; its sequence is the log's last plus one (see the module comment).
+macro_rules! insert_event_sql {
+    () => {
+        "INSERT INTO events (sequence, type, occurred_at, tenant, package_id, data) \
+         SELECT (SELECT COALESCE(MAX(sequence), 0) + 1 FROM events), ?, ?, ?, ?, ?"
+    };
+}
+const INSERT_EVENT: &str = concat!(insert_event_sql!(), " RETURNING sequence");
 
 /// [`INSERT_EVENT`] carried out only if `condition` holds; its parameters follow the event's.
-fn insert_event(condition: &str) -> String {
-    let insert = INSERT_EVENT.replacen("VALUES (", "SELECT ", 1);
-    insert.replacen(
-        ", ?) RETURNING",
-        &format!(", ? WHERE {condition} RETURNING"),
-        1,
+fn insert_event_if(condition: &str) -> String {
+    format!(
+        "{} WHERE {condition} RETURNING sequence",
+        insert_event_sql!()
     )
 }
 
@@ -828,7 +832,7 @@ impl MetadataStore for SqliteStore {
                     ";UPDATE packages SET file_count = file_count + 1, \
                      total_size = total_size + ? WHERE id = ? AND {ADDED};"
                 ));
-                sql.push_str(&insert_event(ADDED));
+                sql.push_str(&insert_event_if(ADDED));
                 let data = event_data(&event)?;
                 let mut query = sqlx::query(&sql)
                     .bind(&file_id)
@@ -871,8 +875,8 @@ impl MetadataStore for SqliteStore {
                     }
                     Err(e) => return Err(db(e)),
                 };
-                let Some(sequence) = rows.last().and_then(|row| row.try_get::<i64, _>("sequence").ok())
-                else {
+                let sequence = rows.last().and_then(|row| row.try_get::<i64, _>("sequence").ok());
+                let Some(sequence) = sequence else {
                     // Not added: find out why (nothing has changed).
                     return Err(add_refusal(conn, &file, upload).await);
                 };
