@@ -288,6 +288,40 @@ fn ok_bytes(out: &Output) -> Vec<u8> {
     out.stdout.clone()
 }
 
+/// What the server acknowledged is there after it is killed (SIGKILL, no shutdown) right
+/// after the acknowledgement: small files committed in groups with their bytes in the
+/// metadata store, larger ones in the blob directory, and the finalized manifest.
+#[test]
+fn acknowledged_files_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data);
+    let src = dir.path().join("src");
+    for i in 0..300u64 {
+        let len = if i % 50 == 0 { 100_000 } else { 4096 };
+        let path = src.join(format!("d{}/f{i}.bin", i % 7));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes(len, 700 + i)).unwrap();
+    }
+    let pushed = json(&ok(&server.run(&[
+        "push",
+        src.to_str().unwrap(),
+        "--producer",
+        "p",
+        "--subject",
+        "s",
+        "--jobs",
+        "8",
+        "--json",
+    ])));
+    server.kill();
+    server.spawn();
+    let id = pushed["package_id"].as_str().unwrap();
+    let out = dir.path().join("out");
+    ok(&server.run(&["pull", id, out.to_str().unwrap()]));
+    same_tree(&src, &out);
+}
+
 #[test]
 fn push_resumes_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
