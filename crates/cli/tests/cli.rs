@@ -76,6 +76,18 @@ impl Server {
         self.cli(args).output().unwrap()
     }
 
+    /// `push <dir> --producer p --subject s` and `extra`.
+    fn push_cmd(&self, dir: &Path, extra: &[&str]) -> Command {
+        let dir = dir.to_str().unwrap();
+        let mut cmd = self.cli(&["push", dir, "--producer", "p", "--subject", "s"]);
+        cmd.args(extra);
+        cmd
+    }
+
+    fn push(&self, dir: &Path, extra: &[&str]) -> Output {
+        self.push_cmd(dir, extra).output().unwrap()
+    }
+
     fn http(&self, path: &str) -> Vec<u8> {
         let out = Command::new("curl")
             .args([
@@ -303,17 +315,7 @@ fn acknowledged_files_survive_a_kill() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes(len, 700 + i)).unwrap();
     }
-    let pushed = json(&ok(&server.run(&[
-        "push",
-        src.to_str().unwrap(),
-        "--producer",
-        "p",
-        "--subject",
-        "s",
-        "--jobs",
-        "8",
-        "--json",
-    ])));
+    let pushed = json(&ok(&server.push(&src, &["--jobs", "8", "--json"])));
     server.kill();
     server.spawn();
     let id = pushed["package_id"].as_str().unwrap();
@@ -332,21 +334,18 @@ fn push_resumes_across_a_server_restart() {
     let big = bytes(96 * 1024 * 1024, 5);
     std::fs::write(src.join("big.bin"), &big).unwrap();
     let push = server
-        .cli(&[
-            "push",
-            src.to_str().unwrap(),
-            "--producer",
-            "p",
-            "--subject",
-            "s",
-            "--chunk-threshold",
-            "1",
-            "--chunk-size",
-            "262144",
-            "--retries",
-            "40",
-            "--json",
-        ])
+        .push_cmd(
+            &src,
+            &[
+                "--chunk-threshold",
+                "1",
+                "--chunk-size",
+                "262144",
+                "--retries",
+                "40",
+                "--json",
+            ],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -419,16 +418,7 @@ fn failures_have_their_exit_codes() {
         4,
     );
     // Conflict: 5 (no manifest before finalize).
-    let open = json(&ok(&server.run(&[
-        "push",
-        src.to_str().unwrap(),
-        "--producer",
-        "p",
-        "--subject",
-        "s",
-        "--no-finalize",
-        "--json",
-    ])));
+    let open = json(&ok(&server.push(&src, &["--no-finalize", "--json"])));
     assert_eq!(open["state"], "open");
     let line = failed(
         &server.run(&["manifest", open["package_id"].as_str().unwrap()]),
@@ -436,46 +426,16 @@ fn failures_have_their_exit_codes() {
     );
     assert!(line.contains("not finalized"), "{line}");
     // Usage: 2.
-    failed(
-        &server.run(&[
-            "push",
-            dir.path().join("missing").to_str().unwrap(),
-            "--producer",
-            "p",
-            "--subject",
-            "s",
-        ]),
-        2,
-    );
+    failed(&server.push(&dir.path().join("missing"), &[]), 2);
     #[cfg(unix)]
     {
         let linked = dir.path().join("linked");
         std::fs::create_dir_all(&linked).unwrap();
         std::fs::write(linked.join("real"), b"r").unwrap();
         std::os::unix::fs::symlink(linked.join("real"), linked.join("link")).unwrap();
-        let line = failed(
-            &server.run(&[
-                "push",
-                linked.to_str().unwrap(),
-                "--producer",
-                "p",
-                "--subject",
-                "s",
-            ]),
-            2,
-        );
+        let line = failed(&server.push(&linked, &[]), 2);
         assert!(line.contains("symbolic link"), "{line}");
-        let skipped = server.run(&[
-            "push",
-            linked.to_str().unwrap(),
-            "--producer",
-            "p",
-            "--subject",
-            "s",
-            "--symlinks",
-            "skip",
-            "--json",
-        ]);
+        let skipped = server.push(&linked, &["--symlinks", "skip", "--json"]);
         assert_eq!(json(&ok(&skipped))["file_count"], 1);
     }
     // Network: 7.
@@ -491,15 +451,7 @@ fn failures_have_their_exit_codes() {
 
     // Integrity: 6 — a blob damaged on the server's disk is caught, and nothing corrupt is
     // left under the file's name.
-    let pushed = json(&ok(&server.run(&[
-        "push",
-        src.to_str().unwrap(),
-        "--producer",
-        "p",
-        "--subject",
-        "s",
-        "--json",
-    ])));
+    let pushed = json(&ok(&server.push(&src, &["--json"])));
     let id = pushed["package_id"].as_str().unwrap();
     let digest = artifactstore_core::Sha256Digest::of(&bytes(100_000, 8)).hex();
     let blob = data
