@@ -18,7 +18,9 @@ use crate::ids::{FileId, PackageId, UploadId};
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
-use crate::storage::{BlobInfo, BlobStore, ByteStream, Head, MetadataStore, StoreError, read_head};
+use crate::storage::{
+    BlobInfo, BlobStore, ByteStream, Head, MetadataStore, StoreError, check_digest, read_head,
+};
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
 
@@ -237,14 +239,7 @@ impl Registry {
             Head::Whole(chunks) => {
                 let bytes = concat(chunks);
                 let digest = Sha256Digest::of(&bytes);
-                if let Some(expected) = expected
-                    && expected != digest
-                {
-                    return Err(RegistryError::DigestMismatch {
-                        expected,
-                        actual: digest,
-                    });
-                }
+                check_digest(expected, digest)?;
                 let size = bytes.len() as u64;
                 (BlobInfo { digest, size }, Some(bytes))
             }

@@ -52,6 +52,19 @@ pub async fn read_head(mut body: ByteStream, up_to: u64, max_len: u64) -> Result
     Ok(Head::Partial(head.chain(body).boxed()))
 }
 
+/// Fails with [`StoreError::DigestMismatch`] when an expected digest is given and differs.
+pub fn check_digest(
+    expected: Option<Sha256Digest>,
+    actual: Sha256Digest,
+) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != actual => {
+            Err(StoreError::DigestMismatch { expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The storage layer's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

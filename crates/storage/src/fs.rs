@@ -11,7 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use artifactstore_core::storage::{BlobInfo, BlobStore, ByteStream, Head, StoreError, read_head};
+use artifactstore_core::storage::{
+    BlobInfo, BlobStore, ByteStream, Head, StoreError, check_digest, read_head,
+};
 use artifactstore_core::{Sha256Digest, Sha256Hasher, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -181,37 +183,35 @@ impl BlobStore for FsBlobStore {
         let path = self.blob_path(digest);
         let digest = *digest;
         let wanted = range.end - range.start;
+        /// A small range read at once, or the open file to stream a larger one from.
+        enum Opened {
+            Read(Bytes),
+            File(File),
+        }
         // Open, check and (for a small range) read in one trip to the blocking pool: small
         // range reads are the hot path of random access.
-        let (file, small) = blocking(move || {
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(io::Error::new(io::ErrorKind::NotFound, "blob"));
-                }
-                Err(e) => return Err(e),
-            };
+        let opened = blocking(move || {
+            let file = File::open(&path)?;
             let len = file.metadata()?.len();
             if range.end > len {
                 return Err(io::Error::other(format!("blob {digest:?} has {len} bytes")));
             }
-            if wanted <= READ_BLOCK as u64 {
-                let mut buf = vec![0u8; wanted as usize];
-                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, range.start)?;
-                return Ok((None, Some(Bytes::from(buf))));
+            if wanted > READ_BLOCK as u64 {
+                return Ok(Opened::File(file));
             }
-            Ok((Some(file), None))
+            let mut buf = vec![0u8; wanted as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, range.start)?;
+            Ok(Opened::Read(Bytes::from(buf)))
         })
         .await
         .map_err(|e| match e {
             StoreError::Io(e) if e.kind() == io::ErrorKind::NotFound => StoreError::NotFound,
             other => other,
         })?;
-        if let Some(bytes) = small {
-            return Ok(futures::stream::once(async move { Ok(bytes) }).boxed());
-        }
-        let file = file.ok_or_else(|| io::Error::other("no file"))?;
-        Ok(read_ahead(Arc::new(file), range))
+        Ok(match opened {
+            Opened::Read(bytes) => futures::stream::once(async move { Ok(bytes) }).boxed(),
+            Opened::File(file) => read_ahead(file, range),
+        })
     }
 
     async fn stage_append(
@@ -561,15 +561,6 @@ fn store_unnamed(_target: &Path, _size: u64, _chunks: &[Bytes]) -> Option<io::Re
     None
 }
 
-fn check_digest(expected: Option<Sha256Digest>, actual: Sha256Digest) -> Result<(), StoreError> {
-    match expected {
-        Some(expected) if expected != actual => {
-            Err(StoreError::DigestMismatch { expected, actual })
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Same digest, same bytes: a present blob of the right size is this one.
 fn present(target: &Path, size: u64) -> bool {
     std::fs::metadata(target).is_ok_and(|m| m.len() == size)
@@ -593,25 +584,30 @@ fn parent(path: &Path) -> &Path {
 /// `range` of `file` as a stream of blocks, the next block read while the consumer sends the
 /// current one. Each block is read straight into the buffer that is handed on (`pread`, one
 /// copy); a block is one trip to the blocking pool, so a slow client never holds a thread.
-fn read_ahead(file: Arc<File>, range: Range<u64>) -> ByteStream {
-    let read = move |file: Arc<File>, at: u64, end: u64| {
+fn read_ahead(file: File, range: Range<u64>) -> ByteStream {
+    let file = Arc::new(file);
+    let end = range.end;
+    let read = move |at: u64| {
+        let file = file.clone();
         tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
             let mut buf = vec![0u8; (end - at).min(READ_BLOCK as u64) as usize];
             std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)?;
             Ok(Bytes::from(buf))
         })
     };
-    let first = (range.start < range.end).then(|| read(file.clone(), range.start, range.end));
-    let state = (file, range.start, range.end, first);
-    futures::stream::unfold(state, move |(file, at, end, pending)| async move {
-        let block = match pending?.await {
-            Ok(Ok(block)) => block,
-            Ok(Err(e)) => return Some((Err(e), (file, end, end, None))),
-            Err(e) => return Some((Err(join_error(e)), (file, end, end, None))),
-        };
-        let at = at + block.len() as u64;
-        let next = (at < end).then(|| read(file.clone(), at, end));
-        Some((Ok(block), (file, at, end, next)))
+    let first = (range.start < end).then(|| read(range.start));
+    futures::stream::unfold((range.start, first), move |(at, pending)| {
+        let read = read.clone();
+        async move {
+            let block = match pending?.await {
+                Ok(Ok(block)) => block,
+                Ok(Err(e)) => return Some((Err(e), (end, None))),
+                Err(e) => return Some((Err(join_error(e)), (end, None))),
+            };
+            let at = at + block.len() as u64;
+            let next = (at < end).then(|| read(at));
+            Some((Ok(block), (at, next)))
+        }
     })
     .boxed()
 }

@@ -469,13 +469,26 @@ macro_rules! insert_event_sql {
 }
 const INSERT_EVENT: &str = concat!(insert_event_sql!(), " RETURNING sequence");
 
-/// [`INSERT_EVENT`] carried out only if `condition` holds; its parameters follow the event's.
-fn insert_event_if(condition: &str) -> String {
+/// [`SqliteStore::add_file`]'s one batch, the same text for every file (so one prepared
+/// statement): the first statement adds the file only if its package (and upload, when one is
+/// given) is open, every later one runs only if the file was added. Anonymous parameters on
+/// purpose: sqlx binds numbered ones (`?6`) wrongly when a statement of a batch skips numbers.
+static ADD_FILE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    const ADDED: &str = "EXISTS (SELECT 1 FROM files WHERE id = ?)";
     format!(
-        "{} WHERE {condition} RETURNING sequence",
+        "INSERT INTO files ({FILE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ? \
+         WHERE EXISTS (SELECT 1 FROM packages WHERE id = ? AND tenant = ? AND state = 'open') \
+         AND (? IS NULL OR EXISTS \
+              (SELECT 1 FROM uploads WHERE id = ? AND tenant = ? AND state = 'open')); \
+         INSERT OR IGNORE INTO inline_blobs (sha256, bytes) SELECT ?, ? \
+         WHERE ? IS NOT NULL AND {ADDED}; \
+         UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ? AND {ADDED}; \
+         UPDATE packages SET file_count = file_count + 1, total_size = total_size + ? \
+         WHERE id = ? AND {ADDED}; \
+         {} WHERE {ADDED} RETURNING sequence",
         insert_event_sql!()
     )
-}
+});
 
 /// Why [`SqliteStore::add_file`]'s batch added nothing when its path was free.
 async fn add_refusal(
@@ -802,80 +815,42 @@ impl MetadataStore for SqliteStore {
         self.write(move |conn| {
             Box::pin(async move {
                 // One batch, one trip to SQLite's thread: every statement is a hop, and the
-                // writer runs jobs one after another. The first statement adds the file only
-                // if the package (and the upload) is open; the rest only if it was added. So a
-                // refusal changes nothing (see `write`): a taken path fails the first
-                // statement, a closed package or upload leaves the batch without a row.
-                let file_id = file.id.to_string();
-                let mut sql = format!(
-                    "INSERT INTO files ({FILE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS \
-                     (SELECT 1 FROM packages WHERE id = ? AND tenant = ? AND state = 'open')"
-                );
-                if upload.is_some() {
-                    sql.push_str(
-                        " AND EXISTS (SELECT 1 FROM uploads \
-                         WHERE id = ? AND tenant = ? AND state = 'open')",
-                    );
-                }
-                const ADDED: &str = "EXISTS (SELECT 1 FROM files WHERE id = ?)";
-                if inline.is_some() {
-                    sql.push_str(&format!(
-                        ";INSERT OR IGNORE INTO inline_blobs (sha256, bytes) SELECT ?, ? WHERE {ADDED}"
-                    ));
-                }
-                if upload.is_some() {
-                    sql.push_str(&format!(
-                        ";UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ? AND {ADDED}"
-                    ));
-                }
-                sql.push_str(&format!(
-                    ";UPDATE packages SET file_count = file_count + 1, \
-                     total_size = total_size + ? WHERE id = ? AND {ADDED};"
-                ));
-                sql.push_str(&insert_event_if(ADDED));
+                // writer runs jobs one after another. A refusal changes nothing (see `write`):
+                // a taken path fails the first statement, a closed package or upload leaves
+                // the batch without a row.
                 let data = event_data(&event)?;
-                let mut query = sqlx::query(&sql)
-                    .bind(&file_id)
-                    .bind(file.package_id.to_string())
+                let (id, package) = (file.id.to_string(), file.package_id.to_string());
+                let (sha256, upload_id) = (file.sha256().hex(), upload.map(|u| u.to_string()));
+                let inline = inline.as_deref();
+                // The parameters of ADD_FILE, statement by statement.
+                let query = sqlx::query(&ADD_FILE)
+                    .bind(&id)
+                    .bind(&package)
                     .bind(&file.tenant)
                     .bind(&file.path)
                     .bind(file.size as i64)
                     .bind(&file.media_type)
-                    .bind(file.sha256().hex())
+                    .bind(&sha256)
                     .bind(file.created_at.as_millis())
-                    .bind(file.package_id.to_string())
+                    .bind(&package)
+                    .bind(&file.tenant)
+                    .bind(&upload_id)
+                    .bind(&upload_id)
                     .bind(&file.tenant);
-                if let Some(upload) = upload {
-                    query = query.bind(upload.to_string()).bind(&file.tenant);
-                }
-                if let Some(bytes) = &inline {
-                    query = query
-                        .bind(file.sha256().hex())
-                        .bind(bytes.as_ref())
-                        .bind(&file_id);
-                }
-                if let Some(upload) = upload {
-                    query = query
-                        .bind(&file_id)
-                        .bind(upload.to_string())
-                        .bind(&file_id);
-                }
-                let query = query
-                    .bind(file.size as i64)
-                    .bind(file.package_id.to_string())
-                    .bind(&file_id);
-                let rows = match bind_event(query, &event, data)
-                    .bind(&file_id)
-                    .fetch_all(&mut *conn)
-                    .await
-                {
+                let query = query.bind(&sha256).bind(inline).bind(inline).bind(&id);
+                let query = query.bind(&id).bind(&upload_id).bind(&id);
+                let query = query.bind(file.size as i64).bind(&package).bind(&id);
+                let query = bind_event(query, &event, data).bind(&id);
+                let rows = match query.fetch_all(&mut *conn).await {
                     Ok(rows) => rows,
                     Err(e) if is_unique_violation(&e) => {
                         return Err(StoreError::PathTaken(file.path.clone()));
                     }
                     Err(e) => return Err(db(e)),
                 };
-                let sequence = rows.last().and_then(|row| row.try_get::<i64, _>("sequence").ok());
+                let sequence = rows
+                    .last()
+                    .and_then(|row| row.try_get::<i64, _>("sequence").ok());
                 let Some(sequence) = sequence else {
                     // Not added: find out why (nothing has changed).
                     return Err(add_refusal(conn, &file, upload).await);
