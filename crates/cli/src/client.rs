@@ -69,6 +69,16 @@ pub type CliResult<T> = Result<T, CliError>;
 struct ConfigFile {
     url: Option<String>,
     token: Option<String>,
+    ca_cert: Option<PathBuf>,
+}
+
+/// What the flags and environment say about the server to talk to.
+#[derive(Default)]
+pub struct Connection {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    /// Extra CA certificates (PEM) for https://, besides the system's roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub fn config_path() -> Option<PathBuf> {
@@ -88,7 +98,7 @@ pub struct Client {
 
 impl Client {
     /// Flags, then environment (clap fills both in), then the config file, then localhost.
-    pub fn new(url: Option<String>, token: Option<String>) -> CliResult<Self> {
+    pub fn new(connection: Connection) -> CliResult<Self> {
         let file = match config_path() {
             Some(path) if path.exists() => {
                 let text = std::fs::read_to_string(&path)
@@ -98,23 +108,34 @@ impl Client {
             }
             _ => ConfigFile::default(),
         };
-        let base = url
+        let base = connection
+            .url
             .or(file.url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into());
         let base = base.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
+        if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(CliError::Usage(format!(
-                "server url {base:?}: this build speaks plain http:// (put TLS in front with a proxy)"
+                "server url {base:?}: expected http:// or https://"
             )));
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| CliError::Io(e.to_string()))?;
+            .tcp_nodelay(true);
+        if let Some(path) = connection.ca_cert.or(file.ca_cert) {
+            let pem =
+                std::fs::read(&path).map_err(|e| CliError::io(&path.display().to_string(), e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| {
+                    CliError::Usage(format!("{}: no PEM certificate in it", path.display()))
+                })?;
+            http = http.tls_certs_merge(certs);
+        }
+        let http = http.build().map_err(|e| CliError::Io(e.to_string()))?;
         Ok(Self {
             base,
-            token: token.or(file.token),
+            token: connection.token.or(file.token),
             http,
         })
     }

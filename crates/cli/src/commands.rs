@@ -255,7 +255,17 @@ pub async fn events(client: &Client, args: EventsArgs) -> CliResult<()> {
                 ("limit", args.limit.to_string()),
                 ("wait", wait.into()),
             ]);
-        let page: Value = client.json(request).await?;
+        let page: Value = match client.json(request).await {
+            Ok(page) => page,
+            // Too many long-polls wait at the server: it asks for a second's patience.
+            Err(CliError::Server { status, .. })
+                if args.follow && status == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let events = page["events"].as_array().cloned().unwrap_or_default();
         let mut out = std::io::stdout().lock();
         for event in &events {

@@ -18,8 +18,10 @@ use client::{CliError, Client};
     name = "artifactstore",
     version,
     about = "A content-addressed artifact store: server and client",
-    after_help = "Connection: --url/--token, else ARTIFACTSTORE_URL/ARTIFACTSTORE_TOKEN, else \
-                  url/token in ~/.config/artifactstore/config.toml, else http://127.0.0.1:8080.\n\
+    after_help = "Connection: --url/--token/--ca-cert, else ARTIFACTSTORE_URL/ARTIFACTSTORE_TOKEN/\
+                  ARTIFACTSTORE_CA_CERT, else url/token/ca_cert in \
+                  ~/.config/artifactstore/config.toml, else http://127.0.0.1:8080. https:// URLs \
+                  are verified against the system's roots plus --ca-cert.\n\
                   Exit codes: 0 ok, 1 other, 2 usage or rejected input, 3 auth, 4 not found, \
                   5 conflict, 6 integrity, 7 network."
 )]
@@ -35,6 +37,9 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// PEM file of CA certificates trusted for https:// besides the system's roots.
+    #[arg(long, global = true, env = "ARTIFACTSTORE_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Machine-readable output (JSON) and no progress.
     #[arg(long, global = true)]
     json: bool,
@@ -89,7 +94,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    match runtime.block_on(run(cli.url, cli.token, cli.json, cli.command)) {
+    let connection = client::Connection {
+        url: cli.url,
+        token: cli.token,
+        ca_cert: cli.ca_cert,
+    };
+    match runtime.block_on(run(connection, cli.json, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", e.to_string().replace('\n', " "));
@@ -98,13 +108,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    url: Option<String>,
-    token: Option<String>,
-    json: bool,
-    command: Command,
-) -> Result<(), CliError> {
-    let client = Client::new(url, token)?;
+async fn run(connection: client::Connection, json: bool, command: Command) -> Result<(), CliError> {
+    let client = Client::new(connection)?;
     match command {
         Command::Serve(_) => Ok(()),
         Command::Push(args) => push::run(&client, args, json).await,

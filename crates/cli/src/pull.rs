@@ -1,5 +1,11 @@
 //! `artifactstore pull <id> <dir>`: download every file of a finalized package concurrently,
 //! verify each against the manifest, resume partial downloads with `Range`.
+//!
+//! A package is data from someone else, and the target directory may hold traps: the manifest
+//! is trusted only once its bytes encode to the package's `manifest_digest` (or the one given
+//! with `--digest`), no symbolic link under the target directory is ever followed (refused
+//! instead), part files are opened without following links, and no file is written past the
+//! size the manifest gives it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,12 +38,13 @@ pub struct PullArgs {
     /// Attempts per file before giving up (each resumes where the last stopped).
     #[arg(long, default_value_t = 5)]
     pub retries: u32,
+    /// The manifest digest (sha256:…) the package must have; refuses anything else.
+    #[arg(long)]
+    pub digest: Option<String>,
 }
 
 pub async fn run(client: &Client, args: PullArgs, json_output: bool) -> CliResult<()> {
-    let manifest: Manifest = client
-        .json(client.request(Method::GET, &format!("/packages/{}/manifest.json", args.id)))
-        .await?;
+    let manifest = verified_manifest(client, &args).await?;
     let ids = file_ids(client, &args.id).await?;
     tokio::fs::create_dir_all(&args.dir)
         .await
@@ -105,6 +112,45 @@ pub async fn run(client: &Client, args: PullArgs, json_output: bool) -> CliResul
     Ok(())
 }
 
+/// The manifest, once its bytes are shown to be the ones its digest names.
+async fn verified_manifest(client: &Client, args: &PullArgs) -> CliResult<Manifest> {
+    let package: Value = client
+        .json(client.request(Method::GET, &format!("/packages/{}", args.id)))
+        .await?;
+    let digest = match (&args.digest, package["manifest_digest"].as_str()) {
+        (Some(wanted), Some(got)) if wanted != got => {
+            return Err(CliError::Integrity(format!(
+                "package {} has manifest digest {got}, not the {wanted} asked for",
+                args.id
+            )));
+        }
+        (_, Some(got)) => got.to_string(),
+        (_, None) => {
+            return Err(CliError::Server {
+                status: StatusCode::CONFLICT,
+                kind: String::new(),
+                title: "Conflict".into(),
+                detail: format!(
+                    "package {} is not finalized, so it has no manifest",
+                    args.id
+                ),
+            });
+        }
+    };
+    let response = client
+        .send(client.request(Method::GET, &format!("/packages/{}/manifest.json", args.id)))
+        .await?;
+    let bytes = response.bytes().await.map_err(|e| client.network(e))?;
+    let untrusted = || CliError::Integrity(format!("the manifest served does not match {digest}"));
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|_| untrusted())?;
+    // Its JSON must be exactly the JCS projection of a value whose CBOR has that digest.
+    let encoded = manifest.encode().map_err(|_| untrusted())?;
+    if encoded.digest.content_address() != digest || encoded.json.as_bytes() != bytes {
+        return Err(untrusted());
+    }
+    Ok(manifest)
+}
+
 async fn file_ids(client: &Client, package: &str) -> CliResult<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
@@ -128,12 +174,67 @@ async fn file_ids(client: &Client, package: &str) -> CliResult<Vec<(String, Stri
     }
 }
 
-/// Where a manifest path goes under `dir`; refuses anything that could leave it.
-fn destination(dir: &Path, path: &str) -> CliResult<PathBuf> {
+/// Where a manifest path goes under `dir`, with its parent directories made; refuses
+/// anything that could leave `dir`, and any symbolic link on the way.
+async fn destination(dir: &Path, path: &str) -> CliResult<PathBuf> {
     validate::path(path).map_err(|m| CliError::Integrity(format!("manifest path {path:?} {m}")))?;
-    Ok(path
-        .split('/')
-        .fold(dir.to_path_buf(), |acc, segment| acc.join(segment)))
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut at = dir.to_path_buf();
+    for (i, segment) in segments.iter().enumerate() {
+        at.push(segment);
+        let last = i + 1 == segments.len();
+        match tokio::fs::symlink_metadata(&at).await {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(refuse_link(&at)),
+            Ok(meta) if !last && !meta.is_dir() => {
+                return Err(CliError::io(
+                    &at.display().to_string(),
+                    "exists and is not a directory",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last => {
+                match tokio::fs::create_dir(&at).await {
+                    Ok(()) => {}
+                    // Made by a concurrent download of a sibling: checked on the next look.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if tokio::fs::symlink_metadata(&at)
+                            .await
+                            .is_ok_and(|m| m.file_type().is_symlink())
+                        {
+                            return Err(refuse_link(&at));
+                        }
+                    }
+                    Err(e) => return Err(CliError::io(&at.display().to_string(), e)),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CliError::io(&at.display().to_string(), e)),
+        }
+    }
+    Ok(at)
+}
+
+fn refuse_link(path: &Path) -> CliError {
+    CliError::Io(format!(
+        "{}: is a symbolic link; pull never writes through links in the target directory \
+         (remove it, or pull into a fresh directory)",
+        path.display()
+    ))
+}
+
+/// Opens (creating) a part file for appending, never through a symbolic link.
+async fn open_part(path: &Path) -> CliResult<tokio::fs::File> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    options.custom_flags(libc::O_NOFOLLOW);
+    options.open(path).await.map_err(|e| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return refuse_link(path);
+        }
+        CliError::io(&path.display().to_string(), e)
+    })
 }
 
 async fn hash_prefix(path: &Path, hasher: &mut Sha256Hasher) -> CliResult<()> {
@@ -161,14 +262,9 @@ async fn fetch(
     dir: &Path,
     progress: &Progress,
 ) -> CliResult<&'static str> {
-    let dest = destination(dir, &file.path)?;
+    let dest = destination(dir, &file.path).await?;
     let expected = file.digests.sha256;
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| CliError::io(&parent.display().to_string(), e))?;
-    }
-    if tokio::fs::metadata(&dest)
+    if tokio::fs::symlink_metadata(&dest)
         .await
         .is_ok_and(|m| m.len() == file.size)
     {
@@ -180,20 +276,16 @@ async fn fetch(
         }
     }
     let partial = PathBuf::from(format!("{}{PARTIAL}", dest.display()));
-    let mut have = tokio::fs::metadata(&partial)
+    let mut out = open_part(&partial).await?;
+    let mut have = out
+        .metadata()
         .await
-        .map(|m| m.len())
-        .unwrap_or(0);
+        .map_err(|e| CliError::io(&partial.display().to_string(), e))?
+        .len();
     if have > file.size {
         have = 0;
     }
     let mut hasher = Sha256Hasher::new();
-    let mut out = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&partial)
-        .await
-        .map_err(|e| CliError::io(&partial.display().to_string(), e))?;
     if have == 0 {
         out.set_len(0)
             .await
@@ -218,6 +310,14 @@ async fn fetch(
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| client.network(e))?;
+            if hasher.len() + chunk.len() as u64 > file.size {
+                drop(out);
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(CliError::Integrity(format!(
+                    "{}: the server sent more than the manifest's {} bytes",
+                    file.path, file.size
+                )));
+            }
             hasher.update(&chunk);
             out.write_all(&chunk)
                 .await

@@ -4,114 +4,12 @@
 
 use artifactstore_testkit::bytes;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_artifactstore");
-const TOKEN: &str = "cli-test-token";
+mod common;
 
-struct Server {
-    port: u16,
-    data: PathBuf,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(data: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Server {
-            port,
-            data: data.to_path_buf(),
-            child: None,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .env("ARTIFACTSTORE_TOKENS", format!("acme:{TOKEN}"))
-            .env("ARTIFACTSTORE_DATA_DIR", &self.data)
-            .env_remove("ARTIFACTSTORE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("ARTIFACTSTORE_URL", self.url())
-            .env("ARTIFACTSTORE_TOKEN", TOKEN)
-            // No user config file can leak in.
-            .env("HOME", &self.data)
-            .env_remove("XDG_CONFIG_HOME");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cli(args).output().unwrap()
-    }
-
-    /// `push <dir> --producer p --subject s` and `extra`.
-    fn push_cmd(&self, dir: &Path, extra: &[&str]) -> Command {
-        let dir = dir.to_str().unwrap();
-        let mut cmd = self.cli(&["push", dir, "--producer", "p", "--subject", "s"]);
-        cmd.args(extra);
-        cmd
-    }
-
-    fn push(&self, dir: &Path, extra: &[&str]) -> Output {
-        self.push_cmd(dir, extra).output().unwrap()
-    }
-
-    fn http(&self, path: &str) -> Vec<u8> {
-        let out = Command::new("curl")
-            .args([
-                "-sSf",
-                "-H",
-                &format!("Authorization: Bearer {TOKEN}"),
-                &format!("{}{path}", self.url()),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "curl {path}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::*;
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -474,4 +372,65 @@ fn failures_have_their_exit_codes() {
         std::fs::read_dir(&out_dir).unwrap().next().is_none(),
         "no partial file left behind"
     );
+}
+
+/// Traps planted in the target directory: a part file that is a link to a file outside, a
+/// subdirectory that is a link to a directory outside, a final name that is a link. Each is
+/// refused with a clear message and nothing outside is written; a wrong `--digest` is an
+/// integrity failure before any byte is fetched.
+#[cfg(unix)]
+#[test]
+fn pull_never_writes_through_planted_links() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::write(src.join("top.bin"), bytes(70_000, 3)).unwrap();
+    std::fs::write(src.join("bin/app"), bytes(90_000, 4)).unwrap();
+    let pushed = json(&ok(&server.push(&src, &["--json"])));
+    let id = pushed["package_id"].as_str().unwrap();
+    let digest = pushed["manifest_digest"].as_str().unwrap();
+
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let pull = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["pull", id, out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        server.run(&args)
+    };
+
+    let out = dir.path().join("out1");
+    std::fs::create_dir_all(&out).unwrap();
+    symlink(&victim, out.join("top.bin.artifactstore-part")).unwrap();
+    let line = failed(&pull(&out, &["--jobs", "1"]), 1);
+    assert!(line.contains("symbolic link"), "{line}");
+
+    let out = dir.path().join("out2");
+    std::fs::create_dir_all(&out).unwrap();
+    symlink(&outside, out.join("bin")).unwrap();
+    let line = failed(&pull(&out, &[]), 1);
+    assert!(line.contains("symbolic link"), "{line}");
+
+    let out = dir.path().join("out3");
+    std::fs::create_dir_all(&out).unwrap();
+    symlink(&victim, out.join("top.bin")).unwrap();
+    let line = failed(&pull(&out, &[]), 1);
+    assert!(line.contains("symbolic link"), "{line}");
+
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = dir.path().join("out4");
+    let line = failed(&pull(&out, &["--digest", &wrong]), 6);
+    assert!(line.contains(&wrong), "{line}");
+    assert!(
+        !out.exists(),
+        "nothing fetched for a package with another digest"
+    );
+    ok(&pull(&out, &["--digest", digest]));
+    same_tree(&src, &out);
 }

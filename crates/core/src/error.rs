@@ -71,6 +71,9 @@ pub enum RegistryError {
     /// Another request changed the same upload at the same moment.
     #[error("the upload was changed by a concurrent request; fetch its offset and retry")]
     ConcurrentUpdate,
+    /// Too many long-polls wait already, in all or in this scope; nothing waits.
+    #[error("too many long-polls are waiting{}; retry shortly, or poll with wait=0", if *.scope { " for this tenant" } else { "" })]
+    TooManyWaiting { scope: bool },
     /// The request body failed before its end (client went away, bad framing).
     #[error("reading the request body failed: {0}")]
     Body(std::io::Error),

@@ -289,3 +289,47 @@ pub struct StoredManifest {
     pub cbor: Vec<u8>,
     pub json: String,
 }
+
+/// Whose data a read may see: one tenant's (every token), or every tenant's (anonymous reads
+/// on a server that names no anonymous tenant). Writes always belong to one tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Tenant(String),
+    All,
+}
+
+impl Scope {
+    /// The one tenant, if the scope is narrowed to one.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Self::Tenant(t) => Some(t),
+            Self::All => None,
+        }
+    }
+
+    /// Whether a row of `tenant` is visible in this scope.
+    pub fn admits(&self, tenant: &str) -> bool {
+        match self {
+            Self::Tenant(t) => t == tenant,
+            Self::All => true,
+        }
+    }
+}
+
+impl From<&str> for Scope {
+    fn from(tenant: &str) -> Self {
+        Self::Tenant(tenant.to_string())
+    }
+}
+
+impl From<&String> for Scope {
+    fn from(tenant: &String) -> Self {
+        Self::Tenant(tenant.clone())
+    }
+}
+
+impl From<&Scope> for Scope {
+    fn from(scope: &Scope) -> Self {
+        scope.clone()
+    }
+}

@@ -33,6 +33,9 @@ pub struct RegistryConfig {
     pub upload_ttl: Duration,
     /// Retention classes accepted; `None` accepts any well-formed class.
     pub retention_classes: Option<BTreeSet<String>>,
+    /// Long-polls that may wait at once, in all and per scope (tenant).
+    pub max_waiting: usize,
+    pub max_waiting_per_scope: usize,
 }
 
 impl Default for RegistryConfig {
@@ -41,6 +44,8 @@ impl Default for RegistryConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             upload_ttl: Duration::from_secs(DEFAULT_UPLOAD_TTL_SECS),
             retention_classes: None,
+            max_waiting: 4096,
+            max_waiting_per_scope: 1024,
         }
     }
 }
@@ -68,6 +73,7 @@ pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     config: RegistryConfig,
     upload_locks: Arc<KeyedLocks>,
+    waiting: Waiting,
 }
 
 impl Registry {
@@ -81,6 +87,7 @@ impl Registry {
             blobs,
             config,
             upload_locks: Arc::default(),
+            waiting: Waiting::default(),
         }
     }
 
@@ -139,9 +146,9 @@ impl Registry {
         Ok(package)
     }
 
-    pub async fn package(&self, tenant: &str, id: PackageId) -> Result<Package> {
+    pub async fn package(&self, scope: impl Into<Scope>, id: PackageId) -> Result<Package> {
         self.meta
-            .package(tenant, id)
+            .package(&scope.into(), id)
             .await?
             .ok_or(RegistryError::NotFound(Resource::Package))
     }
@@ -149,7 +156,7 @@ impl Registry {
     /// Newest first. `cursor` is the `next_cursor` of the previous page.
     pub async fn list_packages(
         &self,
-        tenant: &str,
+        scope: impl Into<Scope>,
         query: &PackageQuery,
         cursor: Option<&str>,
         limit: Option<u32>,
@@ -161,7 +168,7 @@ impl Registry {
         let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
         let mut items = self
             .meta
-            .list_packages(tenant, query, before, limit + 1)
+            .list_packages(&scope.into(), query, before, limit + 1)
             .await?;
         let next_cursor = next_page(&mut items, limit, |p| p.id.to_string());
         Ok(Page { items, next_cursor })
@@ -210,11 +217,12 @@ impl Registry {
     }
 
     /// The stored manifest of a finalized package.
-    pub async fn manifest(&self, tenant: &str, id: PackageId) -> Result<StoredManifest> {
-        match self.meta.manifest(tenant, id).await? {
+    pub async fn manifest(&self, scope: impl Into<Scope>, id: PackageId) -> Result<StoredManifest> {
+        let scope = scope.into();
+        match self.meta.manifest(&scope, id).await? {
             Some(m) => Ok(m),
             None => {
-                self.package(tenant, id).await?;
+                self.package(scope, id).await?;
                 Err(RegistryError::NotFinalized)
             }
         }
@@ -260,9 +268,9 @@ impl Registry {
         Ok(file)
     }
 
-    pub async fn file(&self, tenant: &str, id: FileId) -> Result<FileRecord> {
+    pub async fn file(&self, scope: impl Into<Scope>, id: FileId) -> Result<FileRecord> {
         self.meta
-            .file(tenant, id)
+            .file(&scope.into(), id)
             .await?
             .ok_or(RegistryError::NotFound(Resource::File))
     }
@@ -270,12 +278,13 @@ impl Registry {
     /// A page of a package's files in UTF-8 byte order of their paths.
     pub async fn list_files(
         &self,
-        tenant: &str,
+        scope: impl Into<Scope>,
         package_id: PackageId,
         cursor: Option<&str>,
         limit: Option<u32>,
     ) -> Result<Page<FileRecord>> {
-        self.package(tenant, package_id).await?;
+        let scope = scope.into();
+        self.package(&scope, package_id).await?;
         let after = match cursor {
             Some(c) => Some(decode_path_cursor(c).ok_or_else(invalid_cursor)?),
             None => None,
@@ -283,7 +292,7 @@ impl Registry {
         let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
         let mut items = self
             .meta
-            .list_files(tenant, package_id, after.as_deref(), limit + 1)
+            .list_files(&scope, package_id, after.as_deref(), limit + 1)
             .await?;
         let next_cursor = next_page(&mut items, limit, |f| hex::encode(f.path.as_bytes()));
         Ok(Page { items, next_cursor })
@@ -293,11 +302,11 @@ impl Registry {
     /// caller resolves the range against the file's size first.
     pub async fn open_file(
         &self,
-        tenant: &str,
+        scope: impl Into<Scope>,
         id: FileId,
         range: Option<Range<u64>>,
     ) -> Result<(FileRecord, ByteStream)> {
-        let file = self.file(tenant, id).await?;
+        let file = self.file(scope, id).await?;
         let range = range.unwrap_or(0..file.size);
         if range.start > range.end || range.end > file.size {
             return Err(RegistryError::invalid("range", "outside the file"));
@@ -344,8 +353,8 @@ impl Registry {
     }
 
     /// An upload that is open or completed; cancelled and expired ones are not found.
-    pub async fn upload(&self, tenant: &str, id: UploadId) -> Result<Upload> {
-        Ok(self.live_upload(tenant, id).await?.upload)
+    pub async fn upload(&self, scope: impl Into<Scope>, id: UploadId) -> Result<Upload> {
+        Ok(self.live_upload(&scope.into(), id).await?.upload)
     }
 
     /// Appends the chunk at the upload's offset. On any error the offset does not move.
@@ -522,27 +531,41 @@ impl Registry {
 
     // ---- events ------------------------------------------------------------------------
 
-    /// The tenant's events after `since`, oldest first; if there are none yet, waits up to
-    /// `wait` for the first one.
+    /// The events in `scope` after `since`, oldest first; if there are none yet, waits up to
+    /// `wait` for the first one. Only commits of events visible in `scope` wake the wait, and
+    /// after one empty look the wait starts from the store's high-water mark, so a poller
+    /// far behind the newest events does not query the whole log again on every wake-up.
+    /// Beyond the caps on waiting polls, `TooManyWaiting` instead of a wait.
     pub async fn events(
         &self,
-        tenant: &str,
+        scope: impl Into<Scope>,
         since: u64,
         limit: Option<u32>,
         wait: Duration,
     ) -> Result<Vec<Event>> {
+        let scope = scope.into();
         let limit = limits::clamp_limit(limit, DEFAULT_EVENT_LIMIT, MAX_EVENT_LIMIT);
         let deadline = Instant::now() + wait;
-        let mut watch = self.meta.event_watch();
+        let mut watch = self.meta.event_watch(&scope);
+        let mut from = since;
+        let mut waiting = None;
         loop {
             // Marking the value seen before querying means a commit after the query still
             // wakes us: no event can slip between the query and the wait.
-            let latest = *watch.borrow_and_update();
-            if latest > since {
-                let events = self.meta.events_since(tenant, since, limit).await?;
+            let mark = *watch.borrow_and_update();
+            if mark > from {
+                let events = self.meta.events_since(&scope, from, limit).await?;
                 if !events.is_empty() {
                     return Ok(events);
                 }
+                // Every event up to `mark` had committed, and none of them is in scope.
+                from = mark;
+            }
+            if wait.is_zero() {
+                return Ok(Vec::new());
+            }
+            if waiting.is_none() {
+                waiting = Some(self.waiting.enter(&scope, &self.config)?);
             }
             match tokio::time::timeout_at(deadline, watch.changed()).await {
                 Ok(Ok(())) => continue,
@@ -613,7 +636,7 @@ impl Registry {
             let after = files.last().map(|f: &FileRecord| f.path.clone());
             let page = self
                 .meta
-                .list_files(tenant, id, after.as_deref(), MAX_PAGE_LIMIT)
+                .list_files(&tenant.into(), id, after.as_deref(), MAX_PAGE_LIMIT)
                 .await?;
             let done = page.len() < MAX_PAGE_LIMIT as usize;
             files.extend(page);
@@ -623,9 +646,9 @@ impl Registry {
         }
     }
 
-    async fn live_upload(&self, tenant: &str, id: UploadId) -> Result<UploadRecord> {
+    async fn live_upload(&self, scope: &Scope, id: UploadId) -> Result<UploadRecord> {
         let not_found = RegistryError::NotFound(Resource::Upload);
-        let record = self.meta.upload(tenant, id).await?.ok_or(not_found)?;
+        let record = self.meta.upload(scope, id).await?.ok_or(not_found)?;
         let expired =
             record.upload.state == UploadState::Open && record.upload.expires_at < Timestamp::now();
         if record.upload.state == UploadState::Cancelled || expired {
@@ -635,7 +658,7 @@ impl Registry {
     }
 
     async fn open_upload(&self, tenant: &str, id: UploadId) -> Result<UploadRecord> {
-        let record = self.live_upload(tenant, id).await?;
+        let record = self.live_upload(&tenant.into(), id).await?;
         if record.upload.state == UploadState::Completed {
             return Err(RegistryError::UploadCompleted);
         }
@@ -647,6 +670,52 @@ impl Registry {
             StoreError::UploadNotOpen => RegistryError::UploadCompleted,
             StoreError::NotFound => RegistryError::NotFound(Resource::Upload),
             other => other.into(),
+        }
+    }
+}
+
+/// Counts the long-polls waiting, in all and per scope, to cap them.
+#[derive(Default)]
+struct Waiting {
+    counts: Arc<Mutex<(usize, HashMap<Scope, usize>)>>,
+}
+
+/// One waiting long-poll; leaving the wait (answer, timeout, client gone) drops it.
+struct WaitSlot {
+    counts: Arc<Mutex<(usize, HashMap<Scope, usize>)>>,
+    scope: Scope,
+}
+
+impl Waiting {
+    fn enter(&self, scope: &Scope, config: &RegistryConfig) -> Result<WaitSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *counts;
+        let mine = per.get(scope).copied().unwrap_or(0);
+        if mine >= config.max_waiting_per_scope {
+            return Err(RegistryError::TooManyWaiting { scope: true });
+        }
+        if *total >= config.max_waiting {
+            return Err(RegistryError::TooManyWaiting { scope: false });
+        }
+        *total += 1;
+        per.insert(scope.clone(), mine + 1);
+        Ok(WaitSlot {
+            counts: self.counts.clone(),
+            scope: scope.clone(),
+        })
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *counts;
+        *total -= 1;
+        if let Some(n) = per.get_mut(&self.scope) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.scope);
+            }
         }
     }
 }

@@ -170,13 +170,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn create_package(&self, package: &Package, event: NewEvent)
     -> Result<Event, StoreError>;
 
-    async fn package(&self, tenant: &str, id: PackageId) -> Result<Option<Package>, StoreError>;
+    async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError>;
 
-    /// Packages of `tenant` matching `query`, newest first, with ids below `before` (the
+    /// Packages in `scope` matching `query`, newest first, with ids below `before` (the
     /// cursor), at most `limit`.
     async fn list_packages(
         &self,
-        tenant: &str,
+        scope: &Scope,
         query: &PackageQuery,
         before: Option<PackageId>,
         limit: u32,
@@ -198,12 +198,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Bytes kept by [`add_file`](Self::add_file) with `inline`, by their digest.
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError>;
 
-    async fn file(&self, tenant: &str, id: FileId) -> Result<Option<FileRecord>, StoreError>;
+    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError>;
 
     /// Files of a package in UTF-8 byte order of their paths, after `after`, at most `limit`.
     async fn list_files(
         &self,
-        tenant: &str,
+        scope: &Scope,
         package: PackageId,
         after: Option<&str>,
         limit: u32,
@@ -224,13 +224,14 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     async fn manifest(
         &self,
-        tenant: &str,
+        scope: &Scope,
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError>;
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
 
-    async fn upload(&self, tenant: &str, id: UploadId) -> Result<Option<UploadRecord>, StoreError>;
+    async fn upload(&self, scope: &Scope, id: UploadId)
+    -> Result<Option<UploadRecord>, StoreError>;
 
     /// Moves an open upload from `from_offset` to `hasher.len()` bytes, saving the hasher's
     /// state and a new expiry; `size` is set when it was unknown. `Stale` if the offset is
@@ -255,14 +256,99 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<(String, UploadId)>, StoreError>;
 
-    /// The tenant's events with sequence above `since`, oldest first, at most `limit`.
+    /// The events in `scope` with sequence above `since`, oldest first, at most `limit`.
     async fn events_since(
         &self,
-        tenant: &str,
+        scope: &Scope,
         since: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError>;
 
-    /// The highest committed event sequence of the whole store, updated after each commit.
-    fn event_watch(&self) -> watch::Receiver<u64>;
+    /// Changes after each commit of an event visible in `scope` (and only then); its value is
+    /// the highest sequence committed in the whole store at that moment, so every event up to
+    /// it is visible. [`EventWatches`] keeps such watches for a store.
+    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64>;
+}
+
+/// The watches behind [`MetadataStore::event_watch`]: one for the whole store and one per
+/// tenant, so a commit wakes only the long-polls that can see its events.
+pub struct EventWatches {
+    all: watch::Sender<u64>,
+    /// One entry per tenant that was ever watched: bounded by the configured tenants.
+    tenants: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
+}
+
+impl EventWatches {
+    /// Starts at `last`, the highest sequence committed so far.
+    pub fn new(last: u64) -> Self {
+        Self {
+            all: watch::Sender::new(last),
+            tenants: Default::default(),
+        }
+    }
+
+    pub fn subscribe(&self, scope: &Scope) -> watch::Receiver<u64> {
+        match scope {
+            Scope::All => self.all.subscribe(),
+            Scope::Tenant(tenant) => {
+                let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+                tenants
+                    .entry(tenant.clone())
+                    .or_insert_with(|| watch::Sender::new(*self.all.borrow()))
+                    .subscribe()
+            }
+        }
+    }
+
+    /// Call after events up to `last` committed, in commit order; `tenants` are theirs.
+    pub fn publish<'a>(&self, last: u64, tenants: impl IntoIterator<Item = &'a str>) {
+        let newer = self.all.send_if_modified(|seen| {
+            let newer = last > *seen;
+            if newer {
+                *seen = last;
+            }
+            newer
+        });
+        if !newer {
+            return;
+        }
+        let watched = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        for tenant in tenants {
+            if let Some(sender) = watched.get(tenant) {
+                sender.send_replace(last);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_wakes_only_the_watches_that_can_see_it() {
+        let watches = EventWatches::new(7);
+        let mut acme = watches.subscribe(&"acme".into());
+        let mut beta = watches.subscribe(&"beta".into());
+        let mut all = watches.subscribe(&Scope::All);
+        assert_eq!(
+            *acme.borrow_and_update(),
+            7,
+            "starts at the high-water mark"
+        );
+        beta.borrow_and_update();
+        all.borrow_and_update();
+        watches.publish(9, ["acme", "acme"]);
+        assert!(acme.has_changed().unwrap() && all.has_changed().unwrap());
+        assert!(!beta.has_changed().unwrap());
+        assert_eq!(*acme.borrow_and_update(), 9);
+        // A late subscriber starts at the mark; a repeated or older publish wakes nobody.
+        assert_eq!(*watches.subscribe(&"gamma".into()).borrow(), 9);
+        all.borrow_and_update();
+        watches.publish(9, ["acme"]);
+        assert!(!acme.has_changed().unwrap() && !all.has_changed().unwrap());
+        watches.publish(12, ["beta"]);
+        assert_eq!(*beta.borrow_and_update(), 12);
+        assert!(!acme.has_changed().unwrap());
+    }
 }

@@ -6,6 +6,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 
+use artifactstore_core::Scope;
+
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -36,6 +38,11 @@ impl TokenEntry {
     }
 
     /// From the hex SHA-256 of a token, as a config file may hold it.
+    /// Whether two entries hold the same token.
+    pub fn same_token(&self, other: &TokenEntry) -> bool {
+        self.hash == other.hash
+    }
+
     pub fn from_hash(tenant: &str, hex_hash: &str, read_only: bool) -> Option<Self> {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(hex_hash.to_ascii_lowercase(), &mut hash).ok()?;
@@ -57,15 +64,13 @@ pub struct Caller {
 #[derive(Clone, Debug)]
 pub struct Auth {
     tokens: Vec<TokenEntry>,
-    anon_tenant: Option<String>,
+    /// What a request without credentials may read; `None` when anonymous reads are off.
+    anon: Option<Scope>,
 }
 
 impl Auth {
-    pub fn new(tokens: Vec<TokenEntry>, anon_tenant: Option<String>) -> Self {
-        Self {
-            tokens,
-            anon_tenant,
-        }
+    pub fn new(tokens: Vec<TokenEntry>, anon: Option<Scope>) -> Self {
+        Self { tokens, anon }
     }
 
     pub fn len(&self) -> usize {
@@ -76,8 +81,28 @@ impl Auth {
         self.tokens.is_empty()
     }
 
-    pub fn anon_tenant(&self) -> Option<&str> {
-        self.anon_tenant.as_deref()
+    pub fn anonymous(&self) -> Option<&Scope> {
+        self.anon.as_ref()
+    }
+
+    /// One line for the start-up log: what a reader without a token can see.
+    pub fn describe_anonymous(&self) -> String {
+        match &self.anon {
+            None => "off: every request needs a token".into(),
+            Some(Scope::All) => {
+                let tenants: std::collections::BTreeSet<&str> =
+                    self.tokens.iter().map(|t| t.tenant.as_str()).collect();
+                format!(
+                    "ON for every tenant ({}): anyone who can reach this address reads all \
+                     packages, files and events; development only",
+                    tenants.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            }
+            Some(Scope::Tenant(t)) => format!(
+                "ON for tenant {t:?}: anyone who can reach this address reads its packages, \
+                 files and events; development only"
+            ),
+        }
     }
 
     /// The caller a token belongs to. Every entry is compared, each in constant time, so the
@@ -117,8 +142,9 @@ impl Auth {
     }
 }
 
-/// A caller allowed to read: any valid token, or anyone when anonymous reads are on.
-pub struct Reader(pub Caller);
+/// A caller allowed to read, and what it may see: its token's tenant, or what anonymous
+/// reads are configured to show.
+pub struct Reader(pub Scope);
 
 /// A caller allowed to change things: a valid token that is not read-only.
 pub struct Writer(pub Caller);
@@ -128,14 +154,13 @@ impl FromRequestParts<AppState> for Reader {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match state.auth.caller(parts)? {
-            Some(caller) => Ok(Reader(caller)),
-            None => match &state.auth.anon_tenant {
-                Some(tenant) => Ok(Reader(Caller {
-                    tenant: tenant.clone(),
-                    read_only: true,
-                })),
-                None => Err(ApiError::Unauthorized),
-            },
+            Some(caller) => Ok(Reader(Scope::Tenant(caller.tenant))),
+            None => state
+                .auth
+                .anon
+                .clone()
+                .map(Reader)
+                .ok_or(ApiError::Unauthorized),
         }
     }
 }

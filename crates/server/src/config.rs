@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use artifactstore_core::limits::{DEFAULT_MAX_FILE_BYTES, DEFAULT_UPLOAD_TTL_SECS};
-use artifactstore_core::validate;
+use artifactstore_core::{Scope, validate};
 use serde::Deserialize;
 
 use crate::auth::{Auth, TokenEntry};
+use crate::edge::EdgeLimits;
 
 /// Largest JSON request body, by default.
 pub const DEFAULT_MAX_JSON_BYTES: usize = 1024 * 1024;
@@ -54,6 +55,37 @@ pub struct ServeArgs {
     /// Accepted retention classes, comma-separated [default: any].
     #[arg(long, env = "ARTIFACTSTORE_RETENTION_CLASSES")]
     pub retention_classes: Option<String>,
+    /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
+    #[arg(long, env = "ARTIFACTSTORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ARTIFACTSTORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds a request head (and TLS handshake) may take from its first byte [default: 10].
+    #[arg(long, env = "ARTIFACTSTORE_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay open with no request in flight [default: 75].
+    #[arg(long, env = "ARTIFACTSTORE_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds a request body may send nothing, or a response write nothing, before the
+    /// connection is cut [default: 60].
+    #[arg(long, env = "ARTIFACTSTORE_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: Option<u64>,
+    /// Open connections at most; at the cap the one idle longest is closed [default: 8192].
+    #[arg(long, env = "ARTIFACTSTORE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Concurrent streams per HTTP/2 connection [default: 128].
+    #[arg(long, env = "ARTIFACTSTORE_H2_MAX_STREAMS")]
+    pub h2_max_streams: Option<u32>,
+    /// Seconds shutdown waits for in-flight requests [default: 30].
+    #[arg(long, env = "ARTIFACTSTORE_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Long-polls waiting at once, in all [default: 4096].
+    #[arg(long, env = "ARTIFACTSTORE_MAX_POLLERS")]
+    pub max_pollers: Option<usize>,
+    /// Long-polls waiting at once, per tenant [default: 1024].
+    #[arg(long, env = "ARTIFACTSTORE_MAX_POLLERS_PER_TENANT")]
+    pub max_pollers_per_tenant: Option<usize>,
 }
 
 /// The TOML file. Tokens may be given as `token` or as the hex SHA-256 of the token.
@@ -70,6 +102,16 @@ pub struct FileConfig {
     pub max_json_bytes: Option<usize>,
     pub upload_ttl_secs: Option<u64>,
     pub retention_classes: Option<Vec<String>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub header_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub h2_max_streams: Option<u32>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub max_pollers: Option<usize>,
+    pub max_pollers_per_tenant: Option<usize>,
     #[serde(default)]
     pub tokens: Vec<FileToken>,
 }
@@ -95,7 +137,16 @@ pub struct Settings {
     pub max_json_bytes: usize,
     pub upload_ttl: Duration,
     pub retention_classes: Option<BTreeSet<String>>,
+    /// Certificate chain and key files, when serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub edge: EdgeLimits,
+    pub max_pollers: usize,
+    pub max_pollers_per_tenant: usize,
 }
+
+/// Default caps on waiting long-polls.
+pub const DEFAULT_MAX_POLLERS: usize = 4096;
+pub const DEFAULT_MAX_POLLERS_PER_TENANT: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -107,6 +158,7 @@ fn err(message: impl Into<String>) -> ConfigError {
 
 impl ServeArgs {
     pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let defaults = EdgeLimits::default();
         let file: FileConfig = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -156,6 +208,9 @@ impl ServeArgs {
         for t in &file.tokens {
             validate::slug(&t.tenant).map_err(|m| err(format!("tenant {:?} {m}", t.tenant)))?;
             let entry = match (&t.token, &t.sha256) {
+                (Some(token), None) if token.is_empty() => {
+                    return Err(err(format!("empty token for tenant {:?}", t.tenant)));
+                }
                 (Some(token), None) => TokenEntry::new(&t.tenant, token, t.read_only),
                 (None, Some(hex)) => TokenEntry::from_hash(&t.tenant, hex, t.read_only)
                     .ok_or_else(|| {
@@ -173,29 +228,23 @@ impl ServeArgs {
             };
             tokens.push(entry);
         }
+        check_tokens(&tokens)?;
         let anon_read = self.anon_read.or(file.anon_read).unwrap_or(false);
-        let anon_tenant = match (anon_read, self.anon_tenant.or(file.anon_tenant)) {
+        let anon = match (anon_read, self.anon_tenant.or(file.anon_tenant)) {
             (false, _) => None,
-            (true, Some(tenant)) => Some(tenant),
-            (true, None) => {
-                let tenants: BTreeSet<&str> = tokens.iter().map(|t| t.tenant.as_str()).collect();
-                match tenants.len() {
-                    1 => tenants.into_iter().next().map(str::to_string),
-                    _ => {
-                        return Err(err(
-                            "ARTIFACTSTORE_ANON_READ=true needs ARTIFACTSTORE_ANON_TENANT: the tenant \
-                             whose data anonymous readers see",
-                        ));
-                    }
-                }
+            (true, Some(tenant)) => {
+                validate::slug(&tenant)
+                    .map_err(|m| err(format!("anonymous tenant {tenant:?} {m}")))?;
+                Some(Scope::Tenant(tenant))
             }
+            (true, None) => Some(Scope::All),
         };
-        if tokens.is_empty() && anon_tenant.is_none() {
+        if tokens.is_empty() && anon.is_none() {
             return Err(err(
                 "no token is configured, so nobody could use this server. Set ARTIFACTSTORE_TOKENS, \
                  e.g. ARTIFACTSTORE_TOKENS=acme:$(openssl rand -hex 16), or add [[tokens]] to the \
                  file named by ARTIFACTSTORE_CONFIG (or, for development only, \
-                 ARTIFACTSTORE_ANON_READ=true with ARTIFACTSTORE_ANON_TENANT)",
+                 ARTIFACTSTORE_ANON_READ=true)",
             ));
         }
         let retention_classes = match self.retention_classes {
@@ -211,7 +260,7 @@ impl ServeArgs {
             listen,
             database_url,
             blob_dir,
-            auth: Auth::new(tokens, anon_tenant),
+            auth: Auth::new(tokens, anon),
             max_file_bytes: self
                 .max_file_bytes
                 .or(file.max_file_bytes)
@@ -226,8 +275,91 @@ impl ServeArgs {
                     .unwrap_or(DEFAULT_UPLOAD_TTL_SECS),
             ),
             retention_classes,
+            tls: match (
+                self.tls_cert.or(file.tls_cert),
+                self.tls_key.or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(err("TLS needs both tls_cert and tls_key")),
+            },
+            edge: EdgeLimits {
+                header_timeout: secs(
+                    self.header_timeout_secs.or(file.header_timeout_secs),
+                    defaults.header_timeout,
+                )?,
+                idle_timeout: secs(
+                    self.idle_timeout_secs.or(file.idle_timeout_secs),
+                    defaults.idle_timeout,
+                )?,
+                body_timeout: secs(
+                    self.body_timeout_secs.or(file.body_timeout_secs),
+                    defaults.body_timeout,
+                )?,
+                max_connections: positive(
+                    "max_connections",
+                    self.max_connections.or(file.max_connections),
+                    defaults.max_connections,
+                )?,
+                h2_max_streams: positive(
+                    "h2_max_streams",
+                    self.h2_max_streams.or(file.h2_max_streams),
+                    defaults.h2_max_streams,
+                )?,
+                shutdown_grace: Duration::from_secs(
+                    self.shutdown_grace_secs
+                        .or(file.shutdown_grace_secs)
+                        .unwrap_or(defaults.shutdown_grace.as_secs()),
+                ),
+            },
+            max_pollers: positive(
+                "max_pollers",
+                self.max_pollers.or(file.max_pollers),
+                DEFAULT_MAX_POLLERS,
+            )?,
+            max_pollers_per_tenant: positive(
+                "max_pollers_per_tenant",
+                self.max_pollers_per_tenant.or(file.max_pollers_per_tenant),
+                DEFAULT_MAX_POLLERS_PER_TENANT,
+            )?,
         })
     }
+}
+
+/// A timeout in whole seconds; 0 would cut every client at once.
+fn secs(value: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        Some(0) => Err(err("timeouts are at least 1 second")),
+        Some(n) => Ok(Duration::from_secs(n)),
+        None => Ok(default),
+    }
+}
+
+fn positive<T: Copy + PartialEq + Default>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        Some(v) if v == T::default() => Err(err(format!("{name} must be at least 1"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+/// No token may be empty or configured twice: a token names exactly one tenant and one
+/// access level. Messages name the tenants, never the token.
+fn check_tokens(tokens: &[TokenEntry]) -> Result<(), ConfigError> {
+    for (i, a) in tokens.iter().enumerate() {
+        if let Some(b) = tokens[..i].iter().find(|b| b.same_token(a)) {
+            return Err(err(format!(
+                "one token is configured twice (tenants {:?} and {:?}): a token must name \
+                 exactly one tenant and access level",
+                b.tenant, a.tenant
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn parse_env_token(item: &str) -> Result<TokenEntry, ConfigError> {
@@ -309,24 +441,67 @@ mod tests {
     }
 
     #[test]
-    fn anon_read_needs_a_tenant() {
-        let one = ServeArgs {
+    fn anon_read_alone_reads_every_tenant() {
+        let anon = |tokens, tenant: Option<&str>| ServeArgs {
             anon_read: Some(true),
-            ..args(Some("acme:t"))
+            anon_tenant: tenant.map(str::to_string),
+            ..args(tokens)
+        };
+        let two = anon(Some("acme:t,beta:u"), None).resolve().unwrap();
+        assert_eq!(two.auth.anonymous(), Some(&Scope::All));
+        let narrowed = anon(Some("acme:t,beta:u"), Some("beta")).resolve().unwrap();
+        assert_eq!(
+            narrowed.auth.anonymous(),
+            Some(&Scope::Tenant("beta".into()))
+        );
+        assert_eq!(
+            anon(None, None).resolve().unwrap().auth.anonymous(),
+            Some(&Scope::All)
+        );
+        assert!(anon(None, Some("Not A Tenant")).resolve().is_err());
+    }
+
+    #[test]
+    fn tokens_must_be_unique_and_not_empty() {
+        let e = args(Some("acme:same,beta:same")).resolve().unwrap_err();
+        assert!(e.0.contains("twice") && !e.0.contains("same"), "{e}");
+        assert!(args(Some("acme:x,acme:x:ro")).resolve().is_err());
+        assert!(args(Some("acme:")).resolve().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[[tokens]]\ntenant = \"acme\"\ntoken = \"\"\n").unwrap();
+        let e = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.0.contains("empty token"), "{e}");
+    }
+
+    #[test]
+    fn edge_limits_resolve_and_refuse_zero() {
+        let s = ServeArgs {
+            header_timeout_secs: Some(3),
+            max_connections: Some(10),
+            ..args(Some("a:b"))
         }
         .resolve()
         .unwrap();
-        assert_eq!(one.auth.anon_tenant(), Some("acme"));
-        let two = ServeArgs {
-            anon_read: Some(true),
-            ..args(Some("acme:t,beta:u"))
-        };
-        assert!(two.resolve().is_err());
-        let none = ServeArgs {
-            anon_read: Some(true),
-            anon_tenant: Some("dev".into()),
-            ..args(None)
-        };
-        assert_eq!(none.resolve().unwrap().auth.anon_tenant(), Some("dev"));
+        assert_eq!(s.edge.header_timeout, Duration::from_secs(3));
+        assert_eq!(s.edge.max_connections, 10);
+        assert_eq!(s.edge.idle_timeout, EdgeLimits::default().idle_timeout);
+        for bad in [
+            ServeArgs {
+                body_timeout_secs: Some(0),
+                ..args(Some("a:b"))
+            },
+            ServeArgs {
+                max_pollers: Some(0),
+                ..args(Some("a:b"))
+            },
+        ] {
+            assert!(bad.resolve().is_err());
+        }
     }
 }

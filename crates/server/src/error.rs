@@ -31,6 +31,12 @@ pub enum ApiError {
     TooLarge { limit: u64 },
     #[error("{0}")]
     NotAcceptable(String),
+    /// The server is at its connection cap with every connection busy.
+    #[error("the server is at its connection limit; retry shortly")]
+    Overloaded,
+    /// The parts before the `file` part of a multipart body are too large or too many.
+    #[error("{0}")]
+    MultipartHead(String),
     #[error("the range is not satisfiable for a file of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     /// A bug (a panic) or an unexpected failure; details go to the log only.
@@ -67,6 +73,7 @@ impl ApiError {
                     StatusCode::BAD_REQUEST
                 }
                 R::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                R::TooManyWaiting { .. } => StatusCode::TOO_MANY_REQUESTS,
                 R::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -77,6 +84,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MultipartHead(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -102,6 +111,7 @@ impl ApiError {
                 R::DigestMismatch { .. } => "digest-mismatch",
                 R::TooLarge { .. } => "too-large",
                 R::ConcurrentUpdate => "concurrent-update",
+                R::TooManyWaiting { .. } => "too-many-pollers",
                 R::Body(_) => "body-failed",
                 R::Storage(_) => "internal",
             },
@@ -114,6 +124,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::TooLarge { .. } => "too-large",
             Self::NotAcceptable(_) => "not-acceptable",
+            Self::Overloaded => "overloaded",
+            Self::MultipartHead(_) => "multipart-head-too-large",
             Self::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             Self::Invalid(_) => "invalid-request",
             Self::Internal(_) => "internal",
@@ -133,6 +145,8 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
             StatusCode::RANGE_NOT_SATISFIABLE => "Range not satisfiable",
             StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable content",
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
+            StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
             _ => "Internal server error",
         }
     }
@@ -156,10 +170,19 @@ pub struct Problem {
 
 pub const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the problem document's bytes, for answers written outside the router
+    /// (a connection refused at the cap).
+    pub fn problem_bytes(&self) -> (StatusCode, Vec<u8>) {
+        (
+            self.http_status_code(),
+            serde_json::to_vec(&self.problem()).unwrap_or_default(),
+        )
+    }
+
+    fn problem(&self) -> Problem {
         let status = self.http_status_code();
-        let detail = match &self {
+        let detail = match self {
             // Internal details go to the log, not to the client.
             Self::Registry(RegistryError::Storage(e)) => {
                 tracing::error!(error = %e, "storage failure");
@@ -171,28 +194,33 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let errors = match &self {
+        let errors = match self {
             Self::Invalid(errors) | Self::Registry(RegistryError::Invalid(errors)) => {
                 Some(errors.clone())
             }
             _ => None,
         };
-        let offset = match &self {
+        let offset = match self {
             Self::Registry(
                 RegistryError::OffsetMismatch { offset, .. }
                 | RegistryError::BeyondDeclaredSize { offset, .. },
             ) => Some(*offset),
             _ => None,
         };
-        let problem = Problem {
+        Problem {
             kind: format!("tag:artifactstore,2026:problem/{}", self.slug()),
             title: self.title().to_string(),
             status: status.as_u16(),
             detail,
             errors,
             offset,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.problem_bytes();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -211,10 +239,16 @@ impl IntoResponse for ApiError {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
             }
+            Self::Overloaded | Self::Registry(RegistryError::TooManyWaiting { .. }) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Registry(
+                RegistryError::OffsetMismatch { offset, .. }
+                | RegistryError::BeyondDeclaredSize { offset, .. },
+            ) => {
+                headers.insert(UPLOAD_OFFSET, HeaderValue::from(*offset));
+            }
             _ => {}
-        }
-        if let Some(offset) = offset {
-            headers.insert(UPLOAD_OFFSET, HeaderValue::from(offset));
         }
         response
     }

@@ -105,11 +105,12 @@ pub fn parse_range(value: &str, size: u64) -> RangeRequest {
         return RangeRequest::Full;
     };
     let (first, last) = (first.trim(), last.trim());
+    // Digits only; a number past u64 is past any file, so it saturates rather than failing.
     let number = |s: &str| -> Option<u64> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             None
         } else {
-            s.parse().ok()
+            Some(s.parse().unwrap_or(u64::MAX))
         }
     };
     match (first.is_empty(), last.is_empty()) {
@@ -207,6 +208,17 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Full);
         assert_eq!(parse_range("bytes=a-b", 100), Full);
         assert_eq!(parse_range("bytes=+1-2", 100), Full);
+        let huge = "99999999999999999999999999";
+        assert_eq!(parse_range(&format!("bytes={huge}-"), 100), Unsatisfiable);
+        assert_eq!(
+            parse_range(&format!("bytes={huge}-{huge}"), 100),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=5-{huge}"), 100),
+            Partial(5..100)
+        );
+        assert_eq!(parse_range(&format!("bytes=-{huge}"), 100), Partial(0..100));
     }
 
     #[test]

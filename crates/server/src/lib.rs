@@ -3,10 +3,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod handlers;
 pub mod http;
 pub mod metrics;
+pub mod multipart;
 pub mod openapi;
 
 use std::future::Future;
@@ -21,7 +23,6 @@ use axum::Router;
 use axum::extract::{OriginalUri, Request};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -65,6 +66,8 @@ pub enum ServeError {
     Config(#[from] config::ConfigError),
     #[error("opening the stores failed: {0}")]
     Store(#[from] artifactstore_core::storage::StoreError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -88,6 +91,8 @@ impl AppState {
             max_file_bytes: settings.max_file_bytes,
             upload_ttl: settings.upload_ttl,
             retention_classes: settings.retention_classes.clone(),
+            max_waiting: settings.max_pollers,
+            max_waiting_per_scope: settings.max_pollers_per_tenant,
         };
         let registry = Registry::new(meta.clone(), blobs, config);
         let auth = settings.auth.clone();
@@ -204,32 +209,59 @@ pub async fn start(settings: Settings) -> Result<Running, ServeError> {
     Ok(Running { addr, stop, task })
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests and closes the stores.
+/// Serves until `shutdown` resolves, then drains in-flight requests (for at most the
+/// shutdown grace) and closes the stores.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = match &state.settings.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
+    };
     let sweeper = tokio::spawn(sweep(state.clone()));
     let app = router(state.clone());
+    let (stop, stopped) = watch::channel(false);
     let signal_state = state.clone();
-    let shutdown = async move {
+    tokio::spawn(async move {
         shutdown.await;
         signal_state.stopping.send_replace(true);
-    };
-    let served = axum::serve(
-        // Without TCP_NODELAY a response whose head and body go out in two writes waits for the
-        // client's delayed ACK (~40 ms): small range reads would crawl.
-        listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        app,
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+        stop.send_replace(true);
+    });
+    let served = edge::serve(listener, app, tls, state.settings.edge.clone(), stopped).await;
     sweeper.abort();
     state.meta.close().await;
     Ok(served?)
+}
+
+/// A TLS acceptor for the PEM certificate chain and key (HTTP/2 and HTTP/1.1 by ALPN).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+        ServeError::Tls(format!("{}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_err(cert, &e))?;
+    if chain.is_empty() {
+        return Err(tls_err(cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_err(key, &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn sweep(state: AppState) {
@@ -253,12 +285,25 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })?;
     let bound = listener.local_addr()?;
     let state = AppState::open(settings).await?;
+    let limits = &state.settings.edge;
+    if let Some(files) = edge::raise_fd_limit()
+        && (limits.max_connections as u64).saturating_add(256) > files
+    {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            open_files = files,
+            "the open-file limit is below the connection cap: raise it (ulimit -n) or lower \
+             ARTIFACTSTORE_MAX_CONNECTIONS"
+        );
+    }
     tracing::info!(
         addr = %bound,
+        scheme = if state.settings.tls.is_some() { "https" } else { "http" },
         database = %state.settings.database_url,
         blobs = %state.settings.blob_dir.display(),
         "artifactstore listening"
     );
+    tracing::info!("anonymous reads: {}", state.auth.describe_anonymous());
     run(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -1,5 +1,7 @@
 //! Prometheus metrics: request counts and latencies by method, route template and status.
-//! Labels hold route templates (`/packages/{id}`), never ids or tenant names.
+//! Every label is drawn from a bounded set: the standard methods (anything else is `other`),
+//! route templates (`/packages/{id}`, never ids or tenant names; `unmatched` for the rest)
+//! and the status codes the server answers with.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -7,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -20,15 +23,33 @@ struct Series {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), Series>>,
+    requests: Mutex<BTreeMap<(&'static str, String, u16), Series>>,
+}
+
+/// The method as a label: one of the standard methods, or `other`.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    STANDARD
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", |m| m.as_str())
 }
 
 impl Metrics {
-    pub fn record(&self, method: &str, route: &str, status: u16, took: Duration) {
+    pub fn record(&self, method: &Method, route: &str, status: u16, took: Duration) {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let series = map
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default();
+        let key = (method_label(method), route.to_string(), status);
+        let series = map.entry(key).or_default();
         series.count += 1;
         series.seconds += took.as_secs_f64();
     }
@@ -66,7 +87,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = request.method().as_str().to_string();
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     state.metrics.record(
@@ -76,4 +97,23 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         started.elapsed(),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_bounded_whatever_the_method() {
+        let metrics = Metrics::default();
+        for i in 0..500 {
+            let junk = Method::from_bytes(format!("JUNK{i}").as_bytes()).unwrap();
+            metrics.record(&junk, "unmatched", 405, Duration::ZERO);
+        }
+        metrics.record(&Method::GET, "/packages", 200, Duration::ZERO);
+        let text = metrics.render();
+        assert!(text.contains("method=\"other\",route=\"unmatched\",status=\"405\"} 500"));
+        assert!(!text.contains("JUNK"));
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 4);
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use artifactstore_core::storage::{MetadataStore, StoreError};
+use artifactstore_core::storage::{EventWatches, MetadataStore, StoreError};
 use artifactstore_core::*;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -74,7 +74,7 @@ struct Published {
     /// commit read them here instead of each querying the database.
     tail: std::sync::Mutex<VecDeque<Event>>,
     tail_events: usize,
-    events: watch::Sender<u64>,
+    watches: EventWatches,
 }
 
 /// What the writer and the checkpointer tell each other.
@@ -151,11 +151,10 @@ impl SqliteStore {
             .fetch_one(&writer)
             .await
             .map_err(db)?;
-        let (events, _) = watch::channel(last as u64);
         let published = Arc::new(Published {
             tail: std::sync::Mutex::new(VecDeque::with_capacity(tail_events)),
             tail_events: tail_events.max(1),
-            events,
+            watches: EventWatches::new(last as u64),
         });
         let checkpoints = Arc::new(Checkpoints::default());
         let checkpointer = options.connect().await.map_err(db)?;
@@ -244,7 +243,7 @@ impl SqliteStore {
     }
 
     /// The tenant's events after `since` from memory, if memory holds all of them.
-    fn recent_events(&self, tenant: &str, since: u64, limit: u32) -> Option<Vec<Event>> {
+    fn recent_events(&self, scope: &Scope, since: u64, limit: u32) -> Option<Vec<Event>> {
         let tail = self
             .published
             .tail
@@ -259,7 +258,7 @@ impl SqliteStore {
         let skip = usize::try_from(since.saturating_add(1) - first).unwrap_or(usize::MAX);
         let events = tail
             .range(skip.min(tail.len())..)
-            .filter(|e| e.tenant == tenant)
+            .filter(|e| scope.admits(&e.tenant))
             .take(limit as usize)
             .cloned()
             .collect();
@@ -271,6 +270,7 @@ impl Published {
     /// Makes committed events visible to tailers, in commit order, and wakes them.
     fn publish(&self, events: impl IntoIterator<Item = Event>) {
         let mut last = None;
+        let mut tenants: Vec<String> = Vec::new();
         {
             let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
             for event in events {
@@ -278,17 +278,15 @@ impl Published {
                     tail.pop_front();
                 }
                 last = Some(event.sequence);
+                if !tenants.contains(&event.tenant) {
+                    tenants.push(event.tenant.clone());
+                }
                 tail.push_back(event);
             }
         }
         if let Some(sequence) = last {
-            self.events.send_if_modified(|last| {
-                let newer = sequence > *last;
-                if newer {
-                    *last = sequence;
-                }
-                newer
-            });
+            self.watches
+                .publish(sequence, tenants.iter().map(String::as_str));
         }
     }
 }
@@ -730,29 +728,34 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn package(&self, tenant: &str, id: PackageId) -> Result<Option<Package>, StoreError> {
+    async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ? AND tenant = ?"
+            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ?"
         ))
         .bind(id.to_string())
-        .bind(tenant)
         .fetch_optional(&self.readers)
         .await
         .map_err(db)?;
-        row.as_ref().map(package_from_row).transpose()
+        let package = row.as_ref().map(package_from_row).transpose()?;
+        Ok(package.filter(|p| scope.admits(&p.tenant)))
     }
 
     async fn list_packages(
         &self,
-        tenant: &str,
+        scope: &Scope,
         q: &PackageQuery,
         before: Option<PackageId>,
         limit: u32,
     ) -> Result<Vec<Package>, StoreError> {
         let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE tenant = "
+            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE 1 = 1"
         ));
-        sql.push_bind(tenant);
+        let tenant = |sql: &mut QueryBuilder<'_, Sqlite>| {
+            if let Some(tenant) = scope.tenant() {
+                sql.push(" AND tenant = ").push_bind(tenant.to_string());
+            }
+        };
+        tenant(&mut sql);
         let columns = [
             ("producer", &q.producer),
             ("subject", &q.subject),
@@ -768,27 +771,24 @@ impl MetadataStore for SqliteStore {
             sql.push(" AND state = ").push_bind(state.as_str());
         }
         for (key, value) in &q.metadata {
-            sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE tenant = ")
-                .push_bind(tenant)
-                .push(" AND key = ")
+            sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE key = ")
                 .push_bind(key.clone())
                 .push(" AND value = ")
-                .push_bind(value.clone())
-                .push(")");
+                .push_bind(value.clone());
+            tenant(&mut sql);
+            sql.push(")");
         }
         for key in &q.has_metadata {
-            sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE tenant = ")
-                .push_bind(tenant)
-                .push(" AND key = ")
-                .push_bind(key.clone())
-                .push(")");
+            sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE key = ")
+                .push_bind(key.clone());
+            tenant(&mut sql);
+            sql.push(")");
         }
         if let Some(digest) = q.contains {
-            sql.push(" AND id IN (SELECT package_id FROM files WHERE tenant = ")
-                .push_bind(tenant)
-                .push(" AND sha256 = ")
-                .push_bind(digest.hex())
-                .push(")");
+            sql.push(" AND id IN (SELECT package_id FROM files WHERE sha256 = ")
+                .push_bind(digest.hex());
+            tenant(&mut sql);
+            sql.push(")");
         }
         if let Some(after) = q.created_after {
             sql.push(" AND created_at > ").push_bind(after.as_millis());
@@ -872,11 +872,11 @@ impl MetadataStore for SqliteStore {
         Ok(bytes.map(Bytes::from))
     }
 
-    async fn file(&self, tenant: &str, id: FileId) -> Result<Option<FileRecord>, StoreError> {
+    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError> {
         {
             let cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(file) = cache.get(&id) {
-                return Ok((file.tenant == tenant).then(|| file.clone()));
+                return Ok(scope.admits(&file.tenant).then(|| file.clone()));
             }
         }
         let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
@@ -893,22 +893,22 @@ impl MetadataStore for SqliteStore {
             cache.clear();
         }
         cache.insert(id, file.clone());
-        Ok((file.tenant == tenant).then_some(file))
+        Ok(scope.admits(&file.tenant).then_some(file))
     }
 
     async fn list_files(
         &self,
-        tenant: &str,
+        scope: &Scope,
         package: PackageId,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<FileRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE package_id = ? AND tenant = ? AND path > ? \
-             ORDER BY path LIMIT ?"
+            "SELECT {FILE_COLUMNS} FROM files WHERE package_id = ?1 \
+             AND (?2 IS NULL OR tenant = ?2) AND path > ?3 ORDER BY path LIMIT ?4"
         ))
         .bind(package.to_string())
-        .bind(tenant)
+        .bind(scope.tenant())
         .bind(after.unwrap_or(""))
         .bind(limit as i64)
         .fetch_all(&self.readers)
@@ -968,15 +968,15 @@ impl MetadataStore for SqliteStore {
 
     async fn manifest(
         &self,
-        tenant: &str,
+        scope: &Scope,
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError> {
         let row = sqlx::query(
             "SELECT manifest_digest, manifest_cbor, manifest_json FROM packages \
-             WHERE id = ? AND tenant = ? AND state = 'finalized'",
+             WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2) AND state = 'finalized'",
         )
         .bind(package.to_string())
-        .bind(tenant)
+        .bind(scope.tenant())
         .fetch_optional(&self.readers)
         .await
         .map_err(db)?;
@@ -1016,13 +1016,17 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn upload(&self, tenant: &str, id: UploadId) -> Result<Option<UploadRecord>, StoreError> {
+    async fn upload(
+        &self,
+        scope: &Scope,
+        id: UploadId,
+    ) -> Result<Option<UploadRecord>, StoreError> {
         // A change is answered only after its commit, so a reader sees every answered one.
         let row = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ? AND tenant = ?"
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"
         ))
         .bind(id.to_string())
-        .bind(tenant)
+        .bind(scope.tenant())
         .fetch_optional(&self.readers)
         .await
         .map_err(db)?;
@@ -1113,27 +1117,35 @@ impl MetadataStore for SqliteStore {
 
     async fn events_since(
         &self,
-        tenant: &str,
+        scope: &Scope,
         since: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        if let Some(events) = self.recent_events(tenant, since, limit) {
+        if let Some(events) = self.recent_events(scope, since, limit) {
             return Ok(events);
         }
-        let rows = sqlx::query(
-            "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
-             WHERE tenant = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-        )
-        .bind(tenant)
-        .bind(since.min(i64::MAX as u64) as i64)
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
+        // Two texts, so that a tenant's read keeps its (tenant, sequence) index.
+        let query = match scope {
+            Scope::Tenant(tenant) => sqlx::query(
+                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
+                 WHERE tenant = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+            )
+            .bind(tenant.as_str()),
+            Scope::All => sqlx::query(
+                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
+                 WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            ),
+        };
+        let rows = query
+            .bind(since.min(i64::MAX as u64) as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db)?;
         rows.iter().map(event_from_row).collect()
     }
 
-    fn event_watch(&self) -> watch::Receiver<u64> {
-        self.published.events.subscribe()
+    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
+        self.published.watches.subscribe(scope)
     }
 }

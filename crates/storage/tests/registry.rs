@@ -907,12 +907,12 @@ async fn events_from_memory_match_the_database() {
         r.create_package(tenant, new_package()).await.unwrap();
     }
     let fresh = SqliteStore::open(url).await.unwrap();
-    for tenant in [TENANT, "beta"] {
+    for scope in [TENANT.into(), "beta".into(), Scope::All] {
         for since in 0..32 {
             for limit in [1, 3, 100] {
-                let cached = meta.events_since(tenant, since, limit).await.unwrap();
-                let stored = fresh.events_since(tenant, since, limit).await.unwrap();
-                assert_eq!(cached, stored, "{tenant} since {since} limit {limit}");
+                let cached = meta.events_since(&scope, since, limit).await.unwrap();
+                let stored = fresh.events_since(&scope, since, limit).await.unwrap();
+                assert_eq!(cached, stored, "{scope:?} since {since} limit {limit}");
             }
         }
     }

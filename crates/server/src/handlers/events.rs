@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::{number, query_pairs};
+use super::{clamped, number, query_pairs};
 use crate::AppState;
 use crate::auth::Reader;
 use crate::error::{ApiError, ApiResult, Problem};
@@ -36,7 +36,7 @@ pub struct EventPage {
               (status = 406, description = "Accept allows neither", body = Problem)))]
 pub async fn events(
     State(state): State<AppState>,
-    Reader(caller): Reader,
+    Reader(scope): Reader,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -44,8 +44,8 @@ pub async fn events(
     for (key, value) in query_pairs(raw.as_deref()) {
         match key.as_str() {
             "since" => since = number("since", &value)?,
-            "limit" => limit = Some(number("limit", &value)?),
-            "wait" => wait = number::<u64>("wait", &value)?.min(MAX_WAIT_SECS),
+            "limit" => limit = Some(clamped("limit", &value)?),
+            "wait" => wait = clamped::<u64>("wait", &value)?.min(MAX_WAIT_SECS),
             _ => {}
         }
     }
@@ -58,7 +58,7 @@ pub async fn events(
     }
     let wait = Duration::from_secs(wait);
     let events = tokio::select! {
-        events = state.registry.events(&caller.tenant, since, limit, wait) => events?,
+        events = state.registry.events(&scope, since, limit, wait) => events?,
         // Shutting down: answer now with nothing new; the client polls again elsewhere.
         () = state.stopping() => Vec::new(),
     };

@@ -4,15 +4,18 @@ use artifactstore_core::FileRecord;
 use artifactstore_core::error::Resource;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::parse_id;
+use super::{PathId, parse_id};
 use crate::AppState;
 use crate::auth::Reader;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::http::{RangeRequest, if_none_match, if_range_allows, parse_range};
+
+/// The sandbox every download is served in.
+pub const DOWNLOAD_CSP: &str = "sandbox; default-src 'none'";
 
 #[utoipa::path(get, path = "/files/{id}", tag = "files", security(("bearer" = [])),
     params(("id" = String, Path, description = "File id")),
@@ -20,11 +23,11 @@ use crate::http::{RangeRequest, if_none_match, if_range_allows, parse_range};
               (status = 404, description = "Not found", body = Problem)))]
 pub async fn get_file(
     State(state): State<AppState>,
-    Reader(caller): Reader,
-    Path(id): Path<String>,
+    Reader(scope): Reader,
+    PathId(id): PathId,
 ) -> ApiResult<Json<FileRecord>> {
     let id = parse_id(&id, Resource::File)?;
-    Ok(Json(state.registry.file(&caller.tenant, id).await?))
+    Ok(Json(state.registry.file(&scope, id).await?))
 }
 
 #[utoipa::path(method(get, head), path = "/files/{id}/download", tag = "files", security(("bearer" = [])),
@@ -39,13 +42,13 @@ pub async fn get_file(
                headers(("Content-Range" = String, description = "bytes */SIZE")))))]
 pub async fn download(
     State(state): State<AppState>,
-    Reader(caller): Reader,
-    Path(id): Path<String>,
+    Reader(scope): Reader,
+    PathId(id): PathId,
     method: Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = parse_id(&id, Resource::File)?;
-    let file = state.registry.file(&caller.tenant, id).await?;
+    let file = state.registry.file(&scope, id).await?;
     let etag = format!("\"{}\"", file.content_address);
     let mut out = HeaderMap::new();
     out.insert(header::ETAG, header_value(&etag)?);
@@ -54,6 +57,16 @@ pub async fn download(
     out.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    // Uploaded bytes are the uploader's, not ours: a browser must neither sniff them into
+    // something executable nor run an uploaded page's script in the store's origin.
+    out.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    out.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DOWNLOAD_CSP),
     );
     if if_none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, out).into_response());
@@ -81,10 +94,7 @@ pub async fn download(
     if method == Method::HEAD {
         return Ok((status, out).into_response());
     }
-    let (_, stream) = state
-        .registry
-        .open_file(&caller.tenant, id, Some(range))
-        .await?;
+    let (_, stream) = state.registry.open_file(&scope, id, Some(range)).await?;
     Ok((status, out, Body::from_stream(stream)).into_response())
 }
 

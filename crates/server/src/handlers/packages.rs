@@ -2,23 +2,19 @@
 //! finalize, and the manifest in CBOR and JCS JSON.
 
 use artifactstore_core::error::Resource;
-use artifactstore_core::storage::ByteStream;
 use artifactstore_core::*;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, TryStreamExt};
 
-use super::{created, number, parse_id, query_pairs};
+use super::{PathId, clamped, created, parse_id, query_pairs};
 use crate::AppState;
 use crate::auth::{Reader, Writer};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::http::{ApiJson, accepts, if_none_match};
-
-/// Largest text part (`path`, `media_type`, `sha256`) of a multipart ingest.
-const MAX_TEXT_PART_BYTES: usize = 8 * 1024;
+use crate::multipart;
 
 #[utoipa::path(post, path = "/packages", tag = "packages", request_body = NewPackage,
     security(("bearer" = [])),
@@ -51,7 +47,7 @@ pub async fn create_package(
     responses((status = 200, description = "Packages, newest first", body = Page<Package>)))]
 pub async fn list_packages(
     State(state): State<AppState>,
-    Reader(caller): Reader,
+    Reader(scope): Reader,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Page<Package>>> {
     let mut query = PackageQuery::default();
@@ -80,7 +76,7 @@ pub async fn list_packages(
             }
             "created_after" => query.created_after = Some(timestamp("created_after", &value)?),
             "created_before" => query.created_before = Some(timestamp("created_before", &value)?),
-            "limit" => limit = Some(number("limit", &value)?),
+            "limit" => limit = Some(clamped("limit", &value)?),
             "cursor" => cursor = Some(value),
             other => {
                 if let Some(meta_key) = other.strip_prefix("metadata.") {
@@ -92,7 +88,7 @@ pub async fn list_packages(
     }
     let page = state
         .registry
-        .list_packages(&caller.tenant, &query, cursor.as_deref(), limit)
+        .list_packages(&scope, &query, cursor.as_deref(), limit)
         .await?;
     Ok(Json(page))
 }
@@ -103,11 +99,11 @@ pub async fn list_packages(
               (status = 404, description = "Not found", body = Problem)))]
 pub async fn get_package(
     State(state): State<AppState>,
-    Reader(caller): Reader,
-    Path(id): Path<String>,
+    Reader(scope): Reader,
+    PathId(id): PathId,
 ) -> ApiResult<Json<Package>> {
     let id = parse_id(&id, Resource::Package)?;
-    Ok(Json(state.registry.package(&caller.tenant, id).await?))
+    Ok(Json(state.registry.package(&scope, id).await?))
 }
 
 #[utoipa::path(post, path = "/packages/{id}/files", tag = "packages", security(("bearer" = [])),
@@ -122,7 +118,7 @@ pub async fn get_package(
 pub async fn add_file(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -131,66 +127,12 @@ pub async fn add_file(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let boundary = multer::parse_boundary(content_type).map_err(|_| {
-        ApiError::UnsupportedMediaType(
-            "the body must be multipart/form-data with a boundary".into(),
-        )
-    })?;
-    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
-    let mut new = NewFile::default();
-    let mut path = None;
-    loop {
-        let field = multipart.next_field().await.map_err(multipart_error)?;
-        let Some(field) = field else {
-            return Err(ApiError::invalid(
-                "file",
-                "the multipart body has no part named file",
-            ));
-        };
-        let name = field.name().unwrap_or("").to_string();
-        if name == "file" {
-            new.path = path.ok_or_else(|| {
-                ApiError::invalid("path", "required, and must come before the file part")
-            })?;
-            if new.media_type.is_none() {
-                new.media_type = field
-                    .content_type()
-                    .map(|m| m.essence_str().to_string())
-                    .filter(|m| m != "application/octet-stream");
-            }
-            let stream: ByteStream = field.map_err(std::io::Error::other).boxed();
-            let file = state
-                .registry
-                .add_file(&caller.tenant, id, new, stream)
-                .await?;
-            return Ok(created(format!("/files/{}", file.id), &file));
-        }
-        let text = text_part(field, &name).await?;
-        match name.as_str() {
-            "path" => path = Some(text),
-            "media_type" => new.media_type = Some(text),
-            "sha256" => new.sha256 = Some(text),
-            _ => {}
-        }
-    }
-}
-
-async fn text_part(mut field: multer::Field<'static>, name: &str) -> ApiResult<String> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        if bytes.len() + chunk.len() > MAX_TEXT_PART_BYTES {
-            return Err(ApiError::invalid(
-                name,
-                format!("at most {MAX_TEXT_PART_BYTES} bytes"),
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    String::from_utf8(bytes).map_err(|_| ApiError::invalid(name, "must be valid UTF-8"))
-}
-
-fn multipart_error(e: multer::Error) -> ApiError {
-    ApiError::BadRequest(format!("malformed multipart body: {e}"))
+    let (new, stream) = multipart::read_form(content_type, body).await?;
+    let file = state
+        .registry
+        .add_file(&caller.tenant, id, new, stream)
+        .await?;
+    Ok(created(format!("/files/{}", file.id), &file))
 }
 
 #[utoipa::path(get, path = "/packages/{id}/files", tag = "packages", security(("bearer" = [])),
@@ -200,15 +142,15 @@ fn multipart_error(e: multer::Error) -> ApiError {
     responses((status = 200, description = "Files in UTF-8 byte order of their paths", body = Page<FileRecord>)))]
 pub async fn list_files(
     State(state): State<AppState>,
-    Reader(caller): Reader,
-    Path(id): Path<String>,
+    Reader(scope): Reader,
+    PathId(id): PathId,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Page<FileRecord>>> {
     let id = parse_id(&id, Resource::Package)?;
     let (mut cursor, mut limit) = (None, None);
     for (key, value) in query_pairs(raw.as_deref()) {
         match key.as_str() {
-            "limit" => limit = Some(number("limit", &value)?),
+            "limit" => limit = Some(clamped("limit", &value)?),
             "cursor" => cursor = Some(value),
             _ => {}
         }
@@ -216,7 +158,7 @@ pub async fn list_files(
     Ok(Json(
         state
             .registry
-            .list_files(&caller.tenant, id, cursor.as_deref(), limit)
+            .list_files(&scope, id, cursor.as_deref(), limit)
             .await?,
     ))
 }
@@ -227,7 +169,7 @@ pub async fn list_files(
 pub async fn finalize(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Json<Package>> {
     let id = parse_id(&id, Resource::Package)?;
     Ok(Json(state.registry.finalize(&caller.tenant, id).await?))
@@ -242,8 +184,8 @@ pub async fn finalize(
               (status = 409, description = "Not finalized", body = Problem)))]
 pub async fn manifest(
     State(state): State<AppState>,
-    Reader(caller): Reader,
-    Path(id): Path<String>,
+    Reader(scope): Reader,
+    PathId(id): PathId,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = parse_id(&id, Resource::Package)?;
@@ -252,7 +194,7 @@ pub async fn manifest(
             "the manifest is served as application/cbor".into(),
         ));
     }
-    let manifest = state.registry.manifest(&caller.tenant, id).await?;
+    let manifest = state.registry.manifest(&scope, id).await?;
     let etag = format!("\"{}\"", manifest.digest.content_address());
     let etag_value =
         HeaderValue::from_str(&etag).map_err(|_| ApiError::BadRequest("etag".into()))?;
@@ -278,16 +220,27 @@ pub async fn manifest(
               (status = 409, description = "Not finalized", body = Problem)))]
 pub async fn manifest_json(
     State(state): State<AppState>,
-    Reader(caller): Reader,
-    Path(id): Path<String>,
+    Reader(scope): Reader,
+    PathId(id): PathId,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = parse_id(&id, Resource::Package)?;
-    let manifest = state.registry.manifest(&caller.tenant, id).await?;
+    let manifest = state.registry.manifest(&scope, id).await?;
+    // Another representation of the same manifest, so a tag of its own, derived from the
+    // digest (strong tags of two representations must differ).
+    let etag = format!("\"{}+json\"", manifest.digest.content_address());
+    let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::Internal("etag".into()))?;
+    if if_none_match(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag_value),
+        ],
         manifest.json,
     )
         .into_response())

@@ -6,13 +6,13 @@ use artifactstore_core::registry::{Chunk, CompleteUpload};
 use artifactstore_core::storage::ByteStream;
 use artifactstore_core::{FileRecord, NewFile, Upload};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{created, parse_id};
+use super::{PathId, created, parse_id};
 use crate::AppState;
 use crate::auth::{Reader, Writer};
 use crate::error::{ApiError, ApiResult, Problem, UPLOAD_OFFSET};
@@ -94,7 +94,7 @@ pub async fn create_upload(
 pub async fn append(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -156,7 +156,7 @@ fn parse_content_range(value: &str) -> ApiResult<Chunk> {
     }
     Ok(Chunk {
         start: Some(start),
-        len: Some(end - start + 1),
+        len: Some((end - start).checked_add(1).ok_or_else(malformed)?),
         total,
     })
 }
@@ -168,11 +168,11 @@ fn parse_content_range(value: &str) -> ApiResult<Chunk> {
               (status = 404, description = "Unknown, cancelled or expired", body = Problem)))]
 pub async fn get_upload(
     State(state): State<AppState>,
-    Reader(caller): Reader,
-    Path(id): Path<String>,
+    Reader(scope): Reader,
+    PathId(id): PathId,
 ) -> ApiResult<Response> {
     let id = parse_id(&id, Resource::Upload)?;
-    let upload = state.registry.upload(&caller.tenant, id).await?;
+    let upload = state.registry.upload(&scope, id).await?;
     Ok(with_offset(StatusCode::OK, upload, true))
 }
 
@@ -183,7 +183,7 @@ pub async fn get_upload(
 pub async fn cancel(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id, Resource::Upload)?;
     state.registry.cancel_upload(&caller.tenant, id).await?;
@@ -200,7 +200,7 @@ pub async fn cancel(
 pub async fn complete(
     State(state): State<AppState>,
     Writer(caller): Writer,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     ApiJson(request): ApiJson<CompleteRequest>,
 ) -> ApiResult<Response> {
     let id = parse_id(&id, Resource::Upload)?;
@@ -237,6 +237,9 @@ mod tests {
             "bytes a-b/*",
             "bytes 0-1",
             "bytes */10",
+            "bytes 0-18446744073709551615/*",
+            "bytes 0-99999999999999999999999/*",
+            "bytes 0-1/99999999999999999999999",
         ] {
             assert!(parse_content_range(bad).is_err(), "{bad}");
         }

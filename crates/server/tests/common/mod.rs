@@ -34,6 +34,19 @@ impl Builder {
         self
     }
 
+    /// Anonymous reads with no tenant named: every tenant's data.
+    pub fn anon_read_all(mut self) -> Self {
+        self.args.anon_read = Some(true);
+        self.args.anon_tenant = None;
+        self
+    }
+
+    /// Any other setting, on the serve arguments themselves.
+    pub fn args(mut self, change: impl FnOnce(&mut ServeArgs)) -> Self {
+        change(&mut self.args);
+        self
+    }
+
     pub fn max_file_bytes(mut self, n: u64) -> Self {
         self.args.max_file_bytes = Some(n);
         self
@@ -170,6 +183,11 @@ impl TestApp {
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.unwrap()
     }
+}
+
+/// Sends and reads the JSON body, whatever the status.
+pub async fn json_of(request: RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// Asserts a problem document of `status`, and returns it.

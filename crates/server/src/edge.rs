@@ -1,0 +1,619 @@
+//! The connection layer: the accept loop (plain TCP or TLS), the caps and timeouts that keep
+//! the server answering under hostile or careless clients, and graceful shutdown with a
+//! deadline. Nothing here knows about routes; it hands each request to the router.
+//!
+//! Per connection, a watchdog closes it when
+//! - a request head has been arriving for longer than `header_timeout` (slowloris),
+//! - no request has been in flight for `idle_timeout` (idle keep-alive),
+//! - a response has been unable to write a byte for `body_timeout` (a client that stopped
+//!   reading; noticed between one and two such periods).
+//!
+//! A request body that sends nothing for `body_timeout` is cut by [`IdleBody`], so its
+//! handler fails and stores nothing. At `max_connections` the connection idle the longest
+//! is closed to make room; only when every connection has a request in flight is a new one
+//! answered `503` and closed.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+
+/// The edge's limits; every one is a setting (README, "Configuration").
+#[derive(Clone, Debug)]
+pub struct EdgeLimits {
+    /// Longest time a request head may take to arrive, from its first byte (TLS handshake
+    /// included).
+    pub header_timeout: Duration,
+    /// Longest time a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Longest time a request body may send nothing, or a response may write nothing.
+    pub body_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub h2_max_streams: u32,
+    /// How long shutdown waits for in-flight requests before closing their connections.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 8192,
+            h2_max_streams: 128,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Request heads carry at most this many header fields (`431` beyond).
+const MAX_HEADERS: usize = 100;
+/// Largest HTTP/2 header list.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Connections that may wait (at most a second) for another one to be closed at the cap;
+/// beyond them a new connection is answered `503` at once.
+const MAX_WAITING: usize = 256;
+
+/// Milliseconds since the process's first call, never 0 (0 means "not set" below).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What the watchdog, the I/O wrapper and the request guard share about one connection.
+struct ConnState {
+    in_flight: AtomicU32,
+    /// When the last request ended (or the connection opened).
+    idle_since: AtomicU64,
+    /// When the first byte of a request head arrived while no request was in flight.
+    head_since: AtomicU64,
+    /// When a write last found the socket full, while it still is.
+    write_stalled_since: AtomicU64,
+    evicted: AtomicBool,
+    wake: Notify,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(now_ms()),
+            head_since: AtomicU64::new(0),
+            write_stalled_since: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Since when the connection has been idle or reading a head, if no request is in flight.
+    fn idle_for_eviction(&self) -> Option<u64> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match self.head_since.load(Ordering::Acquire) {
+            0 => Some(self.idle_since.load(Ordering::Acquire)),
+            since => Some(since),
+        }
+    }
+
+    /// Resolves when the connection must be closed, with the reason.
+    async fn watchdog(&self, limits: &EdgeLimits) -> &'static str {
+        let ms = |d: Duration| d.as_millis() as u64;
+        loop {
+            if self.evicted.load(Ordering::Acquire) {
+                return "evicted at the connection cap";
+            }
+            let now = now_ms();
+            let (expiry, reason) = if self.in_flight.load(Ordering::Acquire) > 0 {
+                match self.write_stalled_since.load(Ordering::Acquire) {
+                    0 => (None, ""),
+                    since => (Some(since + ms(limits.body_timeout)), "send stalled"),
+                }
+            } else {
+                match self.head_since.load(Ordering::Acquire) {
+                    0 => (
+                        Some(self.idle_since.load(Ordering::Acquire) + ms(limits.idle_timeout)),
+                        "idle",
+                    ),
+                    since => (
+                        Some(since + ms(limits.header_timeout)),
+                        "request head too slow",
+                    ),
+                }
+            };
+            let sleep = match expiry {
+                Some(at) if at <= now => return reason,
+                Some(at) => Duration::from_millis(at - now),
+                None => limits.body_timeout,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// The socket (or TLS stream) with the bookkeeping the watchdog reads.
+struct Tracked<S> {
+    inner: S,
+    state: Arc<ConnState>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let state = &self.state;
+        if buf.filled().len() > before
+            && state.in_flight.load(Ordering::Acquire) == 0
+            && state.head_since.load(Ordering::Acquire) == 0
+        {
+            state.head_since.store(now_ms(), Ordering::Release);
+            // The head deadline may come before the idle one the watchdog sleeps towards.
+            state.wake.notify_one();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Tracked<S> {
+    fn note_write<T>(&self, polled: &Poll<T>) {
+        let stalled = &self.state.write_stalled_since;
+        match polled {
+            Poll::Pending => {
+                if stalled.load(Ordering::Relaxed) == 0 {
+                    stalled.store(now_ms(), Ordering::Release);
+                }
+            }
+            Poll::Ready(_) => {
+                if stalled.load(Ordering::Relaxed) != 0 {
+                    stalled.store(0, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts a request in flight from its head to the end of its response body.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn start(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.head_since.store(0, Ordering::Release);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.idle_since.store(now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until hyper drops it.
+struct Guarded {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that fails when no frame arrives for `timeout` while it is being read.
+pub struct IdleBody {
+    inner: Body,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleBody {
+    pub fn wrap(inner: Body, timeout: Duration) -> Body {
+        Body::new(Self {
+            inner,
+            timeout,
+            sleep: None,
+        })
+    }
+}
+
+/// The error an [`IdleBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for {0:?}")]
+pub struct BodyIdle(Duration);
+
+impl http_body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep = None;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.sleep = None;
+                        Poll::Ready(Some(Err(axum::Error::new(BodyIdle(timeout)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The open connections, so that the one idle longest can be closed at the cap.
+#[derive(Default)]
+struct Connections {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<ConnState>>>,
+}
+
+impl Connections {
+    fn add(&self, state: Arc<ConnState>) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, state);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the connection that has had no request in flight for the longest time.
+    fn evict_one(&self) -> bool {
+        let open = self.lock();
+        let victim = open
+            .values()
+            .filter(|s| !s.evicted.load(Ordering::Acquire))
+            .filter_map(|s| s.idle_for_eviction().map(|since| (since, s)))
+            .min_by_key(|(since, _)| *since);
+        match victim {
+            Some((_, state)) => {
+                state.evicted.store(true, Ordering::Release);
+                state.wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then lets in-flight requests finish
+/// for at most `limits.shutdown_grace` and closes what is left.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: EdgeLimits,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let limits = Arc::new(limits);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // The watchdog keeps the head deadline: hyper's own would also bound idle time.
+        .header_read_timeout(None)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_pending_accept_reset_streams(Some(limits.h2_max_streams as usize));
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    let connections = Arc::new(Connections::default());
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors, or an aborted handshake: nothing to do but wait.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        // Without TCP_NODELAY a response whose head and body go out in two writes waits for
+        // the client's delayed ACK (~40 ms): small range reads would crawl.
+        let _ = tcp.set_nodelay(true);
+        let connection = Connection {
+            builder: builder.clone(),
+            app: app.clone(),
+            tls: tls.clone(),
+            limits: limits.clone(),
+            connections: connections.clone(),
+            stop: stop.clone(),
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let (permits, waiting) = (permits.clone(), waiting.clone());
+                tasks.spawn(async move {
+                    let Some(permit) = connection.wait_for_room(&permits, &waiting).await else {
+                        if connection.tls.is_none() {
+                            refuse(tcp).await;
+                        }
+                        return;
+                    };
+                    connection.run(tcp, permit).await;
+                });
+                continue;
+            }
+        };
+        tasks.spawn(connection.run(tcp, permit));
+    }
+    drop(listener);
+    let grace = tokio::time::timeout(limits.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if grace.is_err() {
+        tracing::warn!(
+            open = tasks.len(),
+            "shutdown deadline passed: closing the connections still busy"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+/// What one connection's task needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: Arc<EdgeLimits>,
+    connections: Arc<Connections>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// At the cap: closes the connection idle the longest and waits up to a second for its
+    /// permit.
+    async fn wait_for_room(
+        &self,
+        permits: &Arc<Semaphore>,
+        waiting: &Semaphore,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let _waiting = waiting.try_acquire().ok()?;
+        if !self.connections.evict_one() {
+            return None;
+        }
+        tokio::time::timeout(Duration::from_secs(1), permits.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    async fn run(self, tcp: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) {
+        let state = Arc::new(ConnState::new());
+        // Counts from accept: a TLS handshake is part of the first head's time.
+        state.head_since.store(now_ms(), Ordering::Release);
+        let id = self.connections.add(state.clone());
+        let tracked = Tracked {
+            inner: tcp,
+            state: state.clone(),
+        };
+        match self.tls.clone() {
+            None => self.serve_io(tracked, &state).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(self.limits.header_timeout, acceptor.accept(tracked));
+                match handshake.await {
+                    Ok(Ok(tls)) => self.serve_io(tls, &state).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
+        }
+        self.connections.remove(id);
+        drop(permit);
+    }
+
+    async fn serve_io<I>(&self, io: I, state: &Arc<ConnState>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app.clone();
+        let conn_state = state.clone();
+        let body_timeout = self.limits.body_timeout;
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let in_flight = InFlight::start(&conn_state);
+            let request = request.map(|body| IdleBody::wrap(Body::new(body), body_timeout));
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| {
+                    Body::new(Guarded {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                }))
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut stop = self.stop.clone();
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                reason = state.watchdog(&self.limits), if !draining => {
+                    tracing::debug!(reason, "closing connection");
+                    return;
+                }
+                () = stopped(&mut stop), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Answers a connection past the cap with a `503` problem document and closes it.
+async fn refuse(mut tcp: TcpStream) {
+    let (status, body) = ApiError::Overloaded.problem_bytes();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let write = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(&body).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// Raises the soft limit on open files to the hard one, so the connection cap, not the
+/// descriptor table, is what bounds connections; returns the limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return None;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit.rlim_cur = limit.rlim_max;
+                }
+            }
+        }
+        Some(limit.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
+}

@@ -1,0 +1,299 @@
+//! The HTTP edge against careless and hostile input, in process: anonymous reads across
+//! tenants, bounded multipart heads, long-poll caps, number overflows, undecodable ids,
+//! download sandboxing and the JSON manifest's validator. (The real binary under load:
+//! `crates/cli/tests/hostile.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn anonymous_reads_alone_see_every_tenant_and_write_nothing() {
+    let app = TestApp::builder().anon_read_all().start().await;
+    let acme = app.create_package().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .req(Method::POST, "/packages", Some(BETA))
+        .json(&json!({"producer": "p", "subject": "s", "retention_class": "standard"}))
+        .send()
+        .await
+        .unwrap();
+    let beta: Value = r.json().await.unwrap();
+    let listed: Value = json_of(app.req(Method::GET, "/packages", None)).await;
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&acme.as_str()) && ids.contains(&beta["id"].as_str().unwrap()));
+    let r = app
+        .req(
+            Method::GET,
+            &format!("/packages/{}", beta["id"].as_str().unwrap()),
+            None,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let events: Value = json_of(
+        app.req(Method::GET, "/events?wait=0", None)
+            .header("accept", "application/json"),
+    )
+    .await;
+    let tenants: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tenant"].as_str().unwrap())
+        .collect();
+    assert!(
+        tenants.contains(&"acme") && tenants.contains(&"beta"),
+        "{tenants:?}"
+    );
+    // A token still sees only its own tenant.
+    let mine: Value = json_of(app.get("/packages")).await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+    let r = app
+        .req(Method::POST, "/packages", None)
+        .json(&json!({"producer": "p", "subject": "s", "retention_class": "standard"}))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 401).await;
+}
+
+/// A multipart body that never reaches a boundary, one with too many parts, and one whose
+/// parts before `file` are too large: each a `413` problem, nothing stored.
+#[tokio::test]
+async fn multipart_heads_are_bounded() {
+    let app = TestApp::start().await;
+    let pkg = app.create_package().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("/packages/{pkg}/files");
+    let flood = app
+        .post(&url)
+        .header("content-type", "multipart/form-data; boundary=XYZ")
+        .body(vec![0u8; 8 << 20])
+        .send()
+        .await
+        .unwrap();
+    let p = problem(flood, 413).await;
+    assert!(
+        p["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("multipart-head-too-large"),
+        "{p}"
+    );
+
+    let mut form = reqwest::multipart::Form::new();
+    for i in 0..40 {
+        form = form.text(format!("x{i}"), "v");
+    }
+    let form = form
+        .text("path", "a.txt")
+        .part("file", reqwest::multipart::Part::bytes(b"hi".to_vec()));
+    problem(app.post(&url).multipart(form).send().await.unwrap(), 413).await;
+
+    let mut form = reqwest::multipart::Form::new();
+    for i in 0..12 {
+        form = form.text(format!("x{i}"), "v".repeat(8000));
+    }
+    let form = form
+        .text("path", "a.txt")
+        .part("file", reqwest::multipart::Part::bytes(b"hi".to_vec()));
+    problem(app.post(&url).multipart(form).send().await.unwrap(), 413).await;
+
+    // Text parts within the limits are fine, and the refusals stored nothing.
+    let files: Value = json_of(app.get(&url)).await;
+    assert_eq!(files["items"].as_array().unwrap().len(), 0);
+    let form = reqwest::multipart::Form::new()
+        .text("note", "x".repeat(8000))
+        .text("path", "a.txt")
+        .part("file", reqwest::multipart::Part::bytes(vec![7u8; 200_000]));
+    let r = app.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn waiting_long_polls_are_capped_per_tenant_and_in_all() {
+    let app = TestApp::builder()
+        .args(|a| {
+            a.max_pollers = Some(3);
+            a.max_pollers_per_tenant = Some(2);
+        })
+        .start()
+        .await;
+    let poll = |token: &'static str| {
+        app.req(Method::GET, "/events?wait=20", Some(token))
+            .header("accept", "application/json")
+            .send()
+    };
+    let first = tokio::spawn(poll(ACME));
+    let second = tokio::spawn(poll(ACME));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = poll(ACME).await.unwrap();
+    assert_eq!(third.headers()["retry-after"], "1");
+    let p = problem(third, 429).await;
+    assert!(p["detail"].as_str().unwrap().contains("this tenant"), "{p}");
+    let beta = tokio::spawn(poll(BETA));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    problem(poll(BETA).await.unwrap(), 429).await;
+    // wait=0 never waits, so it is never refused.
+    let r = app.get("/events?wait=0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A commit answers acme's pollers; beta's keeps waiting.
+    app.create_package().await;
+    for poller in [first, second] {
+        let r = tokio::time::timeout(Duration::from_secs(5), poller)
+            .await
+            .expect("woken")
+            .unwrap()
+            .unwrap();
+        let page: Value = r.json().await.unwrap();
+        assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !beta.is_finished(),
+        "a commit of acme woke beta's poll with an answer"
+    );
+    beta.abort();
+    // Slots are given back when polls end.
+    let again = tokio::spawn(
+        app.req(Method::GET, "/events?since=1&wait=20", Some(ACME))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!again.is_finished());
+    again.abort();
+}
+
+#[tokio::test]
+async fn numbers_past_any_integer_are_clamped_or_refused_never_500() {
+    let app = TestApp::start().await;
+    let huge = "9".repeat(40);
+    let pkg = app.create_package().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = app.add_file(&pkg, "a.txt", b"0123456789".to_vec()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in [
+        format!("/packages?limit={huge}"),
+        format!("/packages/{pkg}/files?limit={huge}"),
+        format!("/events?limit={huge}&wait={huge}"),
+    ] {
+        let r = app.get(&path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    problem(
+        app.get(&format!("/events?since={huge}"))
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    let download = format!("/files/{file}/download");
+    let r = app
+        .get(&download)
+        .header("range", format!("bytes={huge}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 416).await["status"], 416);
+    let r = app
+        .get(&download)
+        .header("range", format!("bytes=2-{huge}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], "bytes 2-9/10");
+    let upload: Value = json_of(app.post("/uploads").json(&json!({}))).await;
+    let url = upload["upload_url"].as_str().unwrap();
+    for range in [
+        format!("bytes 0-{}/*", u64::MAX),
+        format!("bytes 0-{huge}/*"),
+        format!("bytes 0-0/{huge}"),
+    ] {
+        let r = app
+            .req(Method::PATCH, url, Some(ACME))
+            .header("content-range", range.clone())
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        problem(r, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn undecodable_ids_answer_a_problem() {
+    let app = TestApp::start().await;
+    for path in [
+        "/packages/%FF%FE",
+        "/files/%C3%28/download",
+        "/uploads/%E2%82",
+    ] {
+        let r = app.get(path).send().await.unwrap();
+        problem(r, 404).await;
+    }
+}
+
+#[tokio::test]
+async fn downloads_are_sandboxed_and_manifest_json_is_validated() {
+    let app = TestApp::start().await;
+    let pkg = app.create_package().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let html = b"<html><script>alert(document.cookie)</script></html>".to_vec();
+    let form = reqwest::multipart::Form::new()
+        .text("path", "evil.html")
+        .text("media_type", "text/html")
+        .part("file", reqwest::multipart::Part::bytes(html));
+    let file: Value = json_of(app.post(&format!("/packages/{pkg}/files")).multipart(form)).await;
+    let r = app
+        .get(&format!("/files/{}/download", file["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("sandbox") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+
+    let finalized = app.finalize(&pkg).await;
+    let digest = finalized["manifest_digest"].as_str().unwrap();
+    let url = format!("/packages/{pkg}/manifest.json");
+    let r = app.get(&url).send().await.unwrap();
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(
+        etag.contains(digest) && etag != format!("\"{digest}\""),
+        "{etag}"
+    );
+    let r = app
+        .get(&url)
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+}
