@@ -4,7 +4,7 @@ DEV_TOKEN ?= devtoken
 DEV_LISTEN ?= 127.0.0.1:8080
 DEV_DATA ?= dev-data
 
-.PHONY: dev test lint unit bench bench-peers bench-cli build
+.PHONY: dev test lint tools unit bench bench-peers bench-cli build schemathesis
 
 ## Run a development server on the embedded stores (SQLite + ./dev-data/blobs).
 dev:
@@ -19,8 +19,17 @@ dev:
 	ARTIFACTSTORE_LISTEN=$(DEV_LISTEN) ARTIFACTSTORE_DATA_DIR=$(DEV_DATA) \
 	./target/release/artifactstore serve
 
-## Everything CI checks: formatting, lints, the whole test suite.
-test: lint unit
+## Everything CI checks: formatting, lints, the whole test suite (with the OpenAPI validator).
+test: lint tools unit
+
+## Python tools some tests use (openapi-spec-validator), in .venv-tools; skipped without python3.
+VALIDATOR := .venv-tools/bin/openapi-spec-validator
+tools: $(VALIDATOR)
+$(VALIDATOR):
+	@if command -v python3 >/dev/null 2>&1; then \
+	  python3 -m venv .venv-tools && .venv-tools/bin/pip install -q openapi-spec-validator \
+	  || echo "could not install openapi-spec-validator: its test will be skipped"; \
+	else echo "no python3: the OpenAPI validator test will be skipped"; fi
 
 lint:
 	cargo fmt --all -- --check
@@ -43,3 +52,7 @@ bench-cli:
 
 build:
 	cargo build --release -p artifactstore
+
+## schemathesis (all checks, all phases) against a fresh release server; EXAMPLES per operation.
+schemathesis:
+	tools/schemathesis.sh $(or $(EXAMPLES),100)

@@ -24,7 +24,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release -q -p artifactstore -p artifactstore-bench
-AS_BIN=target/release/artifactstore
+AS_BIN=${AS_BIN:-target/release/artifactstore}  # AS_BIN=... compares another build
 LG=target/release/artifactstore-bench
 
 WORK=$(mktemp -d -p "${BENCH_DIR:-$PWD/target}" bench.XXXXXX)

@@ -107,6 +107,19 @@ enum Workload {
         #[arg(long, default_value_t = 300)]
         requests: usize,
     },
+    /// Edge: a normal client's GET /packages latency while `--slow` connections trickle half
+    /// request heads and `--pollers` long-polls wait (each reconnects when cut or answered);
+    /// with `--pid`, the server's resident memory too.
+    Siege {
+        #[arg(long, default_value_t = 3000)]
+        slow: usize,
+        #[arg(long, default_value_t = 3000)]
+        pollers: usize,
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Upload a file to a system and print where it can be read (set-up of W4/W5).
     Place {
         #[arg(long, value_enum)]
@@ -204,6 +217,12 @@ async fn main() -> Result<()> {
             concurrency,
         } => populate(&target, packages, concurrency).await?,
         Workload::Queries { requests } => queries(&target, requests).await?,
+        Workload::Siege {
+            slow,
+            pollers,
+            requests,
+            pid,
+        } => siege(&target, slow, pollers, requests, pid).await?,
     };
     println!("{out}");
     Ok(())
@@ -645,4 +664,101 @@ async fn queries(target: &Arc<Target>, requests: usize) -> Result<Value> {
         out.insert(kind.into(), json!({"p50_ms": p50, "p99_ms": p99}));
     }
     Ok(Value::Object(out))
+}
+
+/// Peak and current resident memory of a process, in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+async fn siege(
+    target: &Arc<Target>,
+    slow: usize,
+    pollers: usize,
+    requests: usize,
+    pid: Option<u32>,
+) -> Result<Value> {
+    use tokio::io::AsyncWriteExt;
+    let addr = target
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let token = target.token.clone().unwrap_or_default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let mut spawn = |head: String, linger: bool| {
+        let (addr, stop, reconnects) = (addr.clone(), stop.clone(), reconnects.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut tcp) = tokio::net::TcpStream::connect(&addr).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                if tcp.write_all(head.as_bytes()).await.is_err() {
+                    continue;
+                }
+                // Until the server answers or cuts the connection, then again.
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await
+                    {
+                        Ok(Ok(0)) | Ok(Err(_)) => break,
+                        Ok(Ok(_)) if !linger => break,
+                        _ if stop.load(std::sync::atomic::Ordering::Relaxed) => return,
+                        _ => {}
+                    }
+                }
+                reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    };
+    for _ in 0..slow {
+        spawn("GET /packages HTTP/1.1\r\nHost: siege\r\n".into(), true);
+    }
+    for _ in 0..pollers {
+        spawn(
+            format!(
+                "GET /events?since=18446744073709551614&wait=60 HTTP/1.1\r\nHost: siege\r\n\
+                 Authorization: Bearer {token}\r\nAccept: application/json\r\n\r\n"
+            ),
+            false,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut latencies = Vec::with_capacity(requests);
+    let mut failed = 0;
+    for _ in 0..requests {
+        let started = Instant::now();
+        match target.req(Method::GET, "/packages?limit=10").send().await {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                latencies.push(started.elapsed());
+            }
+            _ => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let peak = pid.map(memory_mib);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.abort();
+    }
+    let (p50, p99) = percentiles(latencies);
+    Ok(json!({
+        "slow": slow, "pollers": pollers, "requests": requests, "failed": failed,
+        "p50_ms": p50, "p99_ms": p99,
+        "reconnects": reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        "peak_rss_mib": peak.map(|m| m.0), "rss_mib": peak.map(|m| m.1),
+    }))
 }

@@ -84,6 +84,11 @@ impl<K: IdKind> FromStr for Id<K> {
         if rest.len() != 26 || rest.bytes().any(|b| b.is_ascii_lowercase()) {
             return Err(err);
         }
+        // The decoder also takes a first digit above 7, dropping the bits past 128: that
+        // would be a second spelling of another id.
+        if rest.as_bytes()[0] > b'7' {
+            return Err(err);
+        }
         Ulid::from_string(rest)
             .map(Self::from_ulid)
             .map_err(|_| err)

@@ -793,8 +793,9 @@ fn next_page<T>(items: &mut Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -
     }
 }
 
+/// Any hex is a cursor (the files after those bytes); ours are always a path's UTF-8.
 fn decode_path_cursor(cursor: &str) -> Option<String> {
-    String::from_utf8(hex::decode(cursor).ok()?).ok()
+    Some(String::from_utf8_lossy(&hex::decode(cursor).ok()?).into_owned())
 }
 
 /// One async mutex per upload id in use, so two requests never write the same upload's

@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for in-flight requests [default: 30].
     #[arg(long, env = "ARTIFACTSTORE_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Longest long-poll wait a request may ask for, in seconds, 1 to 60 [default: 60].
+    #[arg(long, env = "ARTIFACTSTORE_MAX_WAIT_SECS")]
+    pub max_wait_secs: Option<u64>,
     /// Long-polls waiting at once, in all [default: 4096].
     #[arg(long, env = "ARTIFACTSTORE_MAX_POLLERS")]
     pub max_pollers: Option<usize>,
@@ -110,6 +113,7 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub h2_max_streams: Option<u32>,
     pub shutdown_grace_secs: Option<u64>,
+    pub max_wait_secs: Option<u64>,
     pub max_pollers: Option<usize>,
     pub max_pollers_per_tenant: Option<usize>,
     #[serde(default)]
@@ -140,6 +144,8 @@ pub struct Settings {
     /// Certificate chain and key files, when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub edge: EdgeLimits,
+    /// Long-poll waits are clamped to this.
+    pub max_wait: Duration,
     pub max_pollers: usize,
     pub max_pollers_per_tenant: usize,
 }
@@ -311,6 +317,11 @@ impl ServeArgs {
                         .or(file.shutdown_grace_secs)
                         .unwrap_or(defaults.shutdown_grace.as_secs()),
                 ),
+            },
+            max_wait: match self.max_wait_secs.or(file.max_wait_secs) {
+                Some(n @ 1..=60) => Duration::from_secs(n),
+                Some(_) => return Err(err("max_wait_secs is 1 to 60")),
+                None => Duration::from_secs(60),
             },
             max_pollers: positive(
                 "max_pollers",

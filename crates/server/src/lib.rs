@@ -119,8 +119,9 @@ impl AppState {
 /// lists exactly the routes served.
 pub fn router(state: AppState) -> Router {
     let (router, api) = api_router().split_for_parts();
+    let doc = openapi::document(api, &state.settings);
     router
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", doc))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -70,7 +70,12 @@ pub async fn read_form(content_type: &str, body: Body) -> ApiResult<(NewFile, By
             "path" => path = Some(text),
             "media_type" => new.media_type = Some(text),
             "sha256" => new.sha256 = Some(text),
-            _ => {}
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    "unknown part: the form has path, media_type, sha256 and file",
+                ));
+            }
         }
     }
     Err(ApiError::MultipartHead(format!(

@@ -97,8 +97,8 @@ async fn multipart_heads_are_bounded() {
     );
 
     let mut form = reqwest::multipart::Form::new();
-    for i in 0..40 {
-        form = form.text(format!("x{i}"), "v");
+    for _ in 0..40 {
+        form = form.text("media_type", "text/plain");
     }
     let form = form
         .text("path", "a.txt")
@@ -106,8 +106,8 @@ async fn multipart_heads_are_bounded() {
     problem(app.post(&url).multipart(form).send().await.unwrap(), 413).await;
 
     let mut form = reqwest::multipart::Form::new();
-    for i in 0..12 {
-        form = form.text(format!("x{i}"), "v".repeat(8000));
+    for _ in 0..12 {
+        form = form.text("media_type", "x".repeat(8000));
     }
     let form = form
         .text("path", "a.txt")
@@ -118,7 +118,19 @@ async fn multipart_heads_are_bounded() {
     let files: Value = json_of(app.get(&url)).await;
     assert_eq!(files["items"].as_array().unwrap().len(), 0);
     let form = reqwest::multipart::Form::new()
-        .text("note", "x".repeat(8000))
+        .text("path", "a.txt")
+        .text("note", "v")
+        .part("file", reqwest::multipart::Part::bytes(b"hi".to_vec()));
+    let p = problem(app.post(&url).multipart(form).send().await.unwrap(), 422).await;
+    assert_eq!(p["errors"][0]["field"], "note", "{p}");
+    let form = reqwest::multipart::Form::new()
+        .text("sha256", "0".repeat(8000 / 64 * 64))
+        .text("path", "a.txt")
+        .part("file", reqwest::multipart::Part::bytes(vec![7u8; 200_000]));
+    let p = problem(app.post(&url).multipart(form).send().await.unwrap(), 422).await;
+    assert_eq!(p["errors"][0]["field"], "sha256", "{p}");
+    let form = reqwest::multipart::Form::new()
+        .text("media_type", format!("text/plain; x={}", "a".repeat(200)))
         .text("path", "a.txt")
         .part("file", reqwest::multipart::Part::bytes(vec![7u8; 200_000]));
     let r = app.post(&url).multipart(form).send().await.unwrap();

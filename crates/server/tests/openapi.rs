@@ -34,18 +34,14 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/uploads/{id}/complete"),
 ];
 
+async fn document(app: &TestApp) -> Value {
+    json_of(app.client.get(format!("{}/openapi.json", app.base))).await
+}
+
 #[tokio::test]
 async fn the_document_lists_exactly_the_served_routes() {
     let app = TestApp::start().await;
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = document(&app).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -140,4 +136,104 @@ async fn docs_page_and_its_assets_are_served_locally() {
         .await
         .unwrap();
     assert!(init.contains("/openapi.json"), "{init}");
+}
+
+/// The whole document, as served with the default settings, against the committed snapshot
+/// (`UPDATE_SNAPSHOTS=1 cargo test -p artifactstore-server --test openapi` rewrites it): any
+/// change to the API's description shows up in review as a diff of this file.
+#[tokio::test]
+async fn the_document_matches_its_snapshot() {
+    let app = TestApp::start().await;
+    let doc = document(&app).await;
+    let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/openapi.json");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let snapshot = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        snapshot == text,
+        "/openapi.json differs from {}; if the change is meant, rerun with UPDATE_SNAPSHOTS=1 \
+         and commit the file",
+        path.display()
+    );
+}
+
+/// The document passes an OpenAPI 3.1 validator (openapi-spec-validator, which `make test`
+/// installs into .venv-tools; skipped with a message where it is missing).
+#[tokio::test]
+async fn the_document_is_valid_openapi() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let validator = root.join(".venv-tools/bin/openapi-spec-validator");
+    if !validator.exists() {
+        eprintln!(
+            "SKIPPED: {} is not installed (make test installs it)",
+            validator.display()
+        );
+        return;
+    }
+    let app = TestApp::start().await;
+    let text = serde_json::to_string(&document(&app).await).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(&validator)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every problem status of every operation is an `application/problem+json` `Problem`,
+/// secured operations list 401, writers 403, and ids carry their pattern.
+#[tokio::test]
+async fn every_operation_documents_its_problems() {
+    let app = TestApp::start().await;
+    let doc = document(&app).await;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/problem+json"]["schema"]["$ref"],
+                        "#/components/schemas/Problem",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            for status in ["500", "503"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} lacks {status}"
+                );
+            }
+            if op.get("security").is_some() {
+                assert!(responses.contains_key("401"), "{method} {path} lacks 401");
+                if ["post", "patch", "delete", "put"].contains(&method.as_str()) {
+                    assert!(responses.contains_key("403"), "{method} {path} lacks 403");
+                }
+            }
+            if path.contains("{id}") {
+                assert!(responses.contains_key("404"), "{method} {path} lacks 404");
+                let id = op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == "id")
+                    .unwrap();
+                assert!(id["schema"]["pattern"].as_str().unwrap().starts_with("^"));
+            }
+        }
+    }
+    let problem = &doc["components"]["schemas"]["Problem"]["properties"];
+    assert!(problem["errors"].is_object() && problem["offset"].is_object());
 }

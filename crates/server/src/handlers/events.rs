@@ -16,9 +16,8 @@ use crate::auth::Reader;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::http::accepts;
 
-/// Default and largest long-poll wait, in seconds.
+/// Default long-poll wait, in seconds (the largest is a setting, at most 60).
 pub const DEFAULT_WAIT_SECS: u64 = 30;
-pub const MAX_WAIT_SECS: u64 = 60;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct EventPage {
@@ -30,7 +29,7 @@ pub struct EventPage {
 #[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])),
     params(("since" = Option<u64>, Query, description = "Return events with a greater sequence (default 0)"),
            ("limit" = Option<u32>, Query, description = "At most this many (default 100, clamped to 1000)"),
-           ("wait" = Option<u64>, Query, description = "Seconds to wait for a first event (default 30, clamped to 60; 0 answers at once)")),
+           ("wait" = Option<u64>, Query, description = "Seconds to wait for a first event (default 30, clamped to 60 or the server's lower --max-wait-secs; 0 answers at once)")),
     responses((status = 200, description = "Events, oldest first: CBOR by default, JCS JSON with Accept: application/json",
                content((EventPage = "application/cbor"), (EventPage = "application/json"))),
               (status = 406, description = "Accept allows neither", body = Problem)))]
@@ -40,12 +39,13 @@ pub async fn events(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (mut since, mut limit, mut wait) = (0u64, None, DEFAULT_WAIT_SECS);
+    let max_wait = state.settings.max_wait.as_secs();
+    let (mut since, mut limit, mut wait) = (0u64, None, DEFAULT_WAIT_SECS.min(max_wait));
     for (key, value) in query_pairs(raw.as_deref()) {
         match key.as_str() {
             "since" => since = number("since", &value)?,
             "limit" => limit = Some(clamped("limit", &value)?),
-            "wait" => wait = clamped::<u64>("wait", &value)?.min(MAX_WAIT_SECS),
+            "wait" => wait = clamped::<u64>("wait", &value)?.min(max_wait),
             _ => {}
         }
     }

@@ -64,7 +64,7 @@ fn with_offset(status: StatusCode, upload: Upload, no_store: bool) -> Response {
 }
 
 #[utoipa::path(post, path = "/uploads", tag = "uploads", security(("bearer" = [])),
-    request_body(content = Option<NewUpload>, description = "Optional; {\"size\": N} declares the total size"),
+    request_body(content = NewUpload, description = "Optional (an empty body is {}); {\"size\": N} declares the total size"),
     responses((status = 201, description = "Created", body = UploadResource,
                headers(("Location" = String, description = "/uploads/{id}")))))]
 pub async fn create_upload(
