@@ -16,7 +16,7 @@ use crate::edge::EdgeLimits;
 /// Largest JSON request body, by default.
 pub const DEFAULT_MAX_JSON_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "ARTIFACTSTORE_CONFIG")]
@@ -89,6 +89,18 @@ pub struct ServeArgs {
     /// Long-polls waiting at once, per tenant [default: 1024].
     #[arg(long, env = "ARTIFACTSTORE_MAX_POLLERS_PER_TENANT")]
     pub max_pollers_per_tenant: Option<usize>,
+}
+
+/// Never prints the tokens: the only place they could leak from into a log.
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeArgs")
+            .field("config", &self.config)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("tokens", &self.tokens.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The TOML file. Tokens may be given as `token` or as the hex SHA-256 of the token.
@@ -470,6 +482,22 @@ mod tests {
             Some(&Scope::All)
         );
         assert!(anon(None, Some("Not A Tenant")).resolve().is_err());
+    }
+
+    #[test]
+    fn no_token_is_ever_printed() {
+        let a = args(Some("acme:s3cr3t-value"));
+        assert!(!format!("{a:?}").contains("s3cr3t"));
+        let settings = a.resolve().unwrap();
+        assert!(!format!("{settings:?}").contains("s3cr3t"));
+        for bad in [
+            "acme:s3cr3t-value:rw",
+            "Bad:s3cr3t-value",
+            "acme:s3cr3t-value,beta:s3cr3t-value",
+        ] {
+            let e = args(Some(bad)).resolve().unwrap_err();
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
     }
 
     #[test]

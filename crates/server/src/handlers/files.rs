@@ -36,8 +36,9 @@ pub async fn get_file(
            ("If-None-Match" = Option<String>, Header, description = "ETags (weak comparison) or *")),
     responses((status = 200, description = "The bytes, streamed", content_type = "application/octet-stream",
                headers(("ETag" = String, description = "\"sha256:<hex>\""), ("Accept-Ranges" = String), ("Content-Length" = u64))),
-              (status = 206, description = "The requested range", headers(("Content-Range" = String))),
-              (status = 304, description = "Not modified"),
+              (status = 206, description = "The requested range",
+               headers(("Content-Range" = String, description = "bytes FIRST-LAST/SIZE"), ("ETag" = String), ("Content-Length" = u64))),
+              (status = 304, description = "Not modified", headers(("ETag" = String))),
               (status = 416, description = "Range not satisfiable", body = Problem,
                headers(("Content-Range" = String, description = "bytes */SIZE")))))]
 pub async fn download(

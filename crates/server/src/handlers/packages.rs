@@ -176,10 +176,11 @@ pub async fn finalize(
 }
 
 #[utoipa::path(get, path = "/packages/{id}/manifest", tag = "packages", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Package id")),
+    params(("id" = String, Path, description = "Package id"),
+           ("If-None-Match" = Option<String>, Header, description = "ETags (weak comparison) or *")),
     responses((status = 200, description = "Deterministic CBOR (RFC 8949 §4.2.1)", content_type = "application/cbor",
                headers(("ETag" = String, description = "\"sha256:<hex>\": the manifest digest"))),
-              (status = 304, description = "Not modified (If-None-Match)"),
+              (status = 304, description = "Not modified (If-None-Match)", headers(("ETag" = String))),
               (status = 406, description = "Accept allows neither application/cbor nor */*", body = Problem),
               (status = 409, description = "Not finalized", body = Problem)))]
 pub async fn manifest(
@@ -215,8 +216,11 @@ pub async fn manifest(
 }
 
 #[utoipa::path(get, path = "/packages/{id}/manifest.json", tag = "packages", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Package id")),
-    responses((status = 200, description = "The JCS (RFC 8785) projection of the manifest", content_type = "application/json"),
+    params(("id" = String, Path, description = "Package id"),
+           ("If-None-Match" = Option<String>, Header, description = "ETags (weak comparison) or *")),
+    responses((status = 200, description = "The JCS (RFC 8785) projection of the manifest", content_type = "application/json",
+               headers(("ETag" = String, description = "\"sha256:<manifest digest>+json\": this representation's tag"))),
+              (status = 304, description = "Not modified (If-None-Match)", headers(("ETag" = String))),
               (status = 409, description = "Not finalized", body = Problem)))]
 pub async fn manifest_json(
     State(state): State<AppState>,
