@@ -39,7 +39,26 @@ impl From<Upload> for UploadResource {
 #[serde(deny_unknown_fields)]
 pub struct NewUpload {
     /// Total size in bytes, if known up front.
+    #[serde(default, deserialize_with = "whole_number")]
     pub size: Option<u64>,
+}
+
+/// A JSON integer, also when written with a zero fraction (`1024.0` is the integer 1024 in
+/// JSON Schema, and some encoders write whole numbers that way).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(f)) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => {
+                Ok(Some(f as u64))
+            }
+            _ => Err(D::Error::custom(format!(
+                "invalid value: {n}, expected a non-negative integer"
+            ))),
+        },
+    }
 }
 
 #[derive(Default, Deserialize, utoipa::ToSchema)]
@@ -222,6 +241,23 @@ pub async fn complete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_whole_numbers() {
+        let size = |json: &str| serde_json::from_str::<NewUpload>(json).map(|u| u.size);
+        assert_eq!(size("{}").unwrap(), None);
+        assert_eq!(size(r#"{"size": null}"#).unwrap(), None);
+        assert_eq!(size(r#"{"size": 1024}"#).unwrap(), Some(1024));
+        assert_eq!(size(r#"{"size": 1024.0}"#).unwrap(), Some(1024));
+        for bad in [
+            r#"{"size": 1.5}"#,
+            r#"{"size": -1}"#,
+            r#"{"size": "1"}"#,
+            r#"{"size": 1e30}"#,
+        ] {
+            assert!(size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn content_range() {
