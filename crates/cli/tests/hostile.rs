@@ -92,6 +92,13 @@ async fn normal_client(port: u16) -> Duration {
     started.elapsed()
 }
 
+/// Prints the server's memory after `what` and asserts its peak stayed under `mib`.
+fn memory_stayed_under(server: &Server, what: &str, mib: u64) {
+    let (rss, peak) = server.memory_kib();
+    eprintln!("{what}: rss {rss} KiB, peak {peak} KiB");
+    assert!(peak < mib * 1024, "{what}: peak RSS {peak} KiB");
+}
+
 fn start(dir: &Path, args: &[&str]) -> Server {
     Server::start_with(&dir.join("data"), args)
 }
@@ -148,9 +155,11 @@ async fn slow_heads_and_idle_connections_are_cut_and_others_are_answered() {
         lived >= Duration::from_millis(2500),
         "closed after {lived:?}"
     );
-    let (rss, peak) = server.memory_kib();
-    eprintln!("rss before {rss_before} KiB, after {rss} KiB, peak {peak} KiB");
-    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+    memory_stayed_under(
+        &server,
+        &format!("1,000 slow connections (rss before {rss_before} KiB)"),
+        256,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,9 +267,11 @@ async fn a_preamble_flood_is_refused_with_memory_bounded() {
         assert!(response.starts_with("HTTP/1.1 413"), "{response}");
         assert!(response.contains("multipart-head-too-large"), "{response}");
     }
-    let (rss, peak) = server.memory_kib();
-    eprintln!("after a preamble flood ({sent} bytes sent): rss {rss} KiB, peak {peak} KiB");
-    assert!(peak < 128 * 1024, "peak RSS {peak} KiB");
+    memory_stayed_under(
+        &server,
+        &format!("a preamble flood ({sent} bytes sent)"),
+        128,
+    );
     let files = get(server.port, &format!("/packages/{pkg}/files")).await;
     assert!(files.contains("\"items\":[]"), "{files}");
     normal_client(server.port).await;
@@ -368,9 +379,11 @@ async fn thousands_of_long_polls_are_capped_and_others_are_answered() {
         answered += 1;
     }
     assert_eq!(answered, 1000, "the per-tenant cap is 1000 waiting polls");
-    let (_, peak) = server.memory_kib();
-    eprintln!("1500 polls: GET /packages took {took:?}, peak RSS {peak} KiB");
-    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+    memory_stayed_under(
+        &server,
+        &format!("1,500 polls, GET /packages in {took:?}"),
+        256,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

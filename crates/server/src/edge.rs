@@ -95,8 +95,7 @@ struct ConnState {
     /// Set (with the reason) when the connection must close now; `drain` when it is to
     /// finish its request and close (shutdown). The connection's task reads both each time
     /// it is woken, through `waker`: nothing is polled beside the connection on its path.
-    close: std::sync::Mutex<Option<&'static str>>,
-    closing: AtomicBool,
+    close: OnceLock<&'static str>,
     drain: AtomicBool,
     waker: futures::task::AtomicWaker,
 }
@@ -108,8 +107,7 @@ impl ConnState {
             idle_since: AtomicU64::new(now_ms()),
             head_since: AtomicU64::new(0),
             write_stalled_since: AtomicU64::new(0),
-            close: std::sync::Mutex::new(None),
-            closing: AtomicBool::new(false),
+            close: OnceLock::new(),
             drain: AtomicBool::new(false),
             waker: futures::task::AtomicWaker::new(),
         }
@@ -117,9 +115,7 @@ impl ConnState {
 
     /// Tells the connection's task to close the connection now.
     fn close_now(&self, reason: &'static str) {
-        let mut close = self.close.lock().unwrap_or_else(|p| p.into_inner());
-        close.get_or_insert(reason);
-        self.closing.store(true, Ordering::Release);
+        let _ = self.close.set(reason);
         self.waker.wake();
     }
 
@@ -400,7 +396,7 @@ impl Connections {
         let open = self.lock();
         let victim = open
             .values()
-            .filter(|s| !s.closing.load(Ordering::Acquire))
+            .filter(|s| s.close.get().is_none())
             .filter_map(|s| s.idle_for_eviction().map(|since| (since, s)))
             .min_by_key(|(since, _)| *since);
         match victim {
@@ -617,9 +613,8 @@ where
         let this = &mut *self;
         // Registered before the flags are read, so a flag set after the read still wakes us.
         this.state.waker.register(cx.waker());
-        if this.state.closing.load(Ordering::Acquire) {
-            let reason = *this.state.close.lock().unwrap_or_else(|p| p.into_inner());
-            return Poll::Ready(Err(reason.unwrap_or("closed")));
+        if let Some(reason) = this.state.close.get() {
+            return Poll::Ready(Err(reason));
         }
         if !this.draining && this.state.drain.load(Ordering::Acquire) {
             this.draining = true;
