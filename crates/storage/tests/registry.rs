@@ -922,10 +922,10 @@ async fn events_from_memory_match_the_database() {
 /// everything written since the store opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_wal_is_checkpointed_and_stays_bounded() {
-    const FILES: u64 = 1000;
+    const FILES: u64 = 2000;
     let env = Env::new().await;
     let pkg = env.package().await;
-    // 60 KiB each: kept inline, 60 MiB in all, some 15,000 WAL pages if nothing started over.
+    // 60 KiB each: kept inline, 120 MiB in all, some 30,000 WAL pages if nothing started over.
     let len = INLINE_FILE_BYTES as usize - 4096;
     let mut tasks = Vec::new();
     for worker in 0..8 {
@@ -939,12 +939,28 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
             }
         }));
     }
+    // Readers always busy inside the WAL: the WAL may restart only between their reads.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (r, done) = (env.registry.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                r.list_files(TENANT, pkg.id, None, Some(100)).await.unwrap();
+            }
+        }));
+    }
     for task in tasks {
+        task.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in readers {
         task.await.unwrap();
     }
     let written = FILES * len as u64;
     let size = |name: &str| std::fs::metadata(env.dir.path().join(name)).map_or(0, |m| m.len());
     let wal = size("meta.db-wal");
+    eprintln!("WAL {wal} bytes after {written} written");
     assert!(
         wal < written / 2,
         "WAL of {wal} bytes after {written} written"
