@@ -4,7 +4,7 @@ DEV_TOKEN ?= devtoken
 DEV_LISTEN ?= 127.0.0.1:8080
 DEV_DATA ?= dev-data
 
-.PHONY: dev test lint tools unit bench bench-peers bench-cli build schemathesis
+.PHONY: dev test lint tools unit unit-shared bench bench-peers bench-cli build schemathesis
 
 ## Run a development server on the embedded stores (SQLite + ./dev-data/blobs).
 dev:
@@ -19,8 +19,9 @@ dev:
 	ARTIFACTSTORE_LISTEN=$(DEV_LISTEN) ARTIFACTSTORE_DATA_DIR=$(DEV_DATA) \
 	./target/release/artifactstore serve
 
-## Everything CI checks: formatting, lints, the whole test suite (with the OpenAPI validator).
-test: lint tools unit
+## Everything CI checks: formatting, lints, the whole test suite (with the OpenAPI validator),
+## on the embedded stores and again on the shared ones (PostgreSQL).
+test: lint tools unit unit-shared
 
 ## Python tools some tests use (openapi-spec-validator), in .venv-tools; skipped without python3.
 VALIDATOR := .venv-tools/bin/openapi-spec-validator
@@ -37,6 +38,10 @@ lint:
 
 unit:
 	cargo test --workspace
+
+## The integration suites again, on a throwaway PostgreSQL server (tools/with-backends.sh).
+unit-shared:
+	tools/with-backends.sh cargo test --workspace --test '*'
 
 ## The ingest benchmark of the core (1 GiB; BENCH_MIB to change).
 bench:

@@ -95,6 +95,10 @@ pub enum StoreError {
     Io(#[from] io::Error),
     #[error("metadata store failed: {0}")]
     Database(String),
+    /// The store cannot be reached right now (connection refused or lost, restarting); the
+    /// same request may succeed shortly, nothing was changed by this one.
+    #[error("{0} is unavailable; retry shortly")]
+    Unavailable(&'static str),
 }
 
 /// A blob that is durably in the store.
@@ -165,6 +169,9 @@ pub trait BlobStore: Send + Sync + 'static {
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Finishes queued changes and closes connections (at shutdown).
+    async fn close(&self) {}
 
     /// Inserts a new package and its `package.created` event.
     async fn create_package(&self, package: &Package, event: NewEvent)

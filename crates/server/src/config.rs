@@ -28,7 +28,8 @@ pub struct ServeArgs {
     /// [default: ./artifactstore-data].
     #[arg(long, env = "ARTIFACTSTORE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Metadata store: sqlite://PATH [default: the data dir's meta.db].
+    /// Metadata store: sqlite://PATH, or postgres://USER:PASSWORD@HOST:PORT/DB for replicas
+    /// sharing one database [default: the data dir's meta.db].
     #[arg(long, env = "ARTIFACTSTORE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Blob store: file://PATH [default: the data dir's blobs/].
@@ -142,6 +143,22 @@ pub struct FileToken {
     pub read_only: bool,
 }
 
+/// `url` with the password of its user part, if any, replaced by `***` (for logs).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            let path = &rest[authority.len()..];
+            format!("{scheme}://{name}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Everything the server runs with, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -197,10 +214,16 @@ impl ServeArgs {
             .or(file.data_dir)
             .unwrap_or_else(|| "artifactstore-data".into());
         let database_url = match self.database_url.or(file.database_url) {
-            Some(url) if url.starts_with("sqlite:") => url,
+            Some(url)
+                if url.starts_with("sqlite:")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://") =>
+            {
+                url
+            }
             Some(url) => {
                 return Err(err(format!(
-                    "database url {url:?}: this build supports sqlite:// only (PostgreSQL is planned)"
+                    "database url {url:?}: expected sqlite://PATH or postgres://…"
                 )));
             }
             None => format!("sqlite://{}", data_dir.join("meta.db").display()),
@@ -412,6 +435,22 @@ mod tests {
             tokens: tokens.map(str::to_string),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn logged_database_urls_hide_passwords() {
+        assert_eq!(
+            redact_url("postgres://as:s3cr:et@db.internal:5432/store?sslmode=require"),
+            "postgres://as:***@db.internal:5432/store?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://as@db/store"),
+            "postgres://as@db/store"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/a@b:c/meta.db"),
+            "sqlite:///var/lib/a@b:c/meta.db"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! document (`application/problem+json`).
 
 use artifactstore_core::error::Resource;
+use artifactstore_core::storage::StoreError;
 use artifactstore_core::{FieldError, RegistryError};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -74,6 +75,7 @@ impl ApiError {
                 }
                 R::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 R::TooManyWaiting { .. } => StatusCode::TOO_MANY_REQUESTS,
+                R::Storage(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 R::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -113,6 +115,7 @@ impl ApiError {
                 R::ConcurrentUpdate => "concurrent-update",
                 R::TooManyWaiting { .. } => "too-many-pollers",
                 R::Body(_) => "body-failed",
+                R::Storage(StoreError::Unavailable(_)) => "store-unavailable",
                 R::Storage(_) => "internal",
             },
             Self::Unauthorized => "unauthorized",
@@ -183,6 +186,10 @@ impl ApiError {
     fn problem(&self) -> Problem {
         let status = self.http_status_code();
         let detail = match self {
+            Self::Registry(RegistryError::Storage(e @ StoreError::Unavailable(_))) => {
+                tracing::warn!(error = %e, "store unavailable");
+                e.to_string()
+            }
             // Internal details go to the log, not to the client.
             Self::Registry(RegistryError::Storage(e)) => {
                 tracing::error!(error = %e, "storage failure");
@@ -239,7 +246,11 @@ impl IntoResponse for ApiError {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
             }
-            Self::Overloaded | Self::Registry(RegistryError::TooManyWaiting { .. }) => {
+            Self::Overloaded
+            | Self::Registry(
+                RegistryError::TooManyWaiting { .. }
+                | RegistryError::Storage(StoreError::Unavailable(_)),
+            ) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::Registry(

@@ -17,8 +17,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use artifactstore_core::storage::MetadataStore;
 use artifactstore_core::{Registry, RegistryConfig};
-use artifactstore_storage::{FsBlobStore, SqliteStore};
+use artifactstore_storage::{FsBlobStore, PgStore, SqliteStore};
 use axum::Router;
 use axum::extract::{OriginalUri, Request};
 use axum::http::Method;
@@ -48,7 +49,7 @@ pub struct Inner {
     pub settings: Settings,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
-    meta: Arc<SqliteStore>,
+    meta: Arc<dyn MetadataStore>,
     /// Turns true when shutdown begins, so long-polls answer at once instead of holding it up.
     stopping: watch::Sender<bool>,
 }
@@ -85,7 +86,11 @@ impl AppState {
         {
             std::fs::create_dir_all(parent)?;
         }
-        let meta = Arc::new(SqliteStore::open(&settings.database_url).await?);
+        let meta: Arc<dyn MetadataStore> = if settings.database_url.starts_with("postgres") {
+            Arc::new(PgStore::open(&settings.database_url).await?)
+        } else {
+            Arc::new(SqliteStore::open(&settings.database_url).await?)
+        };
         let blobs = Arc::new(FsBlobStore::open(&settings.blob_dir).await?);
         let config = RegistryConfig {
             max_file_bytes: settings.max_file_bytes,
@@ -300,7 +305,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(
         addr = %bound,
         scheme = if state.settings.tls.is_some() { "https" } else { "http" },
-        database = %state.settings.database_url,
+        database = %config::redact_url(&state.settings.database_url),
         blobs = %state.settings.blob_dir.display(),
         "artifactstore listening"
     );

@@ -5,25 +5,25 @@
 //! serialized, which is what makes `MAX(sequence) + 1` a gap-free, commit-ordered sequence.
 //! Another task checkpoints the WAL into the database file, out of the writer's way.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use artifactstore_core::storage::{EventWatches, MetadataStore, StoreError};
+use artifactstore_core::storage::{MetadataStore, StoreError};
+
+use crate::rows::*;
+use crate::tail::{EventTail, TAIL_EVENTS};
 use artifactstore_core::*;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, Row, Sqlite};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 const READERS: u32 = 4;
@@ -41,10 +41,6 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Events kept in memory after commit (see [`Published::tail`]).
-const TAIL_EVENTS: usize = 4096;
-/// File records kept in memory (see [`SqliteStore::files`]).
-const FILE_CACHE: usize = 16 * 1024;
 /// Writes committed together at most (see [`run_writer`]).
 const MAX_GROUP: usize = 256;
 /// Writes waiting for the writer at most; more wait to be queued.
@@ -64,21 +60,12 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// The writer task's queue: every change goes through it (see [`run_writer`]).
     jobs: mpsc::Sender<Message>,
-    published: Arc<Published>,
+    published: Arc<EventTail>,
     /// Stops the checkpointer; it answers once its connection is closed.
     stop_checkpoints: std::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>,
     /// File records by id. A file never changes once added (and files are never removed), so
     /// a cached record is never stale; downloads and range reads skip the database.
-    files: std::sync::Mutex<HashMap<FileId, FileRecord>>,
-}
-
-/// What the writer task tells readers after each commit, in commit order.
-struct Published {
-    /// The newest committed events, contiguous, in order. A thousand long-polls woken by one
-    /// commit read them here instead of each querying the database.
-    tail: std::sync::Mutex<VecDeque<Event>>,
-    tail_events: usize,
-    watches: EventWatches,
+    files: FileCache,
 }
 
 /// What the writer and the checkpointer tell each other.
@@ -142,7 +129,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(db)?;
-        migrator()
+        migrator(MIGRATIONS)
             .run(&writer)
             .await
             .map_err(|e| StoreError::Database(e.to_string()))?;
@@ -155,11 +142,7 @@ impl SqliteStore {
             .fetch_one(&writer)
             .await
             .map_err(db)?;
-        let published = Arc::new(Published {
-            tail: std::sync::Mutex::new(VecDeque::with_capacity(tail_events)),
-            tail_events: tail_events.max(1),
-            watches: EventWatches::new(last as u64),
-        });
+        let published = Arc::new(EventTail::new(last as u64, tail_events));
         let checkpoints = Arc::new(Checkpoints::default());
         let checkpointer = options.connect().await.map_err(db)?;
         let (stop_checkpoints, stop) = oneshot::channel();
@@ -178,7 +161,7 @@ impl SqliteStore {
             jobs,
             published,
             stop_checkpoints: std::sync::Mutex::new(Some(stop_checkpoints)),
-            files: std::sync::Mutex::new(HashMap::new()),
+            files: FileCache::default(),
         })
     }
 
@@ -245,54 +228,6 @@ impl SqliteStore {
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
-
-    /// The tenant's events after `since` from memory, if memory holds all of them.
-    fn recent_events(&self, scope: &Scope, since: u64, limit: u32) -> Option<Vec<Event>> {
-        let tail = self
-            .published
-            .tail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let first = tail.front()?.sequence;
-        if first > since.saturating_add(1) {
-            return None;
-        }
-        // The tail is contiguous: the first event after `since` is found by position, not by
-        // scanning 4,096 events for each of a thousand woken pollers.
-        let skip = usize::try_from(since.saturating_add(1) - first).unwrap_or(usize::MAX);
-        let events = tail
-            .range(skip.min(tail.len())..)
-            .filter(|e| scope.admits(&e.tenant))
-            .take(limit as usize)
-            .cloned()
-            .collect();
-        Some(events)
-    }
-}
-
-impl Published {
-    /// Makes committed events visible to tailers, in commit order, and wakes them.
-    fn publish(&self, events: impl IntoIterator<Item = Event>) {
-        let mut last = None;
-        let mut tenants: Vec<String> = Vec::new();
-        {
-            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-            for event in events {
-                if tail.len() >= self.tail_events {
-                    tail.pop_front();
-                }
-                last = Some(event.sequence);
-                if !tenants.contains(&event.tenant) {
-                    tenants.push(event.tenant.clone());
-                }
-                tail.push_back(event);
-            }
-        }
-        if let Some(sequence) = last {
-            self.watches
-                .publish(sequence, tenants.iter().map(String::as_str));
-        }
-    }
 }
 
 /// The one writer: takes queued changes, runs as many as are waiting (up to [`MAX_GROUP`]) in
@@ -303,7 +238,7 @@ impl Published {
 async fn run_writer(
     mut conn: PoolConnection<Sqlite>,
     mut queue: mpsc::Receiver<Message>,
-    published: Arc<Published>,
+    published: Arc<EventTail>,
     checkpoints: Arc<Checkpoints>,
 ) {
     while let Some(first) = queue.recv().await {
@@ -455,37 +390,12 @@ async fn run_checkpointer(
     }
 }
 
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, name, sql)| {
-            Migration::new(
-                *version,
-                Cow::Borrowed(name),
-                MigrationType::Simple,
-                Cow::Borrowed(sql),
-                false,
-            )
-        })
-        .collect();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ignore_missing: false,
-        locking: true,
-        no_tx: false,
-    }
-}
-
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("unreadable {what} in the metadata store"))
 }
 
 /// Appends an event; its sequence is the log's last plus one (see the module comment).
@@ -565,21 +475,6 @@ fn bind_event<'q>(query: SqliteQuery<'q>, event: &'q NewEvent, data: String) -> 
         .bind(data)
 }
 
-fn event_data(event: &NewEvent) -> Result<String, StoreError> {
-    serde_json::to_string(&event.data).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn committed_event(event: NewEvent, sequence: i64) -> Event {
-    Event {
-        sequence: sequence as u64,
-        kind: event.kind,
-        occurred_at: event.occurred_at,
-        tenant: event.tenant,
-        package_id: event.package_id,
-        data: event.data,
-    }
-}
-
 async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Event, StoreError> {
     let data = event_data(&event)?;
     let row = bind_event(sqlx::query(INSERT_EVENT), &event, data)
@@ -603,110 +498,6 @@ async fn upload_state(
         .map_err(db)
 }
 
-const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, state, \
-    created_at, finalized_at, file_count, total_size, manifest_digest";
-
-fn package_from_row(row: &SqliteRow) -> Result<Package, StoreError> {
-    let get_str = |name: &str| {
-        row.try_get::<String, _>(name)
-            .map_err(|_| corrupt("package"))
-    };
-    let get_i64 = |name: &str| row.try_get::<i64, _>(name).map_err(|_| corrupt("package"));
-    let metadata: BTreeMap<String, String> =
-        serde_json::from_str(&get_str("metadata")?).map_err(|_| corrupt("package metadata"))?;
-    let manifest_digest = row
-        .try_get::<Option<String>, _>("manifest_digest")
-        .map_err(|_| corrupt("package"))?
-        .map(|d| {
-            Sha256Digest::from_content_address(&d)
-                .map(ContentAddress)
-                .ok_or(corrupt("digest"))
-        })
-        .transpose()?;
-    Ok(Package {
-        id: get_str("id")?.parse().map_err(|_| corrupt("package id"))?,
-        tenant: get_str("tenant")?,
-        producer: get_str("producer")?,
-        subject: get_str("subject")?,
-        retention_class: get_str("retention_class")?,
-        metadata,
-        state: PackageState::parse(&get_str("state")?).ok_or(corrupt("package state"))?,
-        created_at: Timestamp::from_millis(get_i64("created_at")?),
-        finalized_at: row
-            .try_get::<Option<i64>, _>("finalized_at")
-            .map_err(|_| corrupt("package"))?
-            .map(Timestamp::from_millis),
-        file_count: get_i64("file_count")? as u64,
-        total_size: get_i64("total_size")? as u64,
-        manifest_digest,
-    })
-}
-
-const FILE_COLUMNS: &str = "id, package_id, tenant, path, size, media_type, sha256, created_at";
-
-fn file_from_row(row: &SqliteRow) -> Result<FileRecord, StoreError> {
-    let get_str = |name: &str| row.try_get::<String, _>(name).map_err(|_| corrupt("file"));
-    let sha256 = Sha256Digest::from_hex(&get_str("sha256")?).ok_or(corrupt("file digest"))?;
-    Ok(FileRecord {
-        id: get_str("id")?.parse().map_err(|_| corrupt("file id"))?,
-        package_id: get_str("package_id")?
-            .parse()
-            .map_err(|_| corrupt("file package"))?,
-        tenant: get_str("tenant")?,
-        path: get_str("path")?,
-        size: row.try_get::<i64, _>("size").map_err(|_| corrupt("file"))? as u64,
-        media_type: get_str("media_type")?,
-        digests: Digests { sha256 },
-        content_address: ContentAddress(sha256),
-        created_at: Timestamp::from_millis(row.try_get("created_at").map_err(|_| corrupt("file"))?),
-    })
-}
-
-const UPLOAD_COLUMNS: &str =
-    "id, tenant, size, \"offset\", state, hash_state, created_at, expires_at, file_id";
-
-fn upload_from_row(row: &SqliteRow) -> Result<UploadRecord, StoreError> {
-    let bad = |_| corrupt("upload");
-    let state: String = row.try_get("state").map_err(bad)?;
-    let id: String = row.try_get("id").map_err(bad)?;
-    let file_id: Option<String> = row.try_get("file_id").map_err(bad)?;
-    Ok(UploadRecord {
-        upload: Upload {
-            id: id.parse().map_err(|_| corrupt("upload id"))?,
-            offset: row.try_get::<i64, _>("offset").map_err(bad)? as u64,
-            size: row
-                .try_get::<Option<i64>, _>("size")
-                .map_err(bad)?
-                .map(|s| s as u64),
-            state: UploadState::parse(&state).ok_or(corrupt("upload state"))?,
-            expires_at: Timestamp::from_millis(row.try_get("expires_at").map_err(bad)?),
-        },
-        tenant: row.try_get("tenant").map_err(bad)?,
-        created_at: Timestamp::from_millis(row.try_get("created_at").map_err(bad)?),
-        hash_state: row.try_get("hash_state").map_err(bad)?,
-        file_id: file_id
-            .map(|f| f.parse().map_err(|_| corrupt("upload file id")))
-            .transpose()?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
-    let bad = |_| corrupt("event");
-    let kind: String = row.try_get("type").map_err(bad)?;
-    let package_id: String = row.try_get("package_id").map_err(bad)?;
-    let data: String = row.try_get("data").map_err(bad)?;
-    Ok(Event {
-        sequence: row.try_get::<i64, _>("sequence").map_err(bad)? as u64,
-        kind: EventType::parse(&kind).ok_or(corrupt("event type"))?,
-        occurred_at: Timestamp::from_millis(row.try_get("occurred_at").map_err(bad)?),
-        tenant: row.try_get("tenant").map_err(bad)?,
-        package_id: package_id
-            .parse()
-            .map_err(|_| corrupt("event package id"))?,
-        data: serde_json::from_str(&data).map_err(|_| corrupt("event data"))?,
-    })
-}
-
 #[async_trait]
 impl MetadataStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -715,6 +506,10 @@ impl MetadataStore for SqliteStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn close(&self) {
+        SqliteStore::close(self).await
     }
 
     async fn create_package(&self, p: &Package, event: NewEvent) -> Result<Event, StoreError> {
@@ -777,59 +572,7 @@ impl MetadataStore for SqliteStore {
         before: Option<PackageId>,
         limit: u32,
     ) -> Result<Vec<Package>, StoreError> {
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE 1 = 1"
-        ));
-        let tenant = |sql: &mut QueryBuilder<'_, Sqlite>| {
-            if let Some(tenant) = scope.tenant() {
-                sql.push(" AND tenant = ").push_bind(tenant.to_string());
-            }
-        };
-        tenant(&mut sql);
-        let columns = [
-            ("producer", &q.producer),
-            ("subject", &q.subject),
-            ("retention_class", &q.retention_class),
-        ];
-        for (column, value) in columns {
-            if let Some(value) = value {
-                sql.push(format!(" AND {column} = "))
-                    .push_bind(value.clone());
-            }
-        }
-        if let Some(state) = q.state {
-            sql.push(" AND state = ").push_bind(state.as_str());
-        }
-        for (key, value) in &q.metadata {
-            sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE key = ")
-                .push_bind(key.clone())
-                .push(" AND value = ")
-                .push_bind(value.clone());
-            tenant(&mut sql);
-            sql.push(")");
-        }
-        for key in &q.has_metadata {
-            sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE key = ")
-                .push_bind(key.clone());
-            tenant(&mut sql);
-            sql.push(")");
-        }
-        if let Some(digest) = q.contains {
-            sql.push(" AND id IN (SELECT package_id FROM files WHERE sha256 = ")
-                .push_bind(digest.hex());
-            tenant(&mut sql);
-            sql.push(")");
-        }
-        if let Some(after) = q.created_after {
-            sql.push(" AND created_at > ").push_bind(after.as_millis());
-        }
-        if let Some(before) = q.created_before {
-            sql.push(" AND created_at < ").push_bind(before.as_millis());
-        }
-        if let Some(cursor) = before {
-            sql.push(" AND id < ").push_bind(cursor.to_string());
-        }
-        sql.push(" ORDER BY id DESC LIMIT ").push_bind(limit as i64);
+        let mut sql = list_packages_query::<Sqlite>(scope, q, before, limit);
         let rows = sql.build().fetch_all(&self.readers).await.map_err(db)?;
         rows.iter().map(package_from_row).collect()
     }
@@ -903,11 +646,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError> {
-        {
-            let cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(file) = cache.get(&id) {
-                return Ok(scope.admits(&file.tenant).then(|| file.clone()));
-            }
+        if let Some(file) = self.files.get(&id) {
+            return Ok(scope.admits(&file.tenant).then_some(file));
         }
         let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
             .bind(id.to_string())
@@ -917,12 +657,7 @@ impl MetadataStore for SqliteStore {
         let Some(file) = row.as_ref().map(file_from_row).transpose()? else {
             return Ok(None);
         };
-        let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= FILE_CACHE {
-            // Crude but bounded; hot files come straight back.
-            cache.clear();
-        }
-        cache.insert(id, file.clone());
+        self.files.insert(&file);
         Ok(scope.admits(&file.tenant).then_some(file))
     }
 
@@ -1010,15 +745,7 @@ impl MetadataStore for SqliteStore {
         .fetch_optional(&self.readers)
         .await
         .map_err(db)?;
-        let Some(row) = row else { return Ok(None) };
-        let bad = |_| corrupt("manifest");
-        let digest: String = row.try_get("manifest_digest").map_err(bad)?;
-        Ok(Some(StoredManifest {
-            digest: Sha256Digest::from_content_address(&digest)
-                .ok_or(corrupt("manifest digest"))?,
-            cbor: row.try_get("manifest_cbor").map_err(bad)?,
-            json: row.try_get("manifest_json").map_err(bad)?,
-        }))
+        row.as_ref().map(manifest_from_row).transpose()
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
@@ -1151,7 +878,7 @@ impl MetadataStore for SqliteStore {
         since: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        if let Some(events) = self.recent_events(scope, since, limit) {
+        if let Some(events) = self.published.since(scope, since, limit) {
             return Ok(events);
         }
         // Two texts, so that a tenant's read keeps its (tenant, sequence) index.
@@ -1176,6 +903,6 @@ impl MetadataStore for SqliteStore {
     }
 
     fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
-        self.published.watches.subscribe(scope)
+        self.published.watch(scope)
     }
 }

@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactstore_core::storage::MetadataStore;
 use artifactstore_core::*;
-use artifactstore_storage::{FsBlobStore, SqliteStore};
+use artifactstore_storage::FsBlobStore;
 use common::*;
 
 fn file(path: &str) -> NewFile {
@@ -896,17 +895,16 @@ async fn data_survives_reopening_the_store() {
 #[tokio::test]
 async fn events_from_memory_match_the_database() {
     let dir = tempfile::tempdir().unwrap();
-    let url = dir.path().join("m.db");
-    let url = url.to_str().unwrap();
+    let url = &database_url(dir.path()).await;
     // A tail of 8 events: most reads below fall before it and go to the database.
-    let meta = Arc::new(SqliteStore::open_with_tail(url, 8).await.unwrap());
+    let meta = open_meta(url, 8).await;
     let blobs = Arc::new(FsBlobStore::open(dir.path().join("b")).await.unwrap());
     let r = Registry::new(meta.clone(), blobs, RegistryConfig::default());
     for i in 0..30 {
         let tenant = if i % 3 == 0 { "beta" } else { TENANT };
         r.create_package(tenant, new_package()).await.unwrap();
     }
-    let fresh = SqliteStore::open(url).await.unwrap();
+    let fresh = open_meta(url, 4096).await;
     for scope in [TENANT.into(), "beta".into(), Scope::All] {
         for since in 0..32 {
             for limit in [1, 3, 100] {
@@ -923,7 +921,7 @@ async fn events_from_memory_match_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_wal_is_checkpointed_and_stays_bounded() {
     const FILES: u64 = 2000;
-    let env = Env::new().await;
+    let env = Env::sqlite().await;
     let pkg = env.package().await;
     // 60 KiB each: kept inline, 120 MiB in all, some 30,000 WAL pages if nothing started over.
     let len = INLINE_FILE_BYTES as usize - 4096;

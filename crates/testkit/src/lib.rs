@@ -13,3 +13,64 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The environment variable naming a PostgreSQL server for the suites: an admin URL such as
+/// `postgres://postgres@127.0.0.1:54329/postgres`. Unset, every suite runs on the embedded
+/// stores alone.
+pub const POSTGRES_ENV: &str = "ARTIFACTSTORE_TEST_POSTGRES";
+
+/// The URL of a new, empty database of its own for one test on the PostgreSQL server of
+/// [`POSTGRES_ENV`], or `None` when that is unset (the test then runs on SQLite), saying so
+/// once per test binary on the terminal (past the test harness's capture).
+pub async fn fresh_postgres() -> Option<String> {
+    use sqlx::Connection;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let Some(admin) = std::env::var(POSTGRES_ENV).ok().filter(|u| !u.is_empty()) else {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: {POSTGRES_ENV} is unset: the PostgreSQL runs of this suite are skipped \
+                 (make test runs them)"
+            );
+        });
+        return None;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin_conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={admin}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin_conn)
+        .await
+        .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+    let _ = admin_conn.close().await;
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    Some(format!("{base}/{name}"))
+}
+
+/// [`fresh_postgres`] for synchronous tests (on a thread of its own, so that it works inside
+/// an async runtime too).
+pub fn fresh_postgres_blocking() -> Option<String> {
+    std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the test set-up")
+            .block_on(fresh_postgres())
+    })
+    .join()
+    .expect("creating a test database")
+}

@@ -32,12 +32,16 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(url) = artifactstore_testkit::fresh_postgres_blocking() {
+            args.extend(["--database-url".to_string(), url]);
+        }
         let mut server = Server {
             port,
             data: data.to_path_buf(),
             child: None,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            scheme: if args.contains(&"--tls-cert") {
+            args: args.clone(),
+            scheme: if args.iter().any(|a| a == "--tls-cert") {
                 "https"
             } else {
                 "http"

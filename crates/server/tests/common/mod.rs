@@ -1,5 +1,6 @@
 //! A `TestApp`: the real server on an ephemeral loopback port, on its own temporary data
-//! directory, and a reqwest client with helpers for the requests every test makes.
+//! directory (and its own PostgreSQL database when the environment names a server: see
+//! `artifactstore_testkit::fresh_postgres`), and a reqwest client with helpers for the requests every test makes.
 
 #![allow(dead_code)]
 
@@ -66,6 +67,9 @@ impl Builder {
         let dir = tempfile::tempdir().unwrap();
         let mut args = self.args;
         args.data_dir = Some(dir.path().to_path_buf());
+        if args.database_url.is_none() {
+            args.database_url = artifactstore_testkit::fresh_postgres().await;
+        }
         let server = artifactstore_server::start(args.clone().resolve().unwrap())
             .await
             .unwrap();

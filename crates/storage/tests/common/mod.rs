@@ -1,16 +1,20 @@
-//! Shared set-up for the registry tests: a registry on SQLite and a blob directory in a
-//! temporary folder, and byte streams that behave like request bodies.
+//! Shared set-up for the registry tests: a registry on a blob directory in a temporary folder
+//! and SQLite there, or a database of its own on PostgreSQL when the environment names a
+//! server (see `artifactstore_testkit::fresh_postgres`); and byte streams that behave like
+//! request bodies.
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
 pub use artifactstore_testkit::bytes;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use artifactstore_core::storage::ByteStream;
+use artifactstore_core::storage::MetadataStore;
 use artifactstore_core::{NewPackage, Package, Registry, RegistryConfig};
-use artifactstore_storage::{FsBlobStore, SqliteStore};
+use artifactstore_storage::{FsBlobStore, PgStore, SqliteStore};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -19,7 +23,9 @@ pub const TENANT: &str = "acme";
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub registry: Arc<Registry>,
-    pub meta: Arc<SqliteStore>,
+    pub meta: Arc<dyn MetadataStore>,
+    /// The metadata store's URL: SQLite in `dir`, or this test's PostgreSQL database.
+    pub database_url: String,
 }
 
 impl Env {
@@ -27,13 +33,26 @@ impl Env {
         Self::with_config(RegistryConfig::default()).await
     }
 
+    /// On SQLite whatever the environment says: for tests of the SQLite engine itself.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        Self::on(dir, url, RegistryConfig::default()).await
+    }
+
     pub async fn with_config(config: RegistryConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (registry, meta) = open(dir.path(), config).await;
+        let url = database_url(dir.path()).await;
+        Self::on(dir, url, config).await
+    }
+
+    async fn on(dir: tempfile::TempDir, database_url: String, config: RegistryConfig) -> Self {
+        let (registry, meta) = open(dir.path(), &database_url, config).await;
         Self {
             dir,
             registry,
             meta,
+            database_url,
         }
     }
 
@@ -51,15 +70,17 @@ impl Env {
             dir,
             registry,
             meta,
+            database_url,
         } = self;
         drop(registry);
         meta.close().await;
         drop(meta);
-        let (registry, meta) = open(dir.path(), RegistryConfig::default()).await;
+        let (registry, meta) = open(dir.path(), &database_url, RegistryConfig::default()).await;
         Self {
             dir,
             registry,
             meta,
+            database_url,
         }
     }
 
@@ -78,12 +99,29 @@ impl Env {
     }
 }
 
-async fn open(dir: &Path, config: RegistryConfig) -> (Arc<Registry>, Arc<SqliteStore>) {
-    let meta = Arc::new(
-        SqliteStore::open(dir.join("meta.db").to_str().unwrap())
-            .await
-            .unwrap(),
-    );
+/// A new metadata store's URL: a database of its own on PostgreSQL, or SQLite in `dir`.
+pub async fn database_url(dir: &Path) -> String {
+    match artifactstore_testkit::fresh_postgres().await {
+        Some(url) => url,
+        None => format!("sqlite://{}", dir.join("meta.db").display()),
+    }
+}
+
+/// The metadata store at `url`, keeping `tail` events in memory.
+pub async fn open_meta(url: &str, tail: usize) -> Arc<dyn MetadataStore> {
+    if url.starts_with("postgres") {
+        Arc::new(PgStore::open_with_tail(url, tail).await.unwrap())
+    } else {
+        Arc::new(SqliteStore::open_with_tail(url, tail).await.unwrap())
+    }
+}
+
+async fn open(
+    dir: &Path,
+    url: &str,
+    config: RegistryConfig,
+) -> (Arc<Registry>, Arc<dyn MetadataStore>) {
+    let meta = open_meta(url, 4096).await;
     let blobs = Arc::new(FsBlobStore::open(dir.join("blobs")).await.unwrap());
     (Arc::new(Registry::new(meta.clone(), blobs, config)), meta)
 }

@@ -1,0 +1,125 @@
+//! The contract's store outages: while PostgreSQL cannot be reached, requests that need it
+//! answer `503` with `Retry-After` (never `500`, never a hang), and the server recovers by
+//! itself when it is back. The database is reached through a loopback TCP relay that the
+//! test cuts and restores. Runs only when the environment names a PostgreSQL server.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Relays loopback connections on `addr` to `target`; [`cut`](Relay::cut) closes them all.
+struct Relay {
+    addr: SocketAddr,
+    target: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(addr: SocketAddr, target: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            target,
+            task: Some(task),
+        }
+    }
+
+    /// Closes the listener and every relayed connection (dropping the task drops them).
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        *self = Self::start(self.addr, self.target).await;
+    }
+}
+
+/// Retries `check` every 100 ms until it holds or `within` passes.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_answers_503_and_the_server_recovers() {
+    let Some(url) = artifactstore_testkit::fresh_postgres().await else {
+        return;
+    };
+    let (head, rest) = url.rsplit_once('@').unwrap();
+    let (host, db) = rest.split_once('/').unwrap();
+    let target: SocketAddr = host.parse().unwrap();
+    let mut relay = Relay::start("127.0.0.1:0".parse().unwrap(), target).await;
+    let relayed = format!("{head}@{}/{db}", relay.addr);
+    let app = TestApp::builder()
+        .args(|a| a.database_url = Some(relayed))
+        .start()
+        .await;
+    let pkg = app.create_package().await;
+    let id = pkg["id"].as_str().unwrap().to_string();
+
+    relay.cut();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let response = app.get(&format!("/packages/{id}")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        let problem = problem(response, 503).await;
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("store-unavailable")
+        );
+        let write = app
+            .post("/packages")
+            .json(&serde_json::json!({"producer": "p", "subject": "s", "retention_class": "standard"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let ready = app.get("/readyz").send().await.unwrap();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Each waited for a connection at most 2 s (sqlx retries the connect meanwhile).
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        eprintln!("three requests during the outage answered 503 in {took:?}");
+    }
+
+    relay.restore().await;
+    let back = eventually(Duration::from_secs(15), async || {
+        let r = app.get(&format!("/packages/{id}")).send().await;
+        r.is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert!(back, "the server did not recover");
+    let created = app.create_package().await;
+    assert!(created["id"].is_string());
+    // Long-polls see events again: the follower came back too.
+    let events = app.events_json(0).await;
+    assert_eq!(events["events"].as_array().unwrap().len(), 2, "{events}");
+}

@@ -1,0 +1,733 @@
+//! Metadata and the event log in PostgreSQL: what many stateless replicas share.
+//!
+//! Every change is one transaction from a pool, under READ COMMITTED. Refusals are decided
+//! on rows locked `FOR UPDATE` (the package, then the upload), always in that order, so
+//! concurrent writers on any replica serialize per package and never deadlock. An event's
+//! sequence comes from the one `event_counter` row, updated as the transaction's last
+//! statement: its lock is held to COMMIT, so sequences commit in their order, gap-free, and a
+//! tailer reading `sequence > N` never skips one that commits late. The same statement
+//! notifies `artifactstore_events`; a follower task per replica wakes on that notification
+//! (or on a local commit, or on a fallback poll that survives a lost listener), reads the new
+//! events once, and publishes them to the replica's in-memory tail and long-polls.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use artifactstore_core::storage::{MetadataStore, StoreError};
+use artifactstore_core::*;
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row};
+use tokio::sync::{Notify, watch};
+
+use crate::rows::*;
+use crate::tail::{EventTail, TAIL_EVENTS};
+
+static MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/postgres/0001_init.sql"),
+)];
+
+/// The channel a commit notifies, with its sequence as payload.
+const CHANNEL: &str = "artifactstore_events";
+/// Connections per replica.
+const POOL: u32 = 16;
+/// How long a request waits for a connection, or for one to be made (sqlx retries refused
+/// connects meanwhile), before the store counts as unavailable: a request never hangs on a
+/// database that is gone, and a burst beyond the pool is shed with `503` + `Retry-After`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the follower looks for new events with no notification: the fallback for a
+/// listener connection that was lost or hangs half-open.
+const FALLBACK_POLL: Duration = Duration::from_millis(500);
+/// Events the follower reads per query.
+const FOLLOW_BATCH: i64 = 1000;
+/// How long a write waits for the follower to publish its own event before answering.
+const OWN_EVENT_WAIT: Duration = Duration::from_secs(5);
+
+const WHAT: &str = "the metadata store (PostgreSQL)";
+
+pub struct PgStore {
+    pool: PgPool,
+    tail: Arc<EventTail>,
+    /// Rung after each local commit of an event: the follower reads at once.
+    committed: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    /// File records by id: a file never changes once added.
+    files: FileCache,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://…`), applies pending migrations (under PostgreSQL's
+    /// advisory lock, so replicas starting together do not race) and starts the follower.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with_tail(url, TAIL_EVENTS).await
+    }
+
+    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few).
+    pub async fn open_with_tail(url: &str, tail_events: usize) -> Result<Self, StoreError> {
+        // A statement that runs this long fails instead of holding a request (and its
+        // connection) on a database that stopped answering.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(pg)?
+            .options([("statement_timeout", "30s")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(pg)?;
+        migrator(MIGRATIONS)
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let last: i64 = sqlx::query_scalar("SELECT last FROM event_counter")
+            .fetch_one(&pool)
+            .await
+            .map_err(pg)?;
+        let tail = Arc::new(EventTail::new(last as u64, tail_events));
+        let committed = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        let listen = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        tokio::spawn(follow(
+            pool.clone(),
+            listen,
+            tail.clone(),
+            committed.clone(),
+            last as u64,
+            stopped,
+        ));
+        Ok(Self {
+            pool,
+            tail,
+            committed,
+            stop,
+            files: FileCache::default(),
+        })
+    }
+
+    /// Commits `tx`; answers after the change's event, if any, is visible to this replica's
+    /// readers (so a client reads its own writes here).
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, Postgres>,
+        sequence: Option<u64>,
+    ) -> Result<(), StoreError> {
+        tx.commit().await.map_err(pg)?;
+        if let Some(sequence) = sequence {
+            self.committed.notify_one();
+            let mut seen = self.tail.watch(&Scope::All);
+            // Past the wait the event is still committed; readers will see it shortly.
+            let _ =
+                tokio::time::timeout(OWN_EVENT_WAIT, seen.wait_for(|last| *last >= sequence)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `$body` (yielding the value and the sequence of the event it appended, if any) in one
+/// transaction on `$conn`, and commits it with [`PgStore::commit`]. An error, or a `return`
+/// of one, rolls everything back.
+macro_rules! in_transaction {
+    ($store:expr, |$conn:ident| $body:block) => {{
+        let mut tx = $store.pool.begin().await.map_err(pg)?;
+        let $conn: &mut PgConnection = &mut tx;
+        let result: Result<_, StoreError> = async { $body }.await;
+        let (value, sequence) = result?;
+        $store.commit(tx, sequence).await?;
+        value
+    }};
+}
+
+/// Reads committed events after `known` and publishes them, at every wake-up: a
+/// notification, a local commit, or the fallback poll. One query per wake-up per replica,
+/// however many long-polls wait.
+async fn follow(
+    pool: PgPool,
+    listen: PgPool,
+    tail: Arc<EventTail>,
+    committed: Arc<Notify>,
+    mut known: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if listener.is_none() {
+            listener = subscribe(&listen).await;
+        }
+        loop {
+            match events_after(&pool, known, FOLLOW_BATCH).await {
+                Ok(events) => {
+                    let full = events.len() as i64 >= FOLLOW_BATCH;
+                    if let Some(last) = events.last() {
+                        known = last.sequence;
+                        tail.publish(events);
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read new events"),
+            }
+            break;
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => {
+                    let got = l.try_recv().await;
+                    // Every notification already received is covered by the next read.
+                    while l.next_buffered().is_some() {}
+                    got.map(|n| n.is_some())
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = committed.notified() => {}
+            got = notified => match got {
+                Ok(true) => {}
+                // Lost: notifications sent meanwhile are gone; the next read catches up.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "event listener failed; polling until it is back");
+                    listener = None;
+                    tokio::time::sleep(FALLBACK_POLL).await;
+                }
+            },
+            () = tokio::time::sleep(FALLBACK_POLL) => {}
+        }
+    }
+}
+
+async fn subscribe(listen: &PgPool) -> Option<PgListener> {
+    let mut listener = match PgListener::connect_with(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for events; polling");
+            return None;
+        }
+    };
+    match listener.listen(CHANNEL).await {
+        Ok(()) => Some(listener),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for events; polling");
+            None
+        }
+    }
+}
+
+const EVENT_COLUMNS: &str = "sequence, type, occurred_at, tenant, package_id, data";
+
+async fn events_after(pool: &PgPool, since: u64, limit: i64) -> Result<Vec<Event>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+    ))
+    .bind(since.min(i64::MAX as u64) as i64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(pg)?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// A store error from a database error: the ones that mean "cannot reach it now" are
+/// [`StoreError::Unavailable`], answered `503` with `Retry-After`.
+fn pg(e: sqlx::Error) -> StoreError {
+    let unreachable = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+            // 08: connection exceptions; 57P01-03: shutting down, crashed, starting up;
+            // 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    };
+    if unreachable {
+        tracing::warn!(error = %e, "metadata store unreachable");
+        StoreError::Unavailable(WHAT)
+    } else {
+        StoreError::Database(e.to_string())
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Appends an event as the transaction's last statement: the counter row's lock, taken here,
+/// is held only to COMMIT (see the module comment). The notification is delivered at commit.
+async fn append_event(conn: &mut PgConnection, event: &NewEvent) -> Result<u64, StoreError> {
+    let data = event_data(event)?;
+    let sequence: i64 = sqlx::query_scalar(
+        "WITH next AS (UPDATE event_counter SET last = last + 1 RETURNING last), \
+         added AS (INSERT INTO events (sequence, type, occurred_at, tenant, package_id, data) \
+                   SELECT last, $1, $2, $3, $4, $5 FROM next RETURNING sequence) \
+         SELECT sequence, pg_notify($6, sequence::text)::text FROM added",
+    )
+    .bind(event.kind.as_str())
+    .bind(event.occurred_at.as_millis())
+    .bind(&event.tenant)
+    .bind(event.package_id.to_string())
+    .bind(data)
+    .bind(CHANNEL)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(pg)?;
+    Ok(sequence as u64)
+}
+
+/// The state of a package or upload (`table`) of `tenant`, its row locked until the
+/// transaction ends.
+async fn lock_state(
+    conn: &mut PgConnection,
+    table: &str,
+    tenant: &str,
+    id: String,
+) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar(&format!(
+        "SELECT state FROM {table} WHERE id = $1 AND tenant = $2 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(pg)
+}
+
+#[async_trait]
+impl MetadataStore for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.stop.send_replace(true);
+        self.pool.close().await;
+    }
+
+    async fn create_package(&self, p: &Package, event: NewEvent) -> Result<Event, StoreError> {
+        let metadata =
+            serde_json::to_string(&p.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sequence = in_transaction!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO packages (id, tenant, producer, subject, retention_class, \
+                         metadata, state, created_at, file_count, total_size) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, 0, 0)",
+            )
+            .bind(p.id.to_string())
+            .bind(&p.tenant)
+            .bind(&p.producer)
+            .bind(&p.subject)
+            .bind(&p.retention_class)
+            .bind(metadata)
+            .bind(p.created_at.as_millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(pg)?;
+            if !p.metadata.is_empty() {
+                let (keys, values): (Vec<&str>, Vec<&str>) = p
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .unzip();
+                sqlx::query(
+                    "INSERT INTO package_metadata (package_id, tenant, key, value) \
+                             SELECT $1, $2, k, v FROM UNNEST($3::text[], $4::text[]) AS m (k, v)",
+                )
+                .bind(p.id.to_string())
+                .bind(&p.tenant)
+                .bind(keys)
+                .bind(values)
+                .execute(&mut *conn)
+                .await
+                .map_err(pg)?;
+            }
+            let sequence = append_event(conn, &event).await?;
+            Ok((sequence, Some(sequence)))
+        });
+        Ok(committed_event(event, sequence as i64))
+    }
+
+    async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg)?;
+        let package = row.as_ref().map(package_from_row).transpose()?;
+        Ok(package.filter(|p| scope.admits(&p.tenant)))
+    }
+
+    async fn list_packages(
+        &self,
+        scope: &Scope,
+        q: &PackageQuery,
+        before: Option<PackageId>,
+        limit: u32,
+    ) -> Result<Vec<Package>, StoreError> {
+        let mut sql = list_packages_query::<Postgres>(scope, q, before, limit);
+        let rows = sql.build().fetch_all(&self.pool).await.map_err(pg)?;
+        rows.iter().map(package_from_row).collect()
+    }
+
+    async fn add_file(
+        &self,
+        file: &FileRecord,
+        upload: Option<UploadId>,
+        inline: Option<Bytes>,
+        event: NewEvent,
+    ) -> Result<Event, StoreError> {
+        let sequence = in_transaction!(self, |conn| {
+            match lock_state(conn, "packages", &file.tenant, file.package_id.to_string())
+                .await?
+                .as_deref()
+            {
+                None => return Err(StoreError::NotFound),
+                Some("open") => {}
+                Some(_) => return Err(StoreError::PackageFinalized),
+            }
+            if let Some(upload) = upload
+                && lock_state(conn, "uploads", &file.tenant, upload.to_string())
+                    .await?
+                    .as_deref()
+                    != Some("open")
+            {
+                return Err(StoreError::UploadNotOpen);
+            }
+            let added = sqlx::query(&format!(
+                "INSERT INTO files ({FILE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ))
+            .bind(file.id.to_string())
+            .bind(file.package_id.to_string())
+            .bind(&file.tenant)
+            .bind(&file.path)
+            .bind(file.size as i64)
+            .bind(&file.media_type)
+            .bind(file.sha256().hex())
+            .bind(file.created_at.as_millis())
+            .execute(&mut *conn)
+            .await;
+            match added {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::PathTaken(file.path.clone()));
+                }
+                Err(e) => return Err(pg(e)),
+            }
+            if let Some(bytes) = inline.as_deref() {
+                sqlx::query(
+                    "INSERT INTO inline_blobs (sha256, bytes) VALUES ($1, $2) \
+                             ON CONFLICT (sha256) DO NOTHING",
+                )
+                .bind(file.sha256().hex())
+                .bind(bytes)
+                .execute(&mut *conn)
+                .await
+                .map_err(pg)?;
+            }
+            if let Some(upload) = upload {
+                sqlx::query("UPDATE uploads SET state = 'completed', file_id = $1 WHERE id = $2")
+                    .bind(file.id.to_string())
+                    .bind(upload.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(pg)?;
+            }
+            sqlx::query(
+                "UPDATE packages SET file_count = file_count + 1, \
+                         total_size = total_size + $1 WHERE id = $2",
+            )
+            .bind(file.size as i64)
+            .bind(file.package_id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(pg)?;
+            let sequence = append_event(conn, &event).await?;
+            Ok((sequence, Some(sequence)))
+        });
+        Ok(committed_event(event, sequence as i64))
+    }
+
+    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT bytes FROM inline_blobs WHERE sha256 = $1")
+                .bind(digest.hex())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg)?;
+        Ok(bytes.map(Bytes::from))
+    }
+
+    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError> {
+        if let Some(file) = self.files.get(&id) {
+            return Ok(scope.admits(&file.tenant).then_some(file));
+        }
+        let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg)?;
+        let Some(file) = row.as_ref().map(file_from_row).transpose()? else {
+            return Ok(None);
+        };
+        self.files.insert(&file);
+        Ok(scope.admits(&file.tenant).then_some(file))
+    }
+
+    async fn list_files(
+        &self,
+        scope: &Scope,
+        package: PackageId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE package_id = $1 \
+             AND ($2::text IS NULL OR tenant = $2) AND path > $3 ORDER BY path LIMIT $4"
+        ))
+        .bind(package.to_string())
+        .bind(scope.tenant())
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg)?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    async fn finalize(
+        &self,
+        tenant: &str,
+        package: PackageId,
+        file_count: u64,
+        finalized_at: Timestamp,
+        manifest: &StoredManifest,
+        event: NewEvent,
+    ) -> Result<(Package, Option<Event>), StoreError> {
+        let (updated, sequence) = in_transaction!(self, |conn| {
+            let row = sqlx::query(&format!(
+                "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1 AND tenant = $2 \
+                         FOR UPDATE"
+            ))
+            .bind(package.to_string())
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(pg)?
+            .ok_or(StoreError::NotFound)?;
+            let current = package_from_row(&row)?;
+            if current.state == PackageState::Finalized {
+                return Ok(((current, None), None));
+            }
+            if current.file_count != file_count {
+                return Err(StoreError::Stale);
+            }
+            let row = sqlx::query(&format!(
+                "UPDATE packages SET state = 'finalized', finalized_at = $1, \
+                         manifest_digest = $2, manifest_cbor = $3, manifest_json = $4 \
+                         WHERE id = $5 RETURNING {PACKAGE_COLUMNS}"
+            ))
+            .bind(finalized_at.as_millis())
+            .bind(manifest.digest.content_address())
+            .bind(&manifest.cbor)
+            .bind(&manifest.json)
+            .bind(package.to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(pg)?;
+            let updated = package_from_row(&row)?;
+            let sequence = append_event(conn, &event).await?;
+            Ok(((updated, Some(sequence)), Some(sequence)))
+        });
+        let event = sequence.map(|s| committed_event(event, s as i64));
+        Ok((updated, event))
+    }
+
+    async fn manifest(
+        &self,
+        scope: &Scope,
+        package: PackageId,
+    ) -> Result<Option<StoredManifest>, StoreError> {
+        let row = sqlx::query(
+            "SELECT manifest_digest, manifest_cbor, manifest_json FROM packages \
+             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) AND state = 'finalized'",
+        )
+        .bind(package.to_string())
+        .bind(scope.tenant())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg)?;
+        row.as_ref().map(manifest_from_row).transpose()
+    }
+
+    async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(u.upload.id.to_string())
+        .bind(&u.tenant)
+        .bind(u.upload.size.map(|s| s as i64))
+        .bind(u.upload.offset as i64)
+        .bind(u.upload.state.as_str())
+        .bind(&u.hash_state)
+        .bind(u.created_at.as_millis())
+        .bind(u.upload.expires_at.as_millis())
+        .bind(u.file_id.map(|f| f.to_string()))
+        .execute(&self.pool)
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn upload(
+        &self,
+        scope: &Scope,
+        id: UploadId,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = $1 \
+             AND ($2::text IS NULL OR tenant = $2)"
+        ))
+        .bind(id.to_string())
+        .bind(scope.tenant())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg)?;
+        row.as_ref().map(upload_from_row).transpose()
+    }
+
+    async fn advance_upload(
+        &self,
+        tenant: &str,
+        id: UploadId,
+        from_offset: u64,
+        hasher: &Sha256Hasher,
+        size: Option<u64>,
+        expires_at: Timestamp,
+    ) -> Result<UploadRecord, StoreError> {
+        // One statement: under READ COMMITTED, a second updater of the row waits for the
+        // first and then re-checks the offset against the committed row, so exactly one of
+        // two racing replicas moves it.
+        let row = sqlx::query(&format!(
+            "UPDATE uploads SET \"offset\" = $1, hash_state = $2, size = COALESCE(size, $3), \
+             expires_at = $4 WHERE id = $5 AND tenant = $6 AND state = 'open' \
+             AND \"offset\" = $7 RETURNING {UPLOAD_COLUMNS}"
+        ))
+        .bind(hasher.len() as i64)
+        .bind(hasher.save())
+        .bind(size.map(|s| s as i64))
+        .bind(expires_at.as_millis())
+        .bind(id.to_string())
+        .bind(tenant)
+        .bind(from_offset as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg)?;
+        if let Some(row) = row {
+            return upload_from_row(&row);
+        }
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM uploads WHERE id = $1 AND tenant = $2")
+                .bind(id.to_string())
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg)?;
+        Err(match state.as_deref() {
+            None => StoreError::NotFound,
+            Some("open") => StoreError::Stale,
+            Some(_) => StoreError::UploadNotOpen,
+        })
+    }
+
+    async fn delete_upload(&self, tenant: &str, id: UploadId) -> Result<(), StoreError> {
+        in_transaction!(self, |conn| {
+            match lock_state(conn, "uploads", tenant, id.to_string())
+                .await?
+                .as_deref()
+            {
+                None => return Err(StoreError::NotFound),
+                Some("open") => {}
+                Some(_) => return Err(StoreError::UploadNotOpen),
+            }
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(pg)?;
+            Ok(((), None))
+        });
+        Ok(())
+    }
+
+    async fn expired_uploads(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(String, UploadId)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, id FROM uploads WHERE state = 'open' AND expires_at < $1 LIMIT $2",
+        )
+        .bind(now.as_millis())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let tenant: String = row.try_get("tenant").map_err(|_| corrupt("upload"))?;
+                let id: String = row.try_get("id").map_err(|_| corrupt("upload"))?;
+                Ok((tenant, id.parse().map_err(|_| corrupt("upload id"))?))
+            })
+            .collect()
+    }
+
+    async fn events_since(
+        &self,
+        scope: &Scope,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        if let Some(events) = self.tail.since(scope, since, limit) {
+            return Ok(events);
+        }
+        let query = match scope {
+            Scope::Tenant(tenant) => sqlx::query(
+                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
+                 WHERE tenant = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+            )
+            .bind(tenant.as_str()),
+            Scope::All => sqlx::query(
+                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
+                 WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+            ),
+        };
+        let rows = query
+            .bind(since.min(i64::MAX as u64) as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(pg)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
+        self.tail.watch(scope)
+    }
+}

@@ -1,0 +1,291 @@
+//! Rows to domain values, the same for every SQL metadata store: one column layout, one
+//! decoder, whatever the engine.
+
+use artifactstore_core::storage::StoreError;
+use artifactstore_core::*;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+
+/// A column type both engines decode.
+pub(crate) trait Value:
+    for<'r> sqlx::Decode<'r, Sqlite>
+    + sqlx::Type<Sqlite>
+    + for<'r> sqlx::Decode<'r, Postgres>
+    + sqlx::Type<Postgres>
+{
+}
+
+impl<T> Value for T where
+    T: for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+        + for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+{
+}
+
+/// A row of either engine, read by column name.
+pub(crate) trait Fields {
+    fn field<T: Value>(&self, name: &str) -> Result<T, ()>;
+}
+
+impl Fields for SqliteRow {
+    fn field<T: Value>(&self, name: &str) -> Result<T, ()> {
+        sqlx::Row::try_get(self, name).map_err(drop)
+    }
+}
+
+impl Fields for PgRow {
+    fn field<T: Value>(&self, name: &str) -> Result<T, ()> {
+        sqlx::Row::try_get(self, name).map_err(drop)
+    }
+}
+
+pub(crate) const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, state, \
+    created_at, finalized_at, file_count, total_size, manifest_digest";
+
+pub(crate) fn package_from_row(row: &impl Fields) -> Result<Package, StoreError> {
+    let get_str = |name: &str| row.field::<String>(name).map_err(|_| corrupt("package"));
+    let get_i64 = |name: &str| row.field::<i64>(name).map_err(|_| corrupt("package"));
+    let metadata: BTreeMap<String, String> =
+        serde_json::from_str(&get_str("metadata")?).map_err(|_| corrupt("package metadata"))?;
+    let manifest_digest = row
+        .field::<Option<String>>("manifest_digest")
+        .map_err(|_| corrupt("package"))?
+        .map(|d| {
+            Sha256Digest::from_content_address(&d)
+                .map(ContentAddress)
+                .ok_or(corrupt("digest"))
+        })
+        .transpose()?;
+    Ok(Package {
+        id: get_str("id")?.parse().map_err(|_| corrupt("package id"))?,
+        tenant: get_str("tenant")?,
+        producer: get_str("producer")?,
+        subject: get_str("subject")?,
+        retention_class: get_str("retention_class")?,
+        metadata,
+        state: PackageState::parse(&get_str("state")?).ok_or(corrupt("package state"))?,
+        created_at: Timestamp::from_millis(get_i64("created_at")?),
+        finalized_at: row
+            .field::<Option<i64>>("finalized_at")
+            .map_err(|_| corrupt("package"))?
+            .map(Timestamp::from_millis),
+        file_count: get_i64("file_count")? as u64,
+        total_size: get_i64("total_size")? as u64,
+        manifest_digest,
+    })
+}
+
+pub(crate) const FILE_COLUMNS: &str =
+    "id, package_id, tenant, path, size, media_type, sha256, created_at";
+
+pub(crate) fn file_from_row(row: &impl Fields) -> Result<FileRecord, StoreError> {
+    let get_str = |name: &str| row.field::<String>(name).map_err(|_| corrupt("file"));
+    let sha256 = Sha256Digest::from_hex(&get_str("sha256")?).ok_or(corrupt("file digest"))?;
+    Ok(FileRecord {
+        id: get_str("id")?.parse().map_err(|_| corrupt("file id"))?,
+        package_id: get_str("package_id")?
+            .parse()
+            .map_err(|_| corrupt("file package"))?,
+        tenant: get_str("tenant")?,
+        path: get_str("path")?,
+        size: row.field::<i64>("size").map_err(|_| corrupt("file"))? as u64,
+        media_type: get_str("media_type")?,
+        digests: Digests { sha256 },
+        content_address: ContentAddress(sha256),
+        created_at: Timestamp::from_millis(row.field("created_at").map_err(|_| corrupt("file"))?),
+    })
+}
+
+pub(crate) const UPLOAD_COLUMNS: &str =
+    "id, tenant, size, \"offset\", state, hash_state, created_at, expires_at, file_id";
+
+pub(crate) fn upload_from_row(row: &impl Fields) -> Result<UploadRecord, StoreError> {
+    let bad = |_| corrupt("upload");
+    let state: String = row.field("state").map_err(bad)?;
+    let id: String = row.field("id").map_err(bad)?;
+    let file_id: Option<String> = row.field("file_id").map_err(bad)?;
+    Ok(UploadRecord {
+        upload: Upload {
+            id: id.parse().map_err(|_| corrupt("upload id"))?,
+            offset: row.field::<i64>("offset").map_err(bad)? as u64,
+            size: row
+                .field::<Option<i64>>("size")
+                .map_err(bad)?
+                .map(|s| s as u64),
+            state: UploadState::parse(&state).ok_or(corrupt("upload state"))?,
+            expires_at: Timestamp::from_millis(row.field("expires_at").map_err(bad)?),
+        },
+        tenant: row.field("tenant").map_err(bad)?,
+        created_at: Timestamp::from_millis(row.field("created_at").map_err(bad)?),
+        hash_state: row.field("hash_state").map_err(bad)?,
+        file_id: file_id
+            .map(|f| f.parse().map_err(|_| corrupt("upload file id")))
+            .transpose()?,
+    })
+}
+
+pub(crate) fn event_from_row(row: &impl Fields) -> Result<Event, StoreError> {
+    let bad = |_| corrupt("event");
+    let kind: String = row.field("type").map_err(bad)?;
+    let package_id: String = row.field("package_id").map_err(bad)?;
+    let data: String = row.field("data").map_err(bad)?;
+    Ok(Event {
+        sequence: row.field::<i64>("sequence").map_err(bad)? as u64,
+        kind: EventType::parse(&kind).ok_or(corrupt("event type"))?,
+        occurred_at: Timestamp::from_millis(row.field("occurred_at").map_err(bad)?),
+        tenant: row.field("tenant").map_err(bad)?,
+        package_id: package_id
+            .parse()
+            .map_err(|_| corrupt("event package id"))?,
+        data: serde_json::from_str(&data).map_err(|_| corrupt("event data"))?,
+    })
+}
+
+pub(crate) fn event_data(event: &NewEvent) -> Result<String, StoreError> {
+    serde_json::to_string(&event.data).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn committed_event(event: NewEvent, sequence: i64) -> Event {
+    Event {
+        sequence: sequence as u64,
+        kind: event.kind,
+        occurred_at: event.occurred_at,
+        tenant: event.tenant,
+        package_id: event.package_id,
+        data: event.data,
+    }
+}
+
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("unreadable {what} in the metadata store"))
+}
+
+pub(crate) fn manifest_from_row(row: &impl Fields) -> Result<StoredManifest, StoreError> {
+    let bad = |_| corrupt("manifest");
+    let digest: String = row.field("manifest_digest").map_err(bad)?;
+    Ok(StoredManifest {
+        digest: Sha256Digest::from_content_address(&digest).ok_or(corrupt("manifest digest"))?,
+        cbor: row.field("manifest_cbor").map_err(bad)?,
+        json: row.field("manifest_json").map_err(bad)?,
+    })
+}
+
+/// `GET /packages` as one query: each filter is an indexed condition (see the migrations).
+pub(crate) fn list_packages_query<'a, DB>(
+    scope: &Scope,
+    q: &PackageQuery,
+    before: Option<PackageId>,
+    limit: u32,
+) -> QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut sql = QueryBuilder::<DB>::new(format!(
+        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE 1 = 1"
+    ));
+    let tenant = |sql: &mut QueryBuilder<'a, DB>| {
+        if let Some(tenant) = scope.tenant() {
+            sql.push(" AND tenant = ").push_bind(tenant.to_string());
+        }
+    };
+    tenant(&mut sql);
+    let columns = [
+        ("producer", &q.producer),
+        ("subject", &q.subject),
+        ("retention_class", &q.retention_class),
+    ];
+    for (column, value) in columns {
+        if let Some(value) = value {
+            sql.push(format!(" AND {column} = "))
+                .push_bind(value.clone());
+        }
+    }
+    if let Some(state) = q.state {
+        sql.push(" AND state = ").push_bind(state.as_str());
+    }
+    for (key, value) in &q.metadata {
+        sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE key = ")
+            .push_bind(key.clone())
+            .push(" AND value = ")
+            .push_bind(value.clone());
+        tenant(&mut sql);
+        sql.push(")");
+    }
+    for key in &q.has_metadata {
+        sql.push(" AND id IN (SELECT package_id FROM package_metadata WHERE key = ")
+            .push_bind(key.clone());
+        tenant(&mut sql);
+        sql.push(")");
+    }
+    if let Some(digest) = q.contains {
+        sql.push(" AND id IN (SELECT package_id FROM files WHERE sha256 = ")
+            .push_bind(digest.hex());
+        tenant(&mut sql);
+        sql.push(")");
+    }
+    if let Some(after) = q.created_after {
+        sql.push(" AND created_at > ").push_bind(after.as_millis());
+    }
+    if let Some(before) = q.created_before {
+        sql.push(" AND created_at < ").push_bind(before.as_millis());
+    }
+    if let Some(cursor) = before {
+        sql.push(" AND id < ").push_bind(cursor.to_string());
+    }
+    sql.push(" ORDER BY id DESC LIMIT ").push_bind(limit as i64);
+    sql
+}
+
+/// Migrations embedded in the binary, applied in order at start (under the engine's lock).
+pub(crate) fn migrator(list: &[(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = list
+        .iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(name),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// File records by id, bounded: a file never changes once added, so a cached record is never
+/// stale, and downloads and range reads skip the database.
+#[derive(Default)]
+pub(crate) struct FileCache(std::sync::Mutex<std::collections::HashMap<FileId, FileRecord>>);
+
+impl FileCache {
+    const CAPACITY: usize = 16 * 1024;
+
+    pub(crate) fn get(&self, id: &FileId) -> Option<FileRecord> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(id).cloned()
+    }
+
+    pub(crate) fn insert(&self, file: &FileRecord) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= Self::CAPACITY {
+            // Crude but bounded; hot files come straight back.
+            cache.clear();
+        }
+        cache.insert(file.id, file.clone());
+    }
+}
