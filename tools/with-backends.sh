@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Runs a command with throwaway shared stores for the test suites: a PostgreSQL server of its
-# own (Debian's, from /usr/lib/postgresql; installed with apt when missing and run as root),
-# on a free loopback port and a data directory under target/, removed on exit.
-# The command sees ARTIFACTSTORE_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres;
-# each test then creates a database of its own there.
+# Runs a command with throwaway shared stores for the test suites, each on a free loopback
+# port with its data under target/, all removed on exit:
+# - a PostgreSQL server of its own (Debian's, from /usr/lib/postgresql; installed with apt
+#   when missing, run as the postgres user when we are root);
+#   the command sees ARTIFACTSTORE_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres
+#   and each test creates a database of its own there;
+# - s3s-fs (crates.io, 0.14.1), an S3 server over a directory that checks SigV4 and S3's part
+#   rules; installed once into ~/.cache/artifactstore-tools (S3S_FS names another binary);
+#   the command sees ARTIFACTSTORE_TEST_S3=s3://artifactstore-test and the AWS_* settings,
+#   and each test uses a prefix of its own.
 #
 #   tools/with-backends.sh cargo test --workspace --test '*'
 set -euo pipefail
@@ -41,17 +46,54 @@ as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 [ "$(id -u)" = 0 ] && chown postgres "$WORK"
+S3_PID=
 stop() {
+  [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null
   as_pg "$BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap stop EXIT
 
-PG_PORT=$(free_port)
 as_pg "$BIN/initdb" -D "$WORK/pg" -A trust -U postgres >/dev/null
-as_pg "$BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -o \
-  "-k $WORK -p $PG_PORT -c listen_addresses=127.0.0.1 -c max_connections=500" start >/dev/null
+# A port found free can be taken before the server binds it: try a few.
+for attempt in 1 2 3; do
+  PG_PORT=$(free_port)
+  if as_pg "$BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -o \
+    "-k $WORK -p $PG_PORT -c listen_addresses=127.0.0.1 -c max_connections=500" start >/dev/null; then
+    break
+  fi
+  echo "PostgreSQL did not start on port $PG_PORT (attempt $attempt):" >&2
+  tail -5 "$WORK/pg.log" >&2
+  [ "$attempt" = 3 ] && exit 1
+done
 echo "== PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 export ARTIFACTSTORE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+
+S3S_FS=${S3S_FS:-}
+TOOLS="$HOME/.cache/artifactstore-tools"
+if [ -z "$S3S_FS" ]; then
+  S3S_FS=$(command -v s3s-fs || echo "$TOOLS/bin/s3s-fs")
+fi
+if [ ! -x "$S3S_FS" ]; then
+  echo "== installing s3s-fs 0.14.1 into $TOOLS (once)"
+  cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary --root "$TOOLS"
+  S3S_FS="$TOOLS/bin/s3s-fs"
+fi
+mkdir -p "$WORK/s3/artifactstore-test"
+S3_PORT=$(free_port)
+S3_KEY=artifactstore-test
+S3_SECRET=artifactstore-test-secret
+"$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
+  "$WORK/s3" >"$WORK/s3.log" 2>&1 &
+S3_PID=$!
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break
+  kill -0 "$S3_PID" 2>/dev/null || { echo "s3s-fs did not start:" >&2; cat "$WORK/s3.log" >&2; exit 1; }
+  sleep 0.1
+done
+echo "== s3s-fs $("$S3S_FS" --version | awk '{print $2}') on 127.0.0.1:$S3_PORT"
+export ARTIFACTSTORE_TEST_S3=s3://artifactstore-test
+export AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET"
 
 "$@"

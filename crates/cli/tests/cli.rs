@@ -226,7 +226,9 @@ fn acknowledged_files_survive_a_kill() {
 fn push_resumes_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data);
+    // Watches the staged bytes in the blob directory: blobs stay local whatever the backend.
+    let local = format!("file://{}", data.join("blobs").display());
+    let mut server = Server::start_with(&data, &["--blob-url", &local]);
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let big = bytes(96 * 1024 * 1024, 5);
@@ -289,7 +291,9 @@ fn push_resumes_across_a_server_restart() {
 fn failures_have_their_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data);
+    // Damages a blob on disk below: blobs stay local whatever the backend.
+    let local = format!("file://{}", data.join("blobs").display());
+    let server = Server::start_with(&data, &["--blob-url", &local]);
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("file.bin"), bytes(100_000, 8)).unwrap();

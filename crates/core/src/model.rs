@@ -198,7 +198,16 @@ pub struct UploadRecord {
     pub hash_state: Vec<u8>,
     /// The file the upload became, once completed.
     pub file_id: Option<FileId>,
+    /// Where the blob store keeps the staged bytes up to `offset`.
+    pub staging: Staging,
 }
+
+/// What a blob store needs to find an upload's staged bytes (for an object store, the list of
+/// staged objects), opaque above it. The metadata store saves it with the offset and the hash
+/// state in one compare-and-set, so the three always describe the same bytes. Empty for a
+/// store that finds them by the upload's id alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Staging(pub String);
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -347,6 +347,7 @@ impl Registry {
             created_at: now,
             hash_state: Sha256Hasher::new().save(),
             file_id: None,
+            staging: Staging::default(),
         };
         self.meta.create_upload(&record).await?;
         Ok(record.upload)
@@ -413,8 +414,8 @@ impl Registry {
         let declared_len = chunk.len;
         let appended = tokio::spawn(async move {
             let _guard = guard;
-            let hasher = blobs
-                .stage_append(&id, offset, hasher, body, max_len)
+            let (hasher, staging) = blobs
+                .stage_append(&id, &record.staging, offset, hasher, body, max_len)
                 .await
                 .map_err(Append::Stage)?;
             if let Some(len) = declared_len
@@ -423,9 +424,17 @@ impl Registry {
                 return Err(Append::Length(len));
             }
             let expires_at = Timestamp::now().plus_secs(ttl);
-            meta.advance_upload(&owned_tenant, id, offset, &hasher, size, expires_at)
-                .await
-                .map_err(Append::Advance)
+            meta.advance_upload(
+                &owned_tenant,
+                id,
+                offset,
+                &hasher,
+                &staging,
+                size,
+                expires_at,
+            )
+            .await
+            .map_err(Append::Advance)
         })
         .await
         .map_err(|e| StoreError::Database(format!("append failed: {e}")))?;
@@ -494,7 +503,7 @@ impl Registry {
             digest,
             size: offset,
         };
-        self.blobs.stage_commit(&id, blob).await?;
+        self.blobs.stage_commit(&id, &record.staging, blob).await?;
         let file = FileRecord::new(
             tenant,
             package_id,
@@ -511,22 +520,28 @@ impl Registry {
         Ok(file)
     }
 
-    /// Removes expired upload sessions and their staged bytes; returns how many.
+    /// Removes expired upload sessions and their staged bytes, the whole backlog in batches;
+    /// returns how many. Safe on every replica at once: each upload is taken by one sweep.
+    /// Staged bytes that cannot be discarded now are logged and left to garbage collection;
+    /// the sweep goes on with the rest.
     pub async fn sweep_expired_uploads(&self) -> Result<usize> {
-        let expired = self.meta.expired_uploads(Timestamp::now(), 1000).await?;
+        const BATCH: u32 = 1000;
         let mut removed = 0;
-        for (tenant, id) in expired {
-            let _guard = self.upload_locks.lock(id).await;
-            match self.meta.delete_upload(&tenant, id).await {
-                Ok(()) => {
-                    self.blobs.stage_discard(&id).await?;
-                    removed += 1;
+        loop {
+            let taken = self
+                .meta
+                .take_expired_uploads(Timestamp::now(), BATCH)
+                .await?;
+            for (_, id) in &taken {
+                if let Err(e) = self.blobs.stage_discard(id).await {
+                    tracing::warn!(upload = %id, error = %e, "could not discard an expired upload's bytes");
                 }
-                Err(StoreError::NotFound | StoreError::UploadNotOpen) => {}
-                Err(e) => return Err(e.into()),
+            }
+            removed += taken.len();
+            if taken.len() < BATCH as usize {
+                return Ok(removed);
             }
         }
-        Ok(removed)
     }
 
     // ---- events ------------------------------------------------------------------------

@@ -139,23 +139,33 @@ pub trait BlobStore: Send + Sync + 'static {
         range: Range<u64>,
     ) -> Result<ByteStream, StoreError>;
 
-    /// Writes `body` into the staging area of `upload` at `offset`, discarding anything staged
-    /// past `offset` first (the leftovers of a failed append). `hasher` holds the state of the
-    /// bytes before `offset` and is returned advanced over the new ones. At most `max_len`
-    /// bytes are taken ([`StoreError::TooLarge`] past that). On success the new bytes are
-    /// durable. An implementation may keep one staged object per append, keyed by `offset`.
+    /// Writes `body` into the staging area of `upload` at `offset`, after the bytes `staging`
+    /// describes (anything else staged past `offset` — the leftovers of a failed append — is
+    /// not part of the upload). `hasher` holds the state of the bytes before `offset` and is
+    /// returned advanced over the new ones, with the new staging state; the caller saves both
+    /// with the offset in one compare-and-set. At most `max_len` bytes are taken
+    /// ([`StoreError::TooLarge`] past that). On success the new bytes are durable. Two
+    /// appends racing on one upload may both succeed here: only the compare-and-set decides,
+    /// so what one writes never changes what the other's staging state describes.
     async fn stage_append(
         &self,
         upload: &UploadId,
+        staging: &Staging,
         offset: u64,
         hasher: Sha256Hasher,
         body: ByteStream,
         max_len: u64,
-    ) -> Result<Sha256Hasher, StoreError>;
+    ) -> Result<(Sha256Hasher, Staging), StoreError>;
 
-    /// Makes the first `blob.size` staged bytes of `upload` the blob `blob.digest`, leaving the
-    /// staged bytes in place (so a complete that fails later leaves the upload resumable).
-    async fn stage_commit(&self, upload: &UploadId, blob: BlobInfo) -> Result<(), StoreError>;
+    /// Makes the first `blob.size` staged bytes of `upload` (as `staging` describes them) the
+    /// blob `blob.digest`, leaving the staged bytes in place (so a complete that fails later
+    /// leaves the upload resumable).
+    async fn stage_commit(
+        &self,
+        upload: &UploadId,
+        staging: &Staging,
+        blob: BlobInfo,
+    ) -> Result<(), StoreError>;
 
     /// Removes whatever is staged for `upload`; no error if nothing is.
     async fn stage_discard(&self, upload: &UploadId) -> Result<(), StoreError>;
@@ -241,14 +251,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     -> Result<Option<UploadRecord>, StoreError>;
 
     /// Moves an open upload from `from_offset` to `hasher.len()` bytes, saving the hasher's
-    /// state and a new expiry; `size` is set when it was unknown. `Stale` if the offset is
-    /// no longer `from_offset`, `UploadNotOpen` if it is not open.
+    /// state, the blob store's `staging` state and a new expiry, all in one compare-and-set;
+    /// `size` is set when it was unknown. `Stale` if the offset is no longer `from_offset`,
+    /// `UploadNotOpen` if it is not open.
+    #[allow(clippy::too_many_arguments)]
     async fn advance_upload(
         &self,
         tenant: &str,
         id: UploadId,
         from_offset: u64,
         hasher: &Sha256Hasher,
+        staging: &Staging,
         size: Option<u64>,
         expires_at: Timestamp,
     ) -> Result<UploadRecord, StoreError>;
@@ -256,8 +269,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Deletes an open upload's record. `UploadNotOpen` if it is completed.
     async fn delete_upload(&self, tenant: &str, id: UploadId) -> Result<(), StoreError>;
 
-    /// Open uploads whose expiry is before `now`, at most `limit`.
-    async fn expired_uploads(
+    /// Deletes open uploads whose expiry is before `now`, at most `limit`, and returns
+    /// them. Each expired upload is taken by exactly one caller, also when several replicas
+    /// sweep at once (none waits for another); the caller then discards its staged bytes.
+    async fn take_expired_uploads(
         &self,
         now: Timestamp,
         limit: u32,

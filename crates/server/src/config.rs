@@ -32,7 +32,9 @@ pub struct ServeArgs {
     /// sharing one database [default: the data dir's meta.db].
     #[arg(long, env = "ARTIFACTSTORE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Blob store: file://PATH [default: the data dir's blobs/].
+    /// Blob store: file://PATH, or s3://BUCKET/PREFIX shared by replicas (endpoint, region and
+    /// keys from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ALLOW_HTTP) [default: the data dir's blobs/].
     #[arg(long, env = "ARTIFACTSTORE_BLOB_URL")]
     pub blob_url: Option<String>,
     /// Bearer tokens: comma-separated tenant:token or tenant:token:ro.
@@ -159,12 +161,30 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Where blobs live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blobs {
+    /// A local content-addressed directory: the embedded default.
+    Dir(PathBuf),
+    /// `s3://bucket/prefix`, with the endpoint and keys from the `AWS_*` variables.
+    S3(String),
+}
+
+impl std::fmt::Display for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "{}", dir.display()),
+            Self::S3(url) => f.write_str(url),
+        }
+    }
+}
+
 /// Everything the server runs with, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
-    pub blob_dir: PathBuf,
+    pub blobs: Blobs,
     pub auth: Auth,
     pub max_file_bytes: u64,
     pub max_json_bytes: usize,
@@ -228,16 +248,17 @@ impl ServeArgs {
             }
             None => format!("sqlite://{}", data_dir.join("meta.db").display()),
         };
-        let blob_dir = match self.blob_url.or(file.blob_url) {
+        let blobs = match self.blob_url.or(file.blob_url) {
             Some(url) => match url.strip_prefix("file://") {
-                Some(path) => PathBuf::from(path),
+                Some(path) => Blobs::Dir(PathBuf::from(path)),
+                None if url.starts_with("s3://") && url.len() > "s3://".len() => Blobs::S3(url),
                 None => {
                     return Err(err(format!(
-                        "blob url {url:?}: this build supports file:// only (S3 is planned)"
+                        "blob url {url:?}: expected file://PATH or s3://BUCKET/PREFIX"
                     )));
                 }
             },
-            None => data_dir.join("blobs"),
+            None => Blobs::Dir(data_dir.join("blobs")),
         };
 
         let mut tokens = Vec::new();
@@ -300,7 +321,7 @@ impl ServeArgs {
         Ok(Settings {
             listen,
             database_url,
-            blob_dir,
+            blobs,
             auth: Auth::new(tokens, anon),
             max_file_bytes: self
                 .max_file_bytes

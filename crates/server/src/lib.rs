@@ -17,9 +17,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactstore_core::storage::MetadataStore;
+use artifactstore_core::storage::{BlobStore, MetadataStore};
 use artifactstore_core::{Registry, RegistryConfig};
-use artifactstore_storage::{FsBlobStore, PgStore, SqliteStore};
+use artifactstore_storage::{FsBlobStore, PgStore, S3BlobStore, SqliteStore};
 use axum::Router;
 use axum::extract::{OriginalUri, Request};
 use axum::http::Method;
@@ -91,7 +91,10 @@ impl AppState {
         } else {
             Arc::new(SqliteStore::open(&settings.database_url).await?)
         };
-        let blobs = Arc::new(FsBlobStore::open(&settings.blob_dir).await?);
+        let blobs: Arc<dyn BlobStore> = match &settings.blobs {
+            config::Blobs::Dir(dir) => Arc::new(FsBlobStore::open(dir).await?),
+            config::Blobs::S3(url) => Arc::new(S3BlobStore::open(url)?),
+        };
         let config = RegistryConfig {
             max_file_bytes: settings.max_file_bytes,
             upload_ttl: settings.upload_ttl,
@@ -306,7 +309,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         addr = %bound,
         scheme = if state.settings.tls.is_some() { "https" } else { "http" },
         database = %config::redact_url(&state.settings.database_url),
-        blobs = %state.settings.blob_dir.display(),
+        blobs = %state.settings.blobs,
         "artifactstore listening"
     );
     tracing::info!("anonymous reads: {}", state.auth.describe_anonymous());

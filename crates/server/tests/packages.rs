@@ -710,7 +710,7 @@ async fn service_endpoints_and_unknown_routes() {
 
 #[tokio::test]
 async fn readyz_reports_a_broken_store() {
-    let app = TestApp::start().await;
+    let app = TestApp::builder().local_blobs().start().await;
     std::fs::remove_dir_all(app.data_dir().join("blobs")).unwrap();
     let r = app
         .client

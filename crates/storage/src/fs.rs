@@ -14,7 +14,7 @@ use std::sync::Arc;
 use artifactstore_core::storage::{
     BlobInfo, BlobStore, ByteStream, Head, StoreError, check_digest, read_head,
 };
-use artifactstore_core::{Sha256Digest, Sha256Hasher, UploadId};
+use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -214,21 +214,31 @@ impl BlobStore for FsBlobStore {
         })
     }
 
+    /// One file per upload, `uploads/<id>`, truncated to `offset` first: the id and offset
+    /// find the bytes, so the staging state stays empty. (One machine: the in-process upload
+    /// lock keeps two appends of one upload apart.)
     async fn stage_append(
         &self,
         upload: &UploadId,
+        _staging: &Staging,
         offset: u64,
         hasher: Sha256Hasher,
         body: ByteStream,
         max_len: u64,
-    ) -> Result<Sha256Hasher, StoreError> {
+    ) -> Result<(Sha256Hasher, Staging), StoreError> {
         let path = self.staging_path(upload);
         let tmp = self.inner.tmp.clone();
         let file = blocking(move || open_staging(&path, &tmp, offset)).await?;
-        write_stream(file, hasher, body, max_len).await
+        let hasher = write_stream(file, hasher, body, max_len).await?;
+        Ok((hasher, Staging::default()))
     }
 
-    async fn stage_commit(&self, upload: &UploadId, blob: BlobInfo) -> Result<(), StoreError> {
+    async fn stage_commit(
+        &self,
+        upload: &UploadId,
+        _staging: &Staging,
+        blob: BlobInfo,
+    ) -> Result<(), StoreError> {
         let staged = self.staging_path(upload);
         let target = self.blob_path(&blob.digest);
         blocking(move || {

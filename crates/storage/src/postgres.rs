@@ -18,8 +18,8 @@ use artifactstore_core::storage::{MetadataStore, StoreError};
 use artifactstore_core::*;
 use async_trait::async_trait;
 use bytes::Bytes;
+use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
 use tokio::sync::{Notify, watch};
 
 use crate::rows::*;
@@ -578,7 +578,8 @@ impl MetadataStore for PgStore {
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO uploads ({UPLOAD_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind(u.upload.id.to_string())
         .bind(&u.tenant)
@@ -589,6 +590,7 @@ impl MetadataStore for PgStore {
         .bind(u.created_at.as_millis())
         .bind(u.upload.expires_at.as_millis())
         .bind(u.file_id.map(|f| f.to_string()))
+        .bind(&u.staging.0)
         .execute(&self.pool)
         .await
         .map_err(pg)?;
@@ -618,6 +620,7 @@ impl MetadataStore for PgStore {
         id: UploadId,
         from_offset: u64,
         hasher: &Sha256Hasher,
+        staging: &Staging,
         size: Option<u64>,
         expires_at: Timestamp,
     ) -> Result<UploadRecord, StoreError> {
@@ -625,12 +628,13 @@ impl MetadataStore for PgStore {
         // first and then re-checks the offset against the committed row, so exactly one of
         // two racing replicas moves it.
         let row = sqlx::query(&format!(
-            "UPDATE uploads SET \"offset\" = $1, hash_state = $2, size = COALESCE(size, $3), \
-             expires_at = $4 WHERE id = $5 AND tenant = $6 AND state = 'open' \
-             AND \"offset\" = $7 RETURNING {UPLOAD_COLUMNS}"
+            "UPDATE uploads SET \"offset\" = $1, hash_state = $2, staging = $3, \
+             size = COALESCE(size, $4), expires_at = $5 WHERE id = $6 AND tenant = $7 \
+             AND state = 'open' AND \"offset\" = $8 RETURNING {UPLOAD_COLUMNS}"
         ))
         .bind(hasher.len() as i64)
         .bind(hasher.save())
+        .bind(&staging.0)
         .bind(size.map(|s| s as i64))
         .bind(expires_at.as_millis())
         .bind(id.to_string())
@@ -676,26 +680,24 @@ impl MetadataStore for PgStore {
         Ok(())
     }
 
-    async fn expired_uploads(
+    async fn take_expired_uploads(
         &self,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(String, UploadId)>, StoreError> {
+        // SKIP LOCKED: replicas sweeping at once take disjoint uploads and never wait for
+        // each other, nor for an upload a request holds.
         let rows = sqlx::query(
-            "SELECT tenant, id FROM uploads WHERE state = 'open' AND expires_at < $1 LIMIT $2",
+            "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads \
+             WHERE state = 'open' AND expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING tenant, id",
         )
         .bind(now.as_millis())
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(pg)?;
-        rows.iter()
-            .map(|row| {
-                let tenant: String = row.try_get("tenant").map_err(|_| corrupt("upload"))?;
-                let id: String = row.try_get("id").map_err(|_| corrupt("upload"))?;
-                Ok((tenant, id.parse().map_err(|_| corrupt("upload id"))?))
-            })
-            .collect()
+        tenants_and_ids(&rows)
     }
 
     async fn events_since(

@@ -103,7 +103,7 @@ pub(crate) fn file_from_row(row: &impl Fields) -> Result<FileRecord, StoreError>
 }
 
 pub(crate) const UPLOAD_COLUMNS: &str =
-    "id, tenant, size, \"offset\", state, hash_state, created_at, expires_at, file_id";
+    "id, tenant, size, \"offset\", state, hash_state, created_at, expires_at, file_id, staging";
 
 pub(crate) fn upload_from_row(row: &impl Fields) -> Result<UploadRecord, StoreError> {
     let bad = |_| corrupt("upload");
@@ -127,6 +127,7 @@ pub(crate) fn upload_from_row(row: &impl Fields) -> Result<UploadRecord, StoreEr
         file_id: file_id
             .map(|f| f.parse().map_err(|_| corrupt("upload file id")))
             .transpose()?,
+        staging: Staging(row.field("staging").map_err(bad)?),
     })
 }
 
@@ -288,4 +289,15 @@ impl FileCache {
         }
         cache.insert(file.id, file.clone());
     }
+}
+
+/// `(tenant, id)` rows of uploads.
+pub(crate) fn tenants_and_ids(rows: &[impl Fields]) -> Result<Vec<(String, UploadId)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let tenant: String = row.field("tenant").map_err(|_| corrupt("upload"))?;
+            let id: String = row.field("id").map_err(|_| corrupt("upload"))?;
+            Ok((tenant, id.parse().map_err(|_| corrupt("upload id"))?))
+        })
+        .collect()
 }

@@ -39,6 +39,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "inline_blobs",
         include_str!("../migrations/sqlite/0002_inline_blobs.sql"),
     ),
+    (
+        3,
+        "upload staging",
+        include_str!("../migrations/sqlite/0003_upload_staging.sql"),
+    ),
 ];
 
 /// Writes committed together at most (see [`run_writer`]).
@@ -753,7 +758,7 @@ impl MetadataStore for SqliteStore {
         self.write(move |conn| {
             Box::pin(async move {
                 sqlx::query(&format!(
-                    "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ))
                 .bind(u.upload.id.to_string())
                 .bind(&u.tenant)
@@ -764,6 +769,7 @@ impl MetadataStore for SqliteStore {
                 .bind(u.created_at.as_millis())
                 .bind(u.upload.expires_at.as_millis())
                 .bind(u.file_id.map(|f| f.to_string()))
+                .bind(&u.staging.0)
                 .execute(&mut *conn)
                 .await
                 .map_err(db)?;
@@ -796,19 +802,22 @@ impl MetadataStore for SqliteStore {
         id: UploadId,
         from_offset: u64,
         hasher: &Sha256Hasher,
+        staging: &Staging,
         size: Option<u64>,
         expires_at: Timestamp,
     ) -> Result<UploadRecord, StoreError> {
         let (tenant, offset, hash_state) = (tenant.to_string(), hasher.len(), hasher.save());
+        let staging = staging.0.clone();
         self.write(move |conn| {
             Box::pin(async move {
                 let row = sqlx::query(&format!(
-                    "UPDATE uploads SET \"offset\" = ?, hash_state = ?, size = COALESCE(size, ?), \
-                     expires_at = ? WHERE id = ? AND tenant = ? AND state = 'open' \
+                    "UPDATE uploads SET \"offset\" = ?, hash_state = ?, staging = ?, \
+                     size = COALESCE(size, ?), expires_at = ? WHERE id = ? AND tenant = ? AND state = 'open' \
                      AND \"offset\" = ? RETURNING {UPLOAD_COLUMNS}"
                 ))
                 .bind(offset as i64)
                 .bind(hash_state)
+                .bind(staging)
                 .bind(size.map(|s| s as i64))
                 .bind(expires_at.as_millis())
                 .bind(id.to_string())
@@ -850,26 +859,26 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn expired_uploads(
+    async fn take_expired_uploads(
         &self,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(String, UploadId)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant, id FROM uploads WHERE state = 'open' AND expires_at < ? LIMIT ?",
-        )
-        .bind(now.as_millis())
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|row| {
-                let tenant: String = row.try_get("tenant").map_err(|_| corrupt("upload"))?;
-                let id: String = row.try_get("id").map_err(|_| corrupt("upload"))?;
-                Ok((tenant, id.parse().map_err(|_| corrupt("upload id"))?))
+        self.write(move |conn| {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads \
+                     WHERE state = 'open' AND expires_at < ? LIMIT ?) RETURNING tenant, id",
+                )
+                .bind(now.as_millis())
+                .bind(limit as i64)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?;
+                Ok((tenants_and_ids(&rows)?, None))
             })
-            .collect()
+        })
+        .await
     }
 
     async fn events_since(

@@ -66,13 +66,13 @@ async fn package_lifecycle_and_manifest() {
     assert_eq!(decoded.finalized_at, done.finalized_at.unwrap());
 
     // Finalized packages take no more files, and the attempt stores nothing.
-    let blobs_before = env.blob_files().len();
+    let blobs_before = env.blob_files().await.len();
     let err = r
         .add_file(TENANT, pkg.id, file("late"), body(b"new bytes", 4))
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::PackageFinalized), "{err:?}");
-    assert_eq!(env.blob_files().len(), blobs_before);
+    assert_eq!(env.blob_files().await.len(), blobs_before);
 
     // Downloads, whole and by range.
     let (_, stream) = r.open_file(TENANT, f.id, None).await.unwrap();
@@ -441,8 +441,8 @@ async fn expected_digest_mismatch_stores_nothing() {
         matches!(err, RegistryError::DigestMismatch { .. }),
         "{err:?}"
     );
-    assert!(env.blob_files().is_empty());
-    assert!(env.temp_files().is_empty());
+    assert!(env.blob_files().await.is_empty());
+    assert!(env.temp_files().await.is_empty());
     assert_eq!(r.package(TENANT, pkg.id).await.unwrap().file_count, 0);
     assert_eq!(
         r.events(TENANT, 0, None, Duration::ZERO)
@@ -515,12 +515,20 @@ async fn failed_or_dropped_streams_leave_nothing() {
         .add_file(TENANT, p2.id, file("fits"), body(&bytes(1000, 4), 100))
         .await
         .unwrap();
-    assert!(small.temp_files().is_empty());
+    assert!(small.temp_files().await.is_empty());
 
     // Give the writer threads a moment to notice the cancelled write.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(env.blob_files().is_empty(), "{:?}", env.blob_files());
-    assert!(env.temp_files().is_empty(), "{:?}", env.temp_files());
+    assert!(
+        env.blob_files().await.is_empty(),
+        "{:?}",
+        env.blob_files().await
+    );
+    assert!(
+        env.temp_files().await.is_empty(),
+        "{:?}",
+        env.temp_files().await
+    );
     assert_eq!(r.package(TENANT, pkg.id).await.unwrap().file_count, 0);
     assert_eq!(
         r.events(TENANT, 0, None, Duration::ZERO)
@@ -614,12 +622,16 @@ async fn small_files_live_with_their_records() {
         .add_file(TENANT, pkg.id, file("small"), body(&small, 1000))
         .await
         .unwrap();
-    assert!(env.blob_files().is_empty(), "{:?}", env.blob_files());
+    assert!(
+        env.blob_files().await.is_empty(),
+        "{:?}",
+        env.blob_files().await
+    );
     let l = r
         .add_file(TENANT, pkg.id, file("large"), body(&large, 1000))
         .await
         .unwrap();
-    assert_eq!(env.blob_files().len(), 1);
+    assert_eq!(env.blob_files().await.len(), 1);
     let env = env.reopen().await;
     let r = &env.registry;
     for (f, data) in [(&s, &small), (&l, &large)] {
@@ -682,7 +694,7 @@ async fn files_for_closed_or_foreign_packages_leave_nothing() {
     // Large files are the tasks 0, 3, 6, …; of them only those of the open package's own
     // tenant (t % 4 in 0..=1) are stored.
     let large_added = (0..48).filter(|t| t % 3 == 0 && t % 4 < 2).count();
-    assert_eq!(env.blob_files().len(), large_added);
+    assert_eq!(env.blob_files().await.len(), large_added);
     let events = env.registry.events(TENANT, 0, Some(1000), Duration::ZERO);
     assert_eq!(events.await.unwrap().len(), events_before + 24);
 }
@@ -763,15 +775,23 @@ async fn identical_content_is_stored_once_under_races() {
             .unwrap()
         }));
     }
-    let mut digests = HashSet::new();
+    let mut files = Vec::new();
     for t in tasks {
-        digests.insert(t.await.unwrap().sha256());
+        files.push(t.await.unwrap());
     }
+    let digests: HashSet<_> = files.iter().map(|f| f.sha256()).collect();
     assert_eq!(digests.len(), 1);
-    let blobs = env.blob_files();
+    let blobs = env.blob_files().await;
     assert_eq!(blobs.len(), 1, "{blobs:?}");
-    assert_eq!(std::fs::read(&blobs[0]).unwrap(), data);
-    assert!(env.temp_files().is_empty());
+    for f in &files {
+        let (_, stream) = env.registry.open_file(TENANT, f.id, None).await.unwrap();
+        assert!(collect(stream).await == data);
+    }
+    assert!(
+        env.temp_files().await.is_empty(),
+        "{:?}",
+        env.temp_files().await
+    );
 }
 
 #[tokio::test]

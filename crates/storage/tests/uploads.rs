@@ -69,10 +69,7 @@ async fn chunked_upload_completes_into_a_file() {
     );
     let (_, stream) = r.open_file(TENANT, f.id, None).await.unwrap();
     assert_eq!(collect(stream).await, data);
-    assert!(
-        files_under(&env.blobs_dir().join("uploads")).is_empty(),
-        "staging cleaned up"
-    );
+    assert!(env.staged_files().await.is_empty(), "staging cleaned up");
 
     // A completed upload takes nothing more.
     let err = r
@@ -314,7 +311,7 @@ async fn cancel_and_expiry() {
         r.cancel_upload(TENANT, up.id).await,
         Err(RegistryError::NotFound(_))
     ));
-    assert!(files_under(&env.blobs_dir().join("uploads")).is_empty());
+    assert!(env.staged_files().await.is_empty());
 
     let old = r.create_upload(TENANT, None).await.unwrap();
     r.append_upload(TENANT, old.id, Chunk::default(), body(b"abc", 1))
@@ -335,7 +332,7 @@ async fn cancel_and_expiry() {
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound(_)));
     assert_eq!(r.sweep_expired_uploads().await.unwrap(), 1);
-    assert!(files_under(&env.blobs_dir().join("uploads")).is_empty());
+    assert!(env.staged_files().await.is_empty());
 }
 
 #[tokio::test]

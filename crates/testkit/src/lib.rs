@@ -74,3 +74,36 @@ pub fn fresh_postgres_blocking() -> Option<String> {
     .join()
     .expect("creating a test database")
 }
+
+/// The environment variable naming an S3 bucket for the suites (`s3://BUCKET`), reached
+/// with the standard `AWS_*` variables. Unset, blobs stay in the test's directory.
+pub const S3_ENV: &str = "ARTIFACTSTORE_TEST_S3";
+
+/// An `s3://BUCKET/PREFIX` of its own for one test in the bucket of [`S3_ENV`], or `None`
+/// when that is unset (the test then keeps blobs in its directory), saying so once per test
+/// binary.
+pub fn fresh_s3() -> Option<String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let Some(base) = std::env::var(S3_ENV).ok().filter(|u| !u.is_empty()) else {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: {S3_ENV} is unset: the S3 runs of this suite are skipped (make test runs them)"
+            );
+        });
+        return None;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Some(format!(
+        "{}/t-{}-{}-{}",
+        base.trim_end_matches('/'),
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}

@@ -33,8 +33,17 @@ impl Server {
             .unwrap()
             .port();
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        if let Some(url) = artifactstore_testkit::fresh_postgres_blocking() {
+        // A test that names its stores (replicas sharing them, or blobs in the directory it
+        // reaches into) keeps them.
+        if !args.iter().any(|a| a == "--database-url")
+            && let Some(url) = artifactstore_testkit::fresh_postgres_blocking()
+        {
             args.extend(["--database-url".to_string(), url]);
+        }
+        if !args.iter().any(|a| a == "--blob-url")
+            && let Some(url) = artifactstore_testkit::fresh_s3()
+        {
+            args.extend(["--blob-url".to_string(), url]);
         }
         let mut server = Server {
             port,

@@ -1,6 +1,6 @@
 //! A `TestApp`: the real server on an ephemeral loopback port, on its own temporary data
-//! directory (and its own PostgreSQL database when the environment names a server: see
-//! `artifactstore_testkit::fresh_postgres`), and a reqwest client with helpers for the requests every test makes.
+//! directory (and its own PostgreSQL database and S3 prefix when the environment names those
+//! servers: see `artifactstore_testkit::{fresh_postgres, fresh_s3}`), and a reqwest client with helpers for the requests every test makes.
 
 #![allow(dead_code)]
 
@@ -26,9 +26,17 @@ pub struct TestApp {
 
 pub struct Builder {
     args: ServeArgs,
+    local_blobs: bool,
 }
 
 impl Builder {
+    /// Blobs in the data directory whatever the environment says (for tests that reach into
+    /// the blob directory).
+    pub fn local_blobs(mut self) -> Self {
+        self.local_blobs = true;
+        self
+    }
+
     pub fn anon_read(mut self) -> Self {
         self.args.anon_read = Some(true);
         self.args.anon_tenant = Some("acme".into());
@@ -70,6 +78,11 @@ impl Builder {
         if args.database_url.is_none() {
             args.database_url = artifactstore_testkit::fresh_postgres().await;
         }
+        if self.local_blobs {
+            args.blob_url = Some(format!("file://{}", dir.path().join("blobs").display()));
+        } else if args.blob_url.is_none() {
+            args.blob_url = artifactstore_testkit::fresh_s3();
+        }
         let server = artifactstore_server::start(args.clone().resolve().unwrap())
             .await
             .unwrap();
@@ -92,6 +105,7 @@ impl TestApp {
                 tokens: Some(format!("acme:{ACME},acme:{ACME_RO}:ro,beta:{BETA}")),
                 ..Default::default()
             },
+            local_blobs: false,
         }
     }
 

@@ -59,7 +59,8 @@ CREATE TABLE uploads (
     hash_state BYTEA NOT NULL,
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
-    file_id    TEXT
+    file_id    TEXT,
+    staging    TEXT NOT NULL DEFAULT ''  -- the blob store's, with offset + hash state (one CAS)
 );
 CREATE INDEX uploads_by_expiry ON uploads (state, expires_at);
 

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use artifactstore_core::storage::ByteStream;
-use artifactstore_core::storage::MetadataStore;
+use artifactstore_core::storage::{BlobStore, MetadataStore};
 use artifactstore_core::{NewPackage, Package, Registry, RegistryConfig};
-use artifactstore_storage::{FsBlobStore, PgStore, SqliteStore};
+use artifactstore_storage::{FsBlobStore, PgStore, S3BlobStore, SqliteStore};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -26,6 +26,8 @@ pub struct Env {
     pub meta: Arc<dyn MetadataStore>,
     /// The metadata store's URL: SQLite in `dir`, or this test's PostgreSQL database.
     pub database_url: String,
+    /// This test's `s3://bucket/prefix`, or `None`: blobs in `dir`.
+    pub blob_url: Option<String>,
 }
 
 impl Env {
@@ -33,26 +35,38 @@ impl Env {
         Self::with_config(RegistryConfig::default()).await
     }
 
-    /// On SQLite whatever the environment says: for tests of the SQLite engine itself.
+    /// On SQLite and the blob directory whatever the environment says: for tests of those
+    /// engines themselves.
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("meta.db").display());
-        Self::on(dir, url, RegistryConfig::default()).await
+        Self::on(dir, url, None, RegistryConfig::default()).await
     }
 
     pub async fn with_config(config: RegistryConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = database_url(dir.path()).await;
-        Self::on(dir, url, config).await
+        Self::on(dir, url, artifactstore_testkit::fresh_s3(), config).await
     }
 
-    async fn on(dir: tempfile::TempDir, database_url: String, config: RegistryConfig) -> Self {
-        let (registry, meta) = open(dir.path(), &database_url, config).await;
+    async fn on(
+        dir: tempfile::TempDir,
+        database_url: String,
+        blob_url: Option<String>,
+        config: RegistryConfig,
+    ) -> Self {
+        let meta = open_meta(&database_url, 4096).await;
+        let registry = Arc::new(Registry::new(
+            meta.clone(),
+            open_blobs(dir.path(), blob_url.as_deref()).await,
+            config,
+        ));
         Self {
             dir,
             registry,
             meta,
             database_url,
+            blob_url,
         }
     }
 
@@ -64,39 +78,94 @@ impl Env {
             .unwrap()
     }
 
-    /// Closes the stores and opens them again on the same directory, as a restart would.
+    /// Closes the stores and opens them again on the same data, as a restart would.
     pub async fn reopen(self) -> Self {
         let Env {
             dir,
             registry,
             meta,
             database_url,
+            blob_url,
         } = self;
         drop(registry);
         meta.close().await;
         drop(meta);
-        let (registry, meta) = open(dir.path(), &database_url, RegistryConfig::default()).await;
-        Self {
-            dir,
-            registry,
-            meta,
-            database_url,
-        }
+        Self::on(dir, database_url, blob_url, RegistryConfig::default()).await
     }
 
     pub fn blobs_dir(&self) -> PathBuf {
         self.dir.path().join("blobs")
     }
 
-    /// Every blob file in the store.
-    pub fn blob_files(&self) -> Vec<PathBuf> {
-        files_under(&self.blobs_dir().join("blobs"))
+    /// Every blob in the store, by name (files of the blob directory; pointers in S3).
+    pub async fn blob_files(&self) -> Vec<String> {
+        match &self.blob_url {
+            None => names(files_under(&self.blobs_dir().join("blobs"))),
+            Some(url) => objects(url, "blobs").await,
+        }
     }
 
-    /// Every file in the blob store's temporary area.
-    pub fn temp_files(&self) -> Vec<PathBuf> {
-        files_under(&self.blobs_dir().join("tmp"))
+    /// Bytes kept that belong to no blob and no upload: temp files of the blob directory;
+    /// in S3, data objects that no pointer names.
+    pub async fn temp_files(&self) -> Vec<String> {
+        match &self.blob_url {
+            None => names(files_under(&self.blobs_dir().join("tmp"))),
+            Some(url) => {
+                use object_store::ObjectStoreExt;
+                let (s3, _) = s3(url);
+                let mut named = Vec::new();
+                for pointer in objects(url, "blobs").await {
+                    let got = s3.get(&pointer.as_str().into()).await.unwrap();
+                    let json: serde_json::Value =
+                        serde_json::from_slice(&got.bytes().await.unwrap()).unwrap();
+                    named.push(json["key"].as_str().unwrap().to_string());
+                }
+                objects(url, "data")
+                    .await
+                    .into_iter()
+                    .filter(|key| !named.contains(key))
+                    .collect()
+            }
+        }
     }
+
+    /// Every staged upload's bytes (files of the blob directory's `uploads/`; objects under
+    /// `uploads/` in S3).
+    pub async fn staged_files(&self) -> Vec<String> {
+        match &self.blob_url {
+            None => names(files_under(&self.blobs_dir().join("uploads"))),
+            Some(url) => objects(url, "uploads").await,
+        }
+    }
+}
+
+fn names(paths: Vec<PathBuf>) -> Vec<String> {
+    paths.into_iter().map(|p| p.display().to_string()).collect()
+}
+
+/// An object store client for `s3://bucket/prefix`, and the prefix.
+fn s3(url: &str) -> (object_store::aws::AmazonS3, String) {
+    let rest = url.strip_prefix("s3://").unwrap();
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .unwrap();
+    (store, prefix.to_string())
+}
+
+/// The keys of every object under `url`'s prefix and then `under`.
+async fn objects(url: &str, under: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let (store, prefix) = s3(url);
+    let path = object_store::path::Path::from(format!("{prefix}/{under}"));
+    store
+        .list(Some(&path))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 /// A new metadata store's URL: a database of its own on PostgreSQL, or SQLite in `dir`.
@@ -116,14 +185,12 @@ pub async fn open_meta(url: &str, tail: usize) -> Arc<dyn MetadataStore> {
     }
 }
 
-async fn open(
-    dir: &Path,
-    url: &str,
-    config: RegistryConfig,
-) -> (Arc<Registry>, Arc<dyn MetadataStore>) {
-    let meta = open_meta(url, 4096).await;
-    let blobs = Arc::new(FsBlobStore::open(dir.join("blobs")).await.unwrap());
-    (Arc::new(Registry::new(meta.clone(), blobs, config)), meta)
+/// The blob store at `url` (S3), or the directory `blobs/` in `dir`.
+pub async fn open_blobs(dir: &Path, url: Option<&str>) -> Arc<dyn BlobStore> {
+    match url {
+        Some(url) => Arc::new(S3BlobStore::open(url).unwrap()),
+        None => Arc::new(FsBlobStore::open(dir.join("blobs")).await.unwrap()),
+    }
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {

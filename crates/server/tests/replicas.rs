@@ -1,0 +1,160 @@
+//! Two replicas (two servers) on one PostgreSQL database and one S3 prefix, as behind a load
+//! balancer: an upload session whose PATCHes alternate between them, chunks from 1 byte to
+//! past S3's 5 MiB part minimum; two PATCHes racing at one offset on different replicas; a
+//! file and its events seen on the other replica. Runs only when the environment names both
+//! servers (`make test` does).
+
+mod common;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Two servers on one new database and one new S3 prefix; `None` without both servers.
+async fn two_replicas() -> Option<(TestApp, TestApp)> {
+    let database = artifactstore_testkit::fresh_postgres().await?;
+    let blobs = artifactstore_testkit::fresh_s3()?;
+    let start = |database: String, blobs: String| {
+        TestApp::builder()
+            .args(|a| {
+                a.database_url = Some(database);
+                a.blob_url = Some(blobs);
+            })
+            .start()
+    };
+    let a = start(database.clone(), blobs.clone()).await;
+    let b = start(database, blobs).await;
+    Some((a, b))
+}
+
+async fn patch(app: &TestApp, id: &str, start: u64, body: Vec<u8>) -> reqwest::Response {
+    let end = start + body.len() as u64 - 1;
+    app.req(Method::PATCH, &format!("/uploads/{id}"), Some(ACME))
+        .header("content-range", format!("bytes {start}-{end}/*"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn download(app: &TestApp, file: &str) -> Vec<u8> {
+    let r = app
+        .get(&format!("/files/{file}/download"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.bytes().await.unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_moves_between_replicas_chunk_by_chunk() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let pkg = a.create_package().await["id"].as_str().unwrap().to_string();
+    let created: Value = json_of(a.post("/uploads").json(&json!({}))).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    // 1 byte, then a chunk past the 5 MiB part minimum, small ones, and a multi-part one.
+    let sizes = [1usize, 6 << 20, 3, 70_000, 9 << 20, 1];
+    let data = bytes(sizes.iter().sum(), 77);
+    let mut offset = 0;
+    for (i, len) in sizes.into_iter().enumerate() {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let chunk = data[offset..offset + len].to_vec();
+        let r = patch(replica, &id, offset as u64, chunk).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "chunk {i}: {:?}",
+            r.text().await
+        );
+        offset += len;
+        // The other replica sees the new offset at once.
+        let other = if i % 2 == 0 { &b } else { &a };
+        let seen: Value = json_of(other.get(&format!("/uploads/{id}"))).await;
+        assert_eq!(seen["offset"], offset as u64);
+    }
+    let done: Value = json_of(
+        b.post(&format!("/uploads/{id}/complete"))
+            .json(&json!({"package_id": pkg, "path": "big.bin", "sha256": sha256_hex(&data)})),
+    )
+    .await;
+    let file = done["id"].as_str().unwrap().to_string();
+    assert!(
+        download(&a, &file).await == data,
+        "bytes differ on replica a"
+    );
+    assert!(
+        download(&b, &file).await == data,
+        "bytes differ on replica b"
+    );
+    // A range crossing what were chunk boundaries, from the replica that completed nothing.
+    let r = a
+        .get(&format!("/files/{file}/download"))
+        .header("range", "bytes=6291450-6291460")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap(), data[6_291_450..=6_291_460]);
+    // The file's event is in both replicas' logs.
+    for replica in [&a, &b] {
+        let events = replica.events_json(0).await;
+        let kinds: Vec<&str> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["package.created", "file.added"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_patches_on_two_replicas_have_one_winner() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let pkg = a.create_package().await["id"].as_str().unwrap().to_string();
+    for round in 0..4u64 {
+        let created: Value = json_of(a.post("/uploads").json(&json!({}))).await;
+        let id = created["id"].as_str().unwrap().to_string();
+        let head = bytes(1000, round);
+        assert_eq!(
+            patch(&a, &id, 0, head.clone()).await.status(),
+            StatusCode::OK
+        );
+        // Both at offset 1000 at once, different bytes of different lengths.
+        let (one, two) = (bytes(300_000, 100 + round), bytes(200_000, 200 + round));
+        let (ra, rb) = tokio::join!(
+            patch(&a, &id, 1000, one.clone()),
+            patch(&b, &id, 1000, two.clone())
+        );
+        let statuses = [ra.status(), rb.status()];
+        let winners = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        assert_eq!(winners, 1, "round {round}: {statuses:?}");
+        for s in statuses.iter().filter(|s| **s != StatusCode::OK) {
+            // Lost the compare-and-set, or came after the winner moved the offset.
+            assert!(
+                *s == StatusCode::CONFLICT || *s == StatusCode::RANGE_NOT_SATISFIABLE,
+                "{s}"
+            );
+        }
+        let won = if statuses[0] == StatusCode::OK {
+            one
+        } else {
+            two
+        };
+        let expected = [head, won].concat();
+        let done: Value = json_of(
+            a.post(&format!("/uploads/{id}/complete"))
+                .json(&json!({"package_id": pkg, "path": format!("race{round}.bin")})),
+        )
+        .await;
+        assert_eq!(done["size"], expected.len() as u64);
+        assert_eq!(done["digests"]["sha256"], sha256_hex(&expected));
+        let file = done["id"].as_str().unwrap().to_string();
+        assert!(download(&b, &file).await == expected);
+    }
+}
