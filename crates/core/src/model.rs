@@ -110,6 +110,10 @@ pub struct FileRecord {
     pub digests: Digests,
     pub content_address: ContentAddress,
     pub created_at: Timestamp,
+    /// Where the bytes live, recorded when the file is added (never guessed from its size):
+    /// with the record in the metadata store (a small single-shot file), or in the blob store.
+    #[serde(skip)]
+    pub inline: bool,
 }
 
 impl FileRecord {
@@ -131,6 +135,7 @@ impl FileRecord {
             digests: Digests { sha256 },
             content_address: ContentAddress(sha256),
             created_at: Timestamp::now(),
+            inline: false,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct RegistryConfig {
     /// Long-polls that may wait at once, in all and per scope (tenant).
     pub max_waiting: usize,
     pub max_waiting_per_scope: usize,
+    /// Single-shot files of at most this many bytes ([`INLINE_FILE_BYTES`] at most) keep their
+    /// bytes with their record in the metadata store, durable in the same commit.
+    pub inline_max_bytes: u64,
 }
 
 impl Default for RegistryConfig {
@@ -46,6 +49,7 @@ impl Default for RegistryConfig {
             retention_classes: None,
             max_waiting: 4096,
             max_waiting_per_scope: 1024,
+            inline_max_bytes: INLINE_FILE_BYTES,
         }
     }
 }
@@ -243,7 +247,8 @@ impl Registry {
         // A small body is taken whole and goes to the metadata store, which checks the package
         // in the same step that adds the file; a large one is refused before its bytes are
         // taken when the package is not open.
-        let (blob, inline) = match read_head(body, INLINE_FILE_BYTES, max_len).await? {
+        let inline_max = self.config.inline_max_bytes.min(INLINE_FILE_BYTES);
+        let (blob, inline) = match read_head(body, inline_max, max_len).await? {
             Head::Whole(chunks) => {
                 let bytes = concat(chunks);
                 let digest = Sha256Digest::of(&bytes);
@@ -256,7 +261,7 @@ impl Registry {
                 (self.blobs.put(body, expected, max_len).await?, None)
             }
         };
-        let file = FileRecord::new(
+        let mut file = FileRecord::new(
             tenant,
             package_id,
             new.path,
@@ -264,6 +269,7 @@ impl Registry {
             media_type,
             blob.digest,
         );
+        file.inline = inline.is_some();
         self.record_file(&file, None, inline).await?;
         Ok(file)
     }
@@ -311,9 +317,10 @@ impl Registry {
         if range.start > range.end || range.end > file.size {
             return Err(RegistryError::invalid("range", "outside the file"));
         }
-        if file.size <= INLINE_FILE_BYTES
-            && let Some(bytes) = self.meta.inline_blob(&file.sha256()).await?
-        {
+        if file.inline {
+            let Some(bytes) = self.meta.inline_blob(&file.sha256()).await? else {
+                return Err(StoreError::Corrupt(format!("inline bytes of {}", file.id)).into());
+            };
             if bytes.len() as u64 != file.size {
                 return Err(StoreError::Corrupt(format!("inline bytes of {}", file.id)).into());
             }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use artifactstore_core::limits::{DEFAULT_MAX_FILE_BYTES, DEFAULT_UPLOAD_TTL_SECS};
-use artifactstore_core::{Scope, validate};
+use artifactstore_core::{INLINE_FILE_BYTES, Scope, validate};
 use serde::Deserialize;
 
 use crate::auth::{Auth, TokenEntry};
@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Long-polls waiting at once, per tenant [default: 1024].
     #[arg(long, env = "ARTIFACTSTORE_MAX_POLLERS_PER_TENANT")]
     pub max_pollers_per_tenant: Option<usize>,
+    /// Single-shot files of at most this many bytes keep their bytes in the metadata store,
+    /// durable with their record in one commit; 0 to 65536 [default: 65536].
+    #[arg(long, env = "ARTIFACTSTORE_INLINE_MAX_BYTES")]
+    pub inline_max_bytes: Option<u64>,
 }
 
 /// Never prints the tokens: the only place they could leak from into a log.
@@ -131,6 +135,7 @@ pub struct FileConfig {
     pub max_wait_secs: Option<u64>,
     pub max_pollers: Option<usize>,
     pub max_pollers_per_tenant: Option<usize>,
+    pub inline_max_bytes: Option<u64>,
     #[serde(default)]
     pub tokens: Vec<FileToken>,
 }
@@ -197,6 +202,7 @@ pub struct Settings {
     pub max_wait: Duration,
     pub max_pollers: usize,
     pub max_pollers_per_tenant: usize,
+    pub inline_max_bytes: u64,
 }
 
 /// Default caps on waiting long-polls.
@@ -389,6 +395,13 @@ impl ServeArgs {
                 self.max_pollers_per_tenant.or(file.max_pollers_per_tenant),
                 DEFAULT_MAX_POLLERS_PER_TENANT,
             )?,
+            inline_max_bytes: match self.inline_max_bytes.or(file.inline_max_bytes) {
+                Some(n) if n > INLINE_FILE_BYTES => {
+                    return Err(err(format!("inline_max_bytes is 0 to {INLINE_FILE_BYTES}")));
+                }
+                Some(n) => n,
+                None => INLINE_FILE_BYTES,
+            },
         })
     }
 }

@@ -101,6 +101,7 @@ impl AppState {
             retention_classes: settings.retention_classes.clone(),
             max_waiting: settings.max_pollers,
             max_waiting_per_scope: settings.max_pollers_per_tenant,
+            inline_max_bytes: settings.inline_max_bytes,
         };
         let registry = Registry::new(meta.clone(), blobs, config);
         let auth = settings.auth.clone();

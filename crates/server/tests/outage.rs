@@ -10,60 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::StatusCode;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-
-/// Relays loopback connections on `addr` to `target`; [`cut`](Relay::cut) closes them all.
-struct Relay {
-    addr: SocketAddr,
-    target: SocketAddr,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Relay {
-    async fn start(addr: SocketAddr, target: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            target,
-            task: Some(task),
-        }
-    }
-
-    /// Closes the listener and every relayed connection (dropping the task drops them).
-    fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-
-    async fn restore(&mut self) {
-        *self = Self::start(self.addr, self.target).await;
-    }
-}
-
-/// Retries `check` every 100 ms until it holds or `within` passes.
-async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_answers_503_and_the_server_recovers() {
@@ -76,6 +22,7 @@ async fn an_unreachable_database_answers_503_and_the_server_recovers() {
     let mut relay = Relay::start("127.0.0.1:0".parse().unwrap(), target).await;
     let relayed = format!("{head}@{}/{db}", relay.addr);
     let app = TestApp::builder()
+        .local_blobs()
         .args(|a| a.database_url = Some(relayed))
         .start()
         .await;

@@ -411,7 +411,7 @@ impl MetadataStore for PgStore {
                 return Err(StoreError::UploadNotOpen);
             }
             let added = sqlx::query(&format!(
-                "INSERT INTO files ({FILE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                "INSERT INTO files ({FILE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             ))
             .bind(file.id.to_string())
             .bind(file.package_id.to_string())
@@ -421,6 +421,7 @@ impl MetadataStore for PgStore {
             .bind(&file.media_type)
             .bind(file.sha256().hex())
             .bind(file.created_at.as_millis())
+            .bind(file.inline)
             .execute(&mut *conn)
             .await;
             match added {

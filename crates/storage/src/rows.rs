@@ -82,7 +82,7 @@ pub(crate) fn package_from_row(row: &impl Fields) -> Result<Package, StoreError>
 }
 
 pub(crate) const FILE_COLUMNS: &str =
-    "id, package_id, tenant, path, size, media_type, sha256, created_at";
+    "id, package_id, tenant, path, size, media_type, sha256, created_at, inline";
 
 pub(crate) fn file_from_row(row: &impl Fields) -> Result<FileRecord, StoreError> {
     let get_str = |name: &str| row.field::<String>(name).map_err(|_| corrupt("file"));
@@ -99,6 +99,7 @@ pub(crate) fn file_from_row(row: &impl Fields) -> Result<FileRecord, StoreError>
         digests: Digests { sha256 },
         content_address: ContentAddress(sha256),
         created_at: Timestamp::from_millis(row.field("created_at").map_err(|_| corrupt("file"))?),
+        inline: row.field("inline").map_err(|_| corrupt("file"))?,
     })
 }
 

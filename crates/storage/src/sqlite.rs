@@ -44,6 +44,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "upload staging",
         include_str!("../migrations/sqlite/0003_upload_staging.sql"),
     ),
+    (
+        4,
+        "file location",
+        include_str!("../migrations/sqlite/0004_file_location.sql"),
+    ),
 ];
 
 /// Writes committed together at most (see [`run_writer`]).
@@ -419,7 +424,7 @@ const INSERT_EVENT: &str = concat!(insert_event_sql!(), " RETURNING sequence");
 static ADD_FILE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     const ADDED: &str = "EXISTS (SELECT 1 FROM files WHERE id = ?)";
     format!(
-        "INSERT INTO files ({FILE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ? \
+        "INSERT INTO files ({FILE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
          WHERE EXISTS (SELECT 1 FROM packages WHERE id = ? AND tenant = ? AND state = 'open') \
          AND (? IS NULL OR EXISTS \
               (SELECT 1 FROM uploads WHERE id = ? AND tenant = ? AND state = 'open')); \
@@ -610,6 +615,7 @@ impl MetadataStore for SqliteStore {
                     .bind(&file.media_type)
                     .bind(&sha256)
                     .bind(file.created_at.as_millis())
+                    .bind(file.inline)
                     .bind(&package)
                     .bind(&file.tenant)
                     .bind(&upload_id)

@@ -642,6 +642,37 @@ async fn small_files_live_with_their_records() {
     }
 }
 
+/// A database from before file locations were recorded (migration 4): its small single-shot
+/// files are found inline after the upgrade, exactly as the size-based lookup found them.
+#[tokio::test]
+async fn an_old_database_learns_where_its_files_live() {
+    use sqlx::Connection;
+    let env = Env::sqlite().await;
+    let pkg = env.package().await;
+    let small = bytes(5000, 71);
+    let f = env
+        .registry
+        .add_file(TENANT, pkg.id, file("small"), body(&small, 1000))
+        .await
+        .unwrap();
+    let url = env.database_url.clone();
+    let env = {
+        env.meta.close().await;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        for sql in [
+            "ALTER TABLE files DROP COLUMN inline",
+            "DELETE FROM _sqlx_migrations WHERE version = 4",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+        env.reopen().await
+    };
+    let (record, stream) = env.registry.open_file(TENANT, f.id, None).await.unwrap();
+    assert!(record.inline);
+    assert_eq!(collect(stream).await, small);
+}
+
 /// Small files are checked against their package in the same grouped write that adds them;
 /// large ones before their bytes are taken. Neither kind of refusal leaves a trace, also when
 /// it shares its commit with files that are added.

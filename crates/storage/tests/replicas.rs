@@ -141,6 +141,26 @@ async fn a_lost_listener_falls_back_to_polling_and_comes_back() {
     let (a, b) = (rs[0].clone(), rs[1].clone());
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
     for round in 0..3u64 {
+        // Both followers listen (they subscribe in the background after opening, and again
+        // after each cut) before the listeners are cut.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            if listening == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listeners missing (round {round})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let killed: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
@@ -164,21 +184,5 @@ async fn a_lost_listener_falls_back_to_polling_and_comes_back() {
             .expect("woken by the fallback poll")
             .unwrap();
         assert_eq!(got[0].sequence, round + 1);
-        // The listeners come back before the next round.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let listening: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-            )
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-            if listening == 2 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "listeners did not come back");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }

@@ -8,9 +8,14 @@
 pub use artifactstore_testkit::bytes;
 use std::path::PathBuf;
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
 use artifactstore_server::{Running, ServeArgs};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 pub const ACME: &str = "tok-acme";
 pub const ACME_RO: &str = "tok-acme-ro";
@@ -228,4 +233,56 @@ pub async fn problem(response: Response, status: u16) -> Value {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     artifactstore_core::Sha256Digest::of(bytes).hex()
+}
+
+/// Relays loopback connections on `addr` to `target`; [`cut`](Relay::cut) closes them all.
+pub struct Relay {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    pub async fn start(addr: SocketAddr, target: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            target,
+            task: Some(task),
+        }
+    }
+
+    /// Closes the listener and every relayed connection (dropping the task drops them).
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    pub async fn restore(&mut self) {
+        *self = Self::start(self.addr, self.target).await;
+    }
+}
+
+/// Retries `check` every 100 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

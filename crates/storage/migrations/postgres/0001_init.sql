@@ -45,6 +45,7 @@ CREATE TABLE files (
     media_type TEXT NOT NULL,
     sha256     TEXT NOT NULL,
     created_at BIGINT NOT NULL,
+    inline     BOOLEAN NOT NULL DEFAULT FALSE,  -- bytes in inline_blobs, not the blob store
     UNIQUE (package_id, path)
 );
 -- contains=sha256:…
