@@ -6,7 +6,7 @@
 #   bench/backends.sh --quick    1 round, 256 MiB
 # Workloads: W1 one 1 GiB multipart POST; W2 the same file in 16 MiB PATCHes (an upload
 # session: on S3 one object per PATCH, assembled at complete); W3 2,000 files of 4 KiB,
-# 8 at a time; W4 a 1 GiB download (curl), also through a second shared replica; W6 200
+# 8 at a time (also with every file's bytes in S3, none in PostgreSQL); W4 a 1 GiB download (curl), also through a second shared replica; W6 200
 # long-polls woken by one finalize. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,14 +39,17 @@ serve() {  # serve NAME PORT [env…]
     ARTIFACTSTORE_DATA_DIR="$WORK/$name" RUST_LOG=warn "$@" "$BIN" serve 2>"$WORK/$name.log" &
   PIDS+=($!)
 }
-EMB_PORT=$(port); SH_PORT=$(port); SH2_PORT=$(port)
+EMB_PORT=$(port); SH_PORT=$(port); SH2_PORT=$(port); SHB_PORT=$(port)
 serve embedded "$EMB_PORT"
 serve shared "$SH_PORT" ARTIFACTSTORE_DATABASE_URL="$SHARED_DB" ARTIFACTSTORE_BLOB_URL="$SHARED_BLOBS"
 serve shared2 "$SH2_PORT" ARTIFACTSTORE_DATABASE_URL="$SHARED_DB" ARTIFACTSTORE_BLOB_URL="$SHARED_BLOBS"
-wait_port "$EMB_PORT"; wait_port "$SH_PORT"; wait_port "$SH2_PORT"
+# The same, with every file's bytes in S3 (none kept in PostgreSQL): is inline faster there?
+serve shared-s3-only "$SHB_PORT" ARTIFACTSTORE_DATABASE_URL="$SHARED_DB" \
+  ARTIFACTSTORE_BLOB_URL="$SHARED_BLOBS" ARTIFACTSTORE_INLINE_MAX_BYTES=0
+wait_port "$EMB_PORT"; wait_port "$SH_PORT"; wait_port "$SH2_PORT"; wait_port "$SHB_PORT"
 EMB="$LG --base http://127.0.0.1:$EMB_PORT --token tok"
 SH="$LG --base http://127.0.0.1:$SH_PORT --token tok"
-SH2="$LG --base http://127.0.0.1:$SH2_PORT --token tok"
+SHB="$LG --base http://127.0.0.1:$SHB_PORT --token tok"
 
 head -c $((BIG_MIB * 1024 * 1024)) /dev/urandom > "$WORK/big.bin"
 download() {  # curl is not the bottleneck here; MB/s
@@ -64,7 +67,11 @@ for r in $(seq 1 $ROUNDS); do
   done
   record W3 embedded "$($EMB small --system as --count $SMALL)"
   record W3 shared "$($SH small --system as --count $SMALL)"
+  record W3 shared-s3-only "$($SHB small --system as --count $SMALL)"
 done
+rss() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
+record RSS-after-W1-W3 embedded "{\"mib\": $(( $(rss "${PIDS[0]}") / 1024 ))}"
+record RSS-after-W1-W3 shared "{\"mib\": $(( $(rss "${PIDS[1]}") / 1024 ))}"
 EMB_PATH=$($EMB place --system as-multipart --file "$WORK/big.bin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 SH_PATH=$($SH place --system as-multipart --file "$WORK/big.bin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 for r in $(seq 1 $ROUNDS); do
@@ -76,6 +83,8 @@ done
 # Long-poll fan-out on one replica (across replicas: crates/storage/tests/replicas.rs).
 record W6 embedded "$($EMB pollers --pollers 200)"
 record W6 shared "$($SH pollers --pollers 200)"
+record RSS-peak embedded "{\"mib\": $(( $(rss "${PIDS[0]}") / 1024 ))}"
+record RSS-peak shared "{\"mib\": $(( $(rss "${PIDS[1]}") / 1024 ))}"
 
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
@@ -83,9 +92,10 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def vals(w, s, k): return [r["m"][k] for r in rows if r["workload"] == w and r["system"] == s and k in r["m"]]
 print(f"{'workload':<10} {'system':<22} {'median':>10}  rounds")
 for w, k, unit in [("W1", "mbps", "MB/s"), ("W2", "mbps", "MB/s"), ("W3", "files_per_s", "files/s"),
-                   ("W4", "mbps", "MB/s"), ("W6", "p50_ms", "ms p50"), ("W6", "p99_ms", "ms p99")]:
+                   ("W4", "mbps", "MB/s"), ("W6", "p50_ms", "ms p50"), ("W6", "p99_ms", "ms p99"),
+                   ("RSS-after-W1-W3", "mib", "MiB"), ("RSS-peak", "mib", "MiB")]:
     base = None
-    for s in ["embedded", "shared", "shared-other-replica"]:
+    for s in ["embedded", "shared", "shared-s3-only", "shared-other-replica"]:
         v = vals(w, s, k)
         if not v: continue
         m = statistics.median(v)
