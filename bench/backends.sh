@@ -31,7 +31,8 @@ record() { python3 -c 'import json,sys; print(json.dumps({"workload":sys.argv[1]
 
 DB="bench_$$"
 psql -q "$ARTIFACTSTORE_TEST_POSTGRES" -c "CREATE DATABASE $DB"
-SHARED_DB="${ARTIFACTSTORE_TEST_POSTGRES%/*}/$DB"
+PG_URL=${ARTIFACTSTORE_TEST_POSTGRES%%\?*}; PG_PARAMS=${ARTIFACTSTORE_TEST_POSTGRES#"$PG_URL"}
+SHARED_DB="${PG_URL%/*}/$DB$PG_PARAMS"
 SHARED_BLOBS="$ARTIFACTSTORE_TEST_S3/bench-$$"
 serve() {  # serve NAME PORT [env…]
   local name=$1 port=$2; shift 2

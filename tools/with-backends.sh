@@ -3,7 +3,8 @@
 # port with its data under target/, all removed on exit:
 # - a PostgreSQL server of its own (Debian's, from /usr/lib/postgresql; installed with apt
 #   when missing, run as the postgres user when we are root);
-#   the command sees ARTIFACTSTORE_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres
+#   with TLS on (a CA and certificate made with openssl here); the command sees
+#   ARTIFACTSTORE_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres?sslmode=verify-full…
 #   and each test creates a database of its own there;
 # - s3s-fs (crates.io, 0.14.1), an S3 server over a directory that checks SigV4 and S3's part
 #   rules; installed once into ~/.cache/artifactstore-tools (S3S_FS names another binary);
@@ -55,19 +56,34 @@ stop() {
 trap stop EXIT
 
 as_pg "$BIN/initdb" -D "$WORK/pg" -A trust -U postgres >/dev/null
+# TLS on, with a certificate for 127.0.0.1 from a CA of its own: the suites connect with
+# sslmode=verify-full against that CA, so every PostgreSQL byte of theirs crosses TLS.
+TLS="$WORK/pg-tls"
+mkdir -p "$TLS"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=artifactstore test CA" \
+  -keyout "$TLS/ca.key" -out "$TLS/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+  -keyout "$TLS/server.key" -out "$TLS/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$TLS/ext"
+openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" \
+  -CAcreateserial -days 2 -extfile "$TLS/ext" -out "$TLS/server.crt" 2>/dev/null
+chmod 600 "$TLS/server.key"
+[ "$(id -u)" = 0 ] && chown -R postgres "$TLS"
 # A port found free can be taken before the server binds it: try a few.
 for attempt in 1 2 3; do
   PG_PORT=$(free_port)
   if as_pg "$BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -o \
-    "-k $WORK -p $PG_PORT -c listen_addresses=127.0.0.1 -c max_connections=500" start >/dev/null; then
+    "-k $WORK -p $PG_PORT -c listen_addresses=127.0.0.1 -c max_connections=500 \
+     -c ssl=on -c ssl_cert_file=$TLS/server.crt -c ssl_key_file=$TLS/server.key" \
+    start >/dev/null; then
     break
   fi
   echo "PostgreSQL did not start on port $PG_PORT (attempt $attempt):" >&2
   tail -5 "$WORK/pg.log" >&2
   [ "$attempt" = 3 ] && exit 1
 done
-echo "== PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
-export ARTIFACTSTORE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+echo "== PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT (TLS)"
+export ARTIFACTSTORE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=verify-full&sslrootcert=$TLS/ca.crt"
 
 S3S_FS=${S3S_FS:-}
 TOOLS="$HOME/.cache/artifactstore-tools"

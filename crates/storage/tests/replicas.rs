@@ -186,3 +186,40 @@ async fn a_lost_listener_falls_back_to_polling_and_comes_back() {
         assert_eq!(got[0].sequence, round + 1);
     }
 }
+
+/// When the URL asks for TLS (`make test`'s server has it on, with a CA of its own), every
+/// connection of the store is encrypted, and a server whose certificate the named CA did not
+/// sign is refused.
+#[tokio::test]
+async fn tls_to_postgres_is_used_and_verified() {
+    let Some(url) = artifactstore_testkit::fresh_postgres().await else {
+        return;
+    };
+    if !url.contains("sslmode=verify-full") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: the PostgreSQL server has no TLS: skipped"
+        );
+        return;
+    }
+    let store = PgStore::open(&url).await.unwrap();
+    store.ping().await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (connections, encrypted): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.datname = current_database()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(connections >= 2, "the store's and this one");
+    assert_eq!(encrypted, connections);
+    // The system's public roots did not sign the test server's certificate.
+    let (head, _) = url.split_once("sslrootcert=").unwrap();
+    let wrong = format!("{head}sslrootcert=/etc/ssl/certs/ca-certificates.crt");
+    assert!(
+        PgStore::open(&wrong).await.is_err(),
+        "an unverified server was accepted"
+    );
+}

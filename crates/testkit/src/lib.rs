@@ -55,10 +55,15 @@ pub async fn fresh_postgres() -> Option<String> {
         .await
         .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
     let _ = admin_conn.close().await;
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
-    Some(format!("{base}/{name}"))
+    // postgres://USER@HOST:PORT/DB?PARAMS: the same server and parameters, another DB.
+    let (url, params) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    let params = if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{params}")
+    };
+    Some(format!("{base}/{name}{params}"))
 }
 
 /// [`fresh_postgres`] for synchronous tests (on a thread of its own, so that it works inside
