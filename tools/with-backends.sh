@@ -28,10 +28,13 @@ if [ -z "$(pg_bin)" ]; then
 fi
 BIN=$(pg_bin)
 
+# Below the kernel's ephemeral range (usually from 32768): a port that some outgoing
+# connection uses as its own looks free to a connect probe but cannot be bound.
 free_port() {
-  local port
+  local port low
+  low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   for _ in $(seq 1 100); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((10000 + RANDOM % (low - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
@@ -96,16 +99,24 @@ if [ ! -x "$S3S_FS" ]; then
   S3S_FS="$TOOLS/bin/s3s-fs"
 fi
 mkdir -p "$WORK/s3/artifactstore-test"
-S3_PORT=$(free_port)
 S3_KEY=artifactstore-test
 S3_SECRET=artifactstore-test-secret
-"$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
-  "$WORK/s3" >"$WORK/s3.log" 2>&1 &
-S3_PID=$!
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break
-  kill -0 "$S3_PID" 2>/dev/null || { echo "s3s-fs did not start:" >&2; cat "$WORK/s3.log" >&2; exit 1; }
-  sleep 0.1
+# As for PostgreSQL: a port found free can be taken before s3s-fs binds it.
+for attempt in 1 2 3; do
+  S3_PORT=$(free_port)
+  "$S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_KEY" --secret-key "$S3_SECRET" \
+    "$WORK/s3" >"$WORK/s3.log" 2>&1 &
+  S3_PID=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null && break 2
+    kill -0 "$S3_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "s3s-fs did not start on port $S3_PORT (attempt $attempt):" >&2
+  tail -3 "$WORK/s3.log" >&2
+  kill "$S3_PID" 2>/dev/null || true
+  S3_PID=
+  [ "$attempt" = 3 ] && exit 1
 done
 echo "== s3s-fs $("$S3S_FS" --version | awk '{print $2}') on 127.0.0.1:$S3_PORT"
 export ARTIFACTSTORE_TEST_S3=s3://artifactstore-test

@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 
 /// Read blocks of this size: large blocks serve files far faster than small ones here.
 const READ_BLOCK: usize = 512 * 1024;
+/// Ranges of at most this many bytes are read from a kept-open file on the runtime thread
+/// when the page cache holds them (see [`OpenBlobs`]).
+const CACHED_READ: usize = 64 * 1024;
 /// Bytes gathered before one `write` call.
 const WRITE_BLOCK: usize = 128 * 1024;
 /// Bodies up to this size are gathered in memory and stored in one blocking call.
@@ -36,6 +39,97 @@ const PIPELINE_DEPTH: usize = 16;
 #[derive(Clone)]
 pub struct FsBlobStore {
     inner: Arc<Dirs>,
+    /// Open blob files for small range reads (see [`OpenBlobs`]).
+    open: Arc<OpenBlobs>,
+}
+
+/// Blob files kept open for small range reads, which then need no `open` and, when the page
+/// cache holds the bytes, no trip to the blocking pool (`preadv2` with `RWF_NOWAIT` on the
+/// runtime thread). Bounded. A blob's file never changes, except when a damaged one is
+/// replaced: every store into the directory bumps `generation` and forgets the digest after
+/// its rename, and a reader caches a file only if no store finished since it began opening
+/// it, so a replaced blob is never read from the old descriptor.
+#[derive(Default)]
+struct OpenBlobs {
+    files: std::sync::Mutex<OpenFiles>,
+}
+
+#[derive(Default)]
+struct OpenFiles {
+    by_digest: std::collections::HashMap<Sha256Digest, (Arc<File>, u64)>,
+    generation: u64,
+}
+
+impl OpenBlobs {
+    const CAPACITY: usize = 1024;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenFiles> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, digest: &Sha256Digest) -> Option<(Arc<File>, u64)> {
+        self.lock().by_digest.get(digest).cloned()
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Keeps `file` unless a store finished after `seen` (the generation before opening).
+    fn keep(&self, digest: Sha256Digest, file: Arc<File>, len: u64, seen: u64) {
+        let mut files = self.lock();
+        if files.generation != seen {
+            return;
+        }
+        if files.by_digest.len() >= Self::CAPACITY {
+            // Crude but bounded; hot blobs come straight back.
+            files.by_digest.clear();
+        }
+        files.by_digest.insert(digest, (file, len));
+    }
+
+    /// After a store of `digest` renamed or linked its file into place.
+    fn stored(&self, digest: &Sha256Digest) {
+        let mut files = self.lock();
+        files.generation += 1;
+        files.by_digest.remove(digest);
+    }
+}
+
+/// The bytes `range` of `file` if the page cache holds all of them, read on this thread
+/// without blocking (`RWF_NOWAIT`); `None` means "ask the blocking pool".
+#[cfg(target_os = "linux")]
+fn read_cached(file: &File, range: &Range<u64>) -> Option<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        // SAFETY: `iov` points into `buf`, which outlives the call; the fd is open.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                (range.start + done as u64) as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n <= 0 {
+            // EAGAIN (not cached), EOPNOTSUPP, or an end earlier than expected.
+            return None;
+        }
+        done += n as usize;
+    }
+    Some(Bytes::from(buf))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &File, _range: &Range<u64>) -> Option<Bytes> {
+    None
 }
 
 struct Dirs {
@@ -73,6 +167,7 @@ impl FsBlobStore {
         .map_err(join_error)??;
         Ok(Self {
             inner: Arc::new(dirs),
+            open: Arc::default(),
         })
     }
 
@@ -119,6 +214,7 @@ impl FsBlobStore {
             place(&temp, &target, info.size)
         })
         .await?;
+        self.open.stored(&info.digest);
         Ok(info)
     }
 
@@ -164,6 +260,7 @@ impl BlobStore for FsBlobStore {
         check_digest(expected, info.digest)?;
         let target = self.blob_path(&info.digest);
         blocking(move || place(&temp, &target, info.size)).await?;
+        self.open.stored(&info.digest);
         Ok(info)
     }
 
@@ -180,12 +277,21 @@ impl BlobStore for FsBlobStore {
         digest: &Sha256Digest,
         range: Range<u64>,
     ) -> Result<ByteStream, StoreError> {
+        let wanted = range.end - range.start;
+        if wanted <= CACHED_READ as u64
+            && let Some((file, len)) = self.open.get(digest)
+            && range.end <= len
+            && let Some(bytes) = read_cached(&file, &range)
+        {
+            return Ok(futures::stream::once(async move { Ok(bytes) }).boxed());
+        }
         let path = self.blob_path(digest);
         let digest = *digest;
-        let wanted = range.end - range.start;
-        /// A small range read at once, or the open file to stream a larger one from.
+        let seen = self.open.generation();
+        /// A small range read at once (and its open file, to keep), or the open file to
+        /// stream a larger one from.
         enum Opened {
-            Read(Bytes),
+            Read(Bytes, Arc<File>, u64),
             File(File),
         }
         // Open, check and (for a small range) read in one trip to the blocking pool: small
@@ -201,7 +307,7 @@ impl BlobStore for FsBlobStore {
             }
             let mut buf = vec![0u8; wanted as usize];
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, range.start)?;
-            Ok(Opened::Read(Bytes::from(buf)))
+            Ok(Opened::Read(Bytes::from(buf), Arc::new(file), len))
         })
         .await
         .map_err(|e| match e {
@@ -209,7 +315,12 @@ impl BlobStore for FsBlobStore {
             other => other,
         })?;
         Ok(match opened {
-            Opened::Read(bytes) => futures::stream::once(async move { Ok(bytes) }).boxed(),
+            Opened::Read(bytes, file, len) => {
+                if wanted <= CACHED_READ as u64 {
+                    self.open.keep(digest, file, len, seen);
+                }
+                futures::stream::once(async move { Ok(bytes) }).boxed()
+            }
             Opened::File(file) => read_ahead(file, range),
         })
     }
@@ -285,7 +396,9 @@ impl BlobStore for FsBlobStore {
             }
             sync_dir(parent(&target))
         })
-        .await
+        .await?;
+        self.open.stored(&blob.digest);
+        Ok(())
     }
 
     async fn stage_discard(&self, upload: &UploadId) -> Result<(), StoreError> {
@@ -656,6 +769,48 @@ mod tests {
             out.extend_from_slice(&chunk.unwrap());
         }
         out
+    }
+
+    async fn read_range(store: &FsBlobStore, info: &BlobInfo, range: Range<u64>) -> Vec<u8> {
+        let mut stream = store.read(&info.digest, range).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    /// Small ranges come from a kept-open file; once a damaged blob is replaced, none is read
+    /// from the descriptor of the damaged file (also for a small blob, stored the other way).
+    #[tokio::test]
+    async fn a_repaired_blob_is_never_read_from_a_stale_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        for len in [300_000, 5_000] {
+            let data = artifactstore_testkit::bytes(len, len as u64);
+            let info = store.put(body(&data), None, u64::MAX).await.unwrap();
+            assert_eq!(read_range(&store, &info, 10..4106).await, data[10..4106]);
+            assert_eq!(
+                read_range(&store, &info, 10..4106).await,
+                data[10..4106],
+                "kept open"
+            );
+            // Damage it in place (the kept-open file is this inode): other bytes, short.
+            let path = store.blob_path(&info.digest);
+            let mut damaged = data.clone();
+            damaged.truncate(len - 1);
+            damaged[..4200].fill(0xAA);
+            std::fs::write(&path, &damaged).unwrap();
+            assert_eq!(read_range(&store, &info, 10..4106).await, damaged[10..4106]);
+            // A store of the same bytes replaces the damaged file.
+            store.put(body(&data), None, u64::MAX).await.unwrap();
+            assert_eq!(
+                read_range(&store, &info, 10..4106).await,
+                data[10..4106],
+                "len {len}"
+            );
+            assert_eq!(read_all(&store, &info).await, data);
+        }
     }
 
     /// Ranges that end inside, at and past block boundaries come back exactly, in blocks no
