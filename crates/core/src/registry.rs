@@ -318,12 +318,12 @@ impl Registry {
             return Err(RegistryError::invalid("range", "outside the file"));
         }
         if file.inline {
-            let Some(bytes) = self.meta.inline_blob(&file.sha256()).await? else {
-                return Err(StoreError::Corrupt(format!("inline bytes of {}", file.id)).into());
+            let bytes = match self.meta.inline_blob(&file.sha256()).await? {
+                Some(bytes) if bytes.len() as u64 == file.size => bytes,
+                _ => {
+                    return Err(StoreError::Corrupt(format!("inline bytes of {}", file.id)).into());
+                }
             };
-            if bytes.len() as u64 != file.size {
-                return Err(StoreError::Corrupt(format!("inline bytes of {}", file.id)).into());
-            }
             let part = bytes.slice(range.start as usize..range.end as usize);
             return Ok((file, futures::stream::once(async { Ok(part) }).boxed()));
         }

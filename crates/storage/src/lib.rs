@@ -5,6 +5,7 @@
 
 mod fs;
 mod postgres;
+mod reads;
 mod rows;
 mod s3;
 mod sqlite;

@@ -22,6 +22,7 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{Notify, watch};
 
+use crate::reads::{Pool, Reads};
 use crate::rows::*;
 use crate::tail::{EventTail, TAIL_EVENTS};
 
@@ -47,16 +48,13 @@ const FOLLOW_BATCH: i64 = 1000;
 /// How long a write waits for the follower to publish its own event before answering.
 const OWN_EVENT_WAIT: Duration = Duration::from_secs(5);
 
-const WHAT: &str = "the metadata store (PostgreSQL)";
-
 pub struct PgStore {
+    /// Writes take their connections here; reads (the same pool) go through `reads`.
     pool: PgPool,
-    tail: Arc<EventTail>,
+    reads: Reads,
     /// Rung after each local commit of an event: the follower reads at once.
     committed: Arc<Notify>,
     stop: watch::Sender<bool>,
-    /// File records by id: a file never changes once added.
-    files: FileCache,
 }
 
 impl PgStore {
@@ -71,14 +69,14 @@ impl PgStore {
         // A statement that runs this long fails instead of holding a request (and its
         // connection) on a database that stopped answering.
         let options = PgConnectOptions::from_str(url)
-            .map_err(pg)?
+            .map_err(sql_error)?
             .options([("statement_timeout", "30s")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
-            .map_err(pg)?;
+            .map_err(sql_error)?;
         migrator(MIGRATIONS)
             .run(&pool)
             .await
@@ -86,7 +84,7 @@ impl PgStore {
         let last: i64 = sqlx::query_scalar("SELECT last FROM event_counter")
             .fetch_one(&pool)
             .await
-            .map_err(pg)?;
+            .map_err(sql_error)?;
         let tail = Arc::new(EventTail::new(last as u64, tail_events));
         let committed = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
@@ -103,11 +101,14 @@ impl PgStore {
             stopped,
         ));
         Ok(Self {
+            reads: Reads {
+                pool: Pool::Postgres(pool.clone()),
+                files: FileCache::default(),
+                tail,
+            },
             pool,
-            tail,
             committed,
             stop,
-            files: FileCache::default(),
         })
     }
 
@@ -118,10 +119,10 @@ impl PgStore {
         tx: sqlx::Transaction<'_, Postgres>,
         sequence: Option<u64>,
     ) -> Result<(), StoreError> {
-        tx.commit().await.map_err(pg)?;
+        tx.commit().await.map_err(sql_error)?;
         if let Some(sequence) = sequence {
             self.committed.notify_one();
-            let mut seen = self.tail.watch(&Scope::All);
+            let mut seen = self.reads.tail.watch(&Scope::All);
             // Past the wait the event is still committed; readers will see it shortly.
             let _ =
                 tokio::time::timeout(OWN_EVENT_WAIT, seen.wait_for(|last| *last >= sequence)).await;
@@ -135,7 +136,7 @@ impl PgStore {
 /// of one, rolls everything back.
 macro_rules! in_transaction {
     ($store:expr, |$conn:ident| $body:block) => {{
-        let mut tx = $store.pool.begin().await.map_err(pg)?;
+        let mut tx = $store.pool.begin().await.map_err(sql_error)?;
         let $conn: &mut PgConnection = &mut tx;
         let result: Result<_, StoreError> = async { $body }.await;
         let (value, sequence) = result?;
@@ -232,36 +233,8 @@ async fn events_after(pool: &PgPool, since: u64, limit: i64) -> Result<Vec<Event
     .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(pg)?;
+    .map_err(sql_error)?;
     rows.iter().map(event_from_row).collect()
-}
-
-/// A store error from a database error: the ones that mean "cannot reach it now" are
-/// [`StoreError::Unavailable`], answered `503` with `Retry-After`.
-fn pg(e: sqlx::Error) -> StoreError {
-    let unreachable = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(d) => d.code().is_some_and(|code| {
-            // 08: connection exceptions; 57P01-03: shutting down, crashed, starting up;
-            // 53300: too many connections.
-            code.starts_with("08") || code.starts_with("57P") || code == "53300"
-        }),
-        _ => false,
-    };
-    if unreachable {
-        tracing::warn!(error = %e, "metadata store unreachable");
-        StoreError::Unavailable(WHAT)
-    } else {
-        StoreError::Database(e.to_string())
-    }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 /// Appends an event as the transaction's last statement: the counter row's lock, taken here,
@@ -282,7 +255,7 @@ async fn append_event(conn: &mut PgConnection, event: &NewEvent) -> Result<u64, 
     .bind(CHANNEL)
     .fetch_one(&mut *conn)
     .await
-    .map_err(pg)?;
+    .map_err(sql_error)?;
     Ok(sequence as u64)
 }
 
@@ -301,17 +274,13 @@ async fn lock_state(
     .bind(tenant)
     .fetch_optional(&mut *conn)
     .await
-    .map_err(pg)
+    .map_err(sql_error)
 }
 
 #[async_trait]
 impl MetadataStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(pg)?;
-        Ok(())
+        self.reads.ping().await
     }
 
     async fn close(&self) {
@@ -337,7 +306,7 @@ impl MetadataStore for PgStore {
             .bind(p.created_at.as_millis())
             .execute(&mut *conn)
             .await
-            .map_err(pg)?;
+            .map_err(sql_error)?;
             if !p.metadata.is_empty() {
                 let (keys, values): (Vec<&str>, Vec<&str>) = p
                     .metadata
@@ -354,7 +323,7 @@ impl MetadataStore for PgStore {
                 .bind(values)
                 .execute(&mut *conn)
                 .await
-                .map_err(pg)?;
+                .map_err(sql_error)?;
             }
             let sequence = append_event(conn, &event).await?;
             Ok((sequence, Some(sequence)))
@@ -363,15 +332,7 @@ impl MetadataStore for PgStore {
     }
 
     async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(pg)?;
-        let package = row.as_ref().map(package_from_row).transpose()?;
-        Ok(package.filter(|p| scope.admits(&p.tenant)))
+        self.reads.package(scope, id).await
     }
 
     async fn list_packages(
@@ -381,9 +342,7 @@ impl MetadataStore for PgStore {
         before: Option<PackageId>,
         limit: u32,
     ) -> Result<Vec<Package>, StoreError> {
-        let mut sql = list_packages_query::<Postgres>(scope, q, before, limit);
-        let rows = sql.build().fetch_all(&self.pool).await.map_err(pg)?;
-        rows.iter().map(package_from_row).collect()
+        self.reads.list_packages(scope, q, before, limit).await
     }
 
     async fn add_file(
@@ -429,7 +388,7 @@ impl MetadataStore for PgStore {
                 Err(e) if is_unique_violation(&e) => {
                     return Err(StoreError::PathTaken(file.path.clone()));
                 }
-                Err(e) => return Err(pg(e)),
+                Err(e) => return Err(sql_error(e)),
             }
             if let Some(bytes) = inline.as_deref() {
                 sqlx::query(
@@ -440,7 +399,7 @@ impl MetadataStore for PgStore {
                 .bind(bytes)
                 .execute(&mut *conn)
                 .await
-                .map_err(pg)?;
+                .map_err(sql_error)?;
             }
             if let Some(upload) = upload {
                 sqlx::query("UPDATE uploads SET state = 'completed', file_id = $1 WHERE id = $2")
@@ -448,7 +407,7 @@ impl MetadataStore for PgStore {
                     .bind(upload.to_string())
                     .execute(&mut *conn)
                     .await
-                    .map_err(pg)?;
+                    .map_err(sql_error)?;
             }
             sqlx::query(
                 "UPDATE packages SET file_count = file_count + 1, \
@@ -458,7 +417,7 @@ impl MetadataStore for PgStore {
             .bind(file.package_id.to_string())
             .execute(&mut *conn)
             .await
-            .map_err(pg)?;
+            .map_err(sql_error)?;
             let sequence = append_event(conn, &event).await?;
             Ok((sequence, Some(sequence)))
         });
@@ -466,29 +425,11 @@ impl MetadataStore for PgStore {
     }
 
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
-        let bytes: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT bytes FROM inline_blobs WHERE sha256 = $1")
-                .bind(digest.hex())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(pg)?;
-        Ok(bytes.map(Bytes::from))
+        self.reads.inline_blob(digest).await
     }
 
     async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError> {
-        if let Some(file) = self.files.get(&id) {
-            return Ok(scope.admits(&file.tenant).then_some(file));
-        }
-        let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(pg)?;
-        let Some(file) = row.as_ref().map(file_from_row).transpose()? else {
-            return Ok(None);
-        };
-        self.files.insert(&file);
-        Ok(scope.admits(&file.tenant).then_some(file))
+        self.reads.file(scope, id).await
     }
 
     async fn list_files(
@@ -498,18 +439,7 @@ impl MetadataStore for PgStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<FileRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE package_id = $1 \
-             AND ($2::text IS NULL OR tenant = $2) AND path > $3 ORDER BY path LIMIT $4"
-        ))
-        .bind(package.to_string())
-        .bind(scope.tenant())
-        .bind(after.unwrap_or(""))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(pg)?;
-        rows.iter().map(file_from_row).collect()
+        self.reads.list_files(scope, package, after, limit).await
     }
 
     async fn finalize(
@@ -530,7 +460,7 @@ impl MetadataStore for PgStore {
             .bind(tenant)
             .fetch_optional(&mut *conn)
             .await
-            .map_err(pg)?
+            .map_err(sql_error)?
             .ok_or(StoreError::NotFound)?;
             let current = package_from_row(&row)?;
             if current.state == PackageState::Finalized {
@@ -551,7 +481,7 @@ impl MetadataStore for PgStore {
             .bind(package.to_string())
             .fetch_one(&mut *conn)
             .await
-            .map_err(pg)?;
+            .map_err(sql_error)?;
             let updated = package_from_row(&row)?;
             let sequence = append_event(conn, &event).await?;
             Ok(((updated, Some(sequence)), Some(sequence)))
@@ -565,16 +495,7 @@ impl MetadataStore for PgStore {
         scope: &Scope,
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError> {
-        let row = sqlx::query(
-            "SELECT manifest_digest, manifest_cbor, manifest_json FROM packages \
-             WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) AND state = 'finalized'",
-        )
-        .bind(package.to_string())
-        .bind(scope.tenant())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(pg)?;
-        row.as_ref().map(manifest_from_row).transpose()
+        self.reads.manifest(scope, package).await
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
@@ -594,7 +515,7 @@ impl MetadataStore for PgStore {
         .bind(&u.staging.0)
         .execute(&self.pool)
         .await
-        .map_err(pg)?;
+        .map_err(sql_error)?;
         Ok(())
     }
 
@@ -603,16 +524,7 @@ impl MetadataStore for PgStore {
         scope: &Scope,
         id: UploadId,
     ) -> Result<Option<UploadRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = $1 \
-             AND ($2::text IS NULL OR tenant = $2)"
-        ))
-        .bind(id.to_string())
-        .bind(scope.tenant())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(pg)?;
-        row.as_ref().map(upload_from_row).transpose()
+        self.reads.upload(scope, id).await
     }
 
     async fn advance_upload(
@@ -643,7 +555,7 @@ impl MetadataStore for PgStore {
         .bind(from_offset as i64)
         .fetch_optional(&self.pool)
         .await
-        .map_err(pg)?;
+        .map_err(sql_error)?;
         if let Some(row) = row {
             return upload_from_row(&row);
         }
@@ -653,7 +565,7 @@ impl MetadataStore for PgStore {
                 .bind(tenant)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(pg)?;
+                .map_err(sql_error)?;
         Err(match state.as_deref() {
             None => StoreError::NotFound,
             Some("open") => StoreError::Stale,
@@ -675,7 +587,7 @@ impl MetadataStore for PgStore {
                 .bind(id.to_string())
                 .execute(&mut *conn)
                 .await
-                .map_err(pg)?;
+                .map_err(sql_error)?;
             Ok(((), None))
         });
         Ok(())
@@ -697,7 +609,7 @@ impl MetadataStore for PgStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
-        .map_err(pg)?;
+        .map_err(sql_error)?;
         tenants_and_ids(&rows)
     }
 
@@ -707,30 +619,10 @@ impl MetadataStore for PgStore {
         since: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        if let Some(events) = self.tail.since(scope, since, limit) {
-            return Ok(events);
-        }
-        let query = match scope {
-            Scope::Tenant(tenant) => sqlx::query(
-                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
-                 WHERE tenant = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
-            )
-            .bind(tenant.as_str()),
-            Scope::All => sqlx::query(
-                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
-                 WHERE sequence > $1 ORDER BY sequence LIMIT $2",
-            ),
-        };
-        let rows = query
-            .bind(since.min(i64::MAX as u64) as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(pg)?;
-        rows.iter().map(event_from_row).collect()
+        self.reads.events_since(scope, since, limit).await
     }
 
     fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
-        self.tail.watch(scope)
+        self.reads.tail.watch(scope)
     }
 }

@@ -302,3 +302,33 @@ pub(crate) fn tenants_and_ids(rows: &[impl Fields]) -> Result<Vec<(String, Uploa
         })
         .collect()
 }
+
+/// A store error from a database error, the same for both engines: the ones that mean
+/// "cannot reach it now" (connection lost or refused, no connection free in time, PostgreSQL's
+/// shutdown and too-many-connections codes) are [`StoreError::Unavailable`], answered `503`
+/// with `Retry-After`.
+pub(crate) fn sql_error(e: sqlx::Error) -> StoreError {
+    let unreachable = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+            // 08: connection exceptions; 57P01-03: shutting down, crashed, starting up;
+            // 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    };
+    if unreachable {
+        tracing::warn!(error = %e, "metadata store unreachable");
+        StoreError::Unavailable("the metadata store")
+    } else {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}

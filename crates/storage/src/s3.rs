@@ -112,7 +112,7 @@ impl S3BlobStore {
 
     fn key(&self, rest: &str) -> Path {
         rest.split('/')
-            .fold(self.prefix.clone(), |path, part| path.clone().join(part))
+            .fold(self.prefix.clone(), |path, part| path.join(part))
     }
 
     fn pointer_key(&self, digest: &Sha256Digest) -> Path {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use artifactstore_core::storage::{MetadataStore, StoreError};
 
+use crate::reads::{Pool, Reads};
 use crate::rows::*;
 use crate::tail::{EventTail, TAIL_EVENTS};
 use artifactstore_core::*;
@@ -67,15 +68,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct SqliteStore {
     writer: SqlitePool,
-    readers: SqlitePool,
+    /// A small pool of read-only connections, the file cache and the event tail.
+    reads: Reads,
     /// The writer task's queue: every change goes through it (see [`run_writer`]).
     jobs: mpsc::Sender<Message>,
-    published: Arc<EventTail>,
     /// Stops the checkpointer; it answers once its connection is closed.
     stop_checkpoints: std::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>,
-    /// File records by id. A file never changes once added (and files are never removed), so
-    /// a cached record is never stale; downloads and range reads skip the database.
-    files: FileCache,
 }
 
 /// What the writer and the checkpointer tell each other.
@@ -122,7 +120,7 @@ impl SqliteStore {
             format!("sqlite://{url}")
         };
         let options = SqliteConnectOptions::from_str(&url)
-            .map_err(db)?
+            .map_err(sql_error)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit is on disk before it is acknowledged.
@@ -138,7 +136,7 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options.clone())
             .await
-            .map_err(db)?;
+            .map_err(sql_error)?;
         migrator(MIGRATIONS)
             .run(&writer)
             .await
@@ -147,17 +145,17 @@ impl SqliteStore {
             .max_connections(READERS)
             .connect_with(options.clone().read_only(true))
             .await
-            .map_err(db)?;
+            .map_err(sql_error)?;
         let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM events")
             .fetch_one(&writer)
             .await
-            .map_err(db)?;
+            .map_err(sql_error)?;
         let published = Arc::new(EventTail::new(last as u64, tail_events));
         let checkpoints = Arc::new(Checkpoints::default());
-        let checkpointer = options.connect().await.map_err(db)?;
+        let checkpointer = options.connect().await.map_err(sql_error)?;
         let (stop_checkpoints, stop) = oneshot::channel();
         tokio::spawn(run_checkpointer(checkpointer, checkpoints.clone(), stop));
-        let connection = writer.acquire().await.map_err(db)?;
+        let connection = writer.acquire().await.map_err(sql_error)?;
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(run_writer(
             connection,
@@ -167,11 +165,13 @@ impl SqliteStore {
         ));
         Ok(Self {
             writer,
-            readers,
+            reads: Reads {
+                pool: Pool::Sqlite(readers),
+                files: FileCache::default(),
+                tail: published,
+            },
             jobs,
-            published,
             stop_checkpoints: std::sync::Mutex::new(Some(stop_checkpoints)),
-            files: FileCache::default(),
         })
     }
 
@@ -192,7 +192,9 @@ impl SqliteStore {
                 let _ = done.await;
             }
         }
-        self.readers.close().await;
+        if let Pool::Sqlite(readers) = &self.reads.pool {
+            readers.close().await;
+        }
         self.writer.close().await;
     }
 
@@ -400,14 +402,6 @@ async fn run_checkpointer(
     }
 }
 
-fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Database(e.to_string())
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
 /// Appends an event; its sequence is the log's last plus one (see the module comment).
 macro_rules! insert_event_sql {
     () => {
@@ -452,7 +446,7 @@ async fn add_refusal(
             .await
         {
             Ok(state) => state,
-            Err(e) => return db(e),
+            Err(e) => return sql_error(e),
         };
     match state.as_deref() {
         None => return StoreError::NotFound,
@@ -490,7 +484,7 @@ async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Ev
     let row = bind_event(sqlx::query(INSERT_EVENT), &event, data)
         .fetch_one(&mut *conn)
         .await
-        .map_err(db)?;
+        .map_err(sql_error)?;
     let sequence: i64 = row.try_get("sequence").map_err(|_| corrupt("event"))?;
     Ok(committed_event(event, sequence))
 }
@@ -505,17 +499,13 @@ async fn upload_state(
         .bind(tenant)
         .fetch_optional(&mut *conn)
         .await
-        .map_err(db)
+        .map_err(sql_error)
 }
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.readers)
-            .await
-            .map_err(db)?;
-        Ok(())
+        self.reads.ping().await
     }
 
     async fn close(&self) {
@@ -542,7 +532,7 @@ impl MetadataStore for SqliteStore {
                 .bind(p.created_at.as_millis())
                 .execute(&mut *conn)
                 .await
-                .map_err(db)?;
+                .map_err(sql_error)?;
                 for (key, value) in &p.metadata {
                     sqlx::query(
                         "INSERT INTO package_metadata (package_id, tenant, key, value) \
@@ -554,7 +544,7 @@ impl MetadataStore for SqliteStore {
                     .bind(value)
                     .execute(&mut *conn)
                     .await
-                    .map_err(db)?;
+                    .map_err(sql_error)?;
                 }
                 let event = append_event(conn, event).await?;
                 Ok((event.clone(), Some(event)))
@@ -564,15 +554,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ?"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(db)?;
-        let package = row.as_ref().map(package_from_row).transpose()?;
-        Ok(package.filter(|p| scope.admits(&p.tenant)))
+        self.reads.package(scope, id).await
     }
 
     async fn list_packages(
@@ -582,9 +564,7 @@ impl MetadataStore for SqliteStore {
         before: Option<PackageId>,
         limit: u32,
     ) -> Result<Vec<Package>, StoreError> {
-        let mut sql = list_packages_query::<Sqlite>(scope, q, before, limit);
-        let rows = sql.build().fetch_all(&self.readers).await.map_err(db)?;
-        rows.iter().map(package_from_row).collect()
+        self.reads.list_packages(scope, q, before, limit).await
     }
 
     async fn add_file(
@@ -630,7 +610,7 @@ impl MetadataStore for SqliteStore {
                     Err(e) if is_unique_violation(&e) => {
                         return Err(StoreError::PathTaken(file.path.clone()));
                     }
-                    Err(e) => return Err(db(e)),
+                    Err(e) => return Err(sql_error(e)),
                 };
                 let sequence = rows
                     .last()
@@ -647,29 +627,11 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
-        let bytes: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT bytes FROM inline_blobs WHERE sha256 = ?")
-                .bind(digest.hex())
-                .fetch_optional(&self.readers)
-                .await
-                .map_err(db)?;
-        Ok(bytes.map(Bytes::from))
+        self.reads.inline_blob(digest).await
     }
 
     async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError> {
-        if let Some(file) = self.files.get(&id) {
-            return Ok(scope.admits(&file.tenant).then_some(file));
-        }
-        let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(db)?;
-        let Some(file) = row.as_ref().map(file_from_row).transpose()? else {
-            return Ok(None);
-        };
-        self.files.insert(&file);
-        Ok(scope.admits(&file.tenant).then_some(file))
+        self.reads.file(scope, id).await
     }
 
     async fn list_files(
@@ -679,18 +641,7 @@ impl MetadataStore for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<FileRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {FILE_COLUMNS} FROM files WHERE package_id = ?1 \
-             AND (?2 IS NULL OR tenant = ?2) AND path > ?3 ORDER BY path LIMIT ?4"
-        ))
-        .bind(package.to_string())
-        .bind(scope.tenant())
-        .bind(after.unwrap_or(""))
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        rows.iter().map(file_from_row).collect()
+        self.reads.list_files(scope, package, after, limit).await
     }
 
     async fn finalize(
@@ -712,7 +663,7 @@ impl MetadataStore for SqliteStore {
                 .bind(&tenant)
                 .fetch_optional(&mut *conn)
                 .await
-                .map_err(db)?
+                .map_err(sql_error)?
                 .ok_or(StoreError::NotFound)?;
                 let current = package_from_row(&row)?;
                 if current.state == PackageState::Finalized {
@@ -733,7 +684,7 @@ impl MetadataStore for SqliteStore {
                 .bind(package.to_string())
                 .fetch_one(&mut *conn)
                 .await
-                .map_err(db)?;
+                .map_err(sql_error)?;
                 let updated = package_from_row(&row)?;
                 let event = append_event(conn, event).await?;
                 Ok(((updated, Some(event.clone())), Some(event)))
@@ -747,16 +698,7 @@ impl MetadataStore for SqliteStore {
         scope: &Scope,
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError> {
-        let row = sqlx::query(
-            "SELECT manifest_digest, manifest_cbor, manifest_json FROM packages \
-             WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2) AND state = 'finalized'",
-        )
-        .bind(package.to_string())
-        .bind(scope.tenant())
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(db)?;
-        row.as_ref().map(manifest_from_row).transpose()
+        self.reads.manifest(scope, package).await
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
@@ -778,7 +720,7 @@ impl MetadataStore for SqliteStore {
                 .bind(&u.staging.0)
                 .execute(&mut *conn)
                 .await
-                .map_err(db)?;
+                .map_err(sql_error)?;
                 Ok(((), None))
             })
         })
@@ -790,16 +732,7 @@ impl MetadataStore for SqliteStore {
         scope: &Scope,
         id: UploadId,
     ) -> Result<Option<UploadRecord>, StoreError> {
-        // A change is answered only after its commit, so a reader sees every answered one.
-        let row = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"
-        ))
-        .bind(id.to_string())
-        .bind(scope.tenant())
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(db)?;
-        row.as_ref().map(upload_from_row).transpose()
+        self.reads.upload(scope, id).await
     }
 
     async fn advance_upload(
@@ -831,7 +764,7 @@ impl MetadataStore for SqliteStore {
                 .bind(from_offset as i64)
                 .fetch_optional(&mut *conn)
                 .await
-                .map_err(db)?;
+                .map_err(sql_error)?;
                 if let Some(row) = row {
                     return Ok((upload_from_row(&row)?, None));
                 }
@@ -858,7 +791,7 @@ impl MetadataStore for SqliteStore {
                     .bind(id.to_string())
                     .execute(&mut *conn)
                     .await
-                    .map_err(db)?;
+                    .map_err(sql_error)?;
                 Ok(((), None))
             })
         })
@@ -880,7 +813,7 @@ impl MetadataStore for SqliteStore {
                 .bind(limit as i64)
                 .fetch_all(&mut *conn)
                 .await
-                .map_err(db)?;
+                .map_err(sql_error)?;
                 Ok((tenants_and_ids(&rows)?, None))
             })
         })
@@ -893,31 +826,10 @@ impl MetadataStore for SqliteStore {
         since: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        if let Some(events) = self.published.since(scope, since, limit) {
-            return Ok(events);
-        }
-        // Two texts, so that a tenant's read keeps its (tenant, sequence) index.
-        let query = match scope {
-            Scope::Tenant(tenant) => sqlx::query(
-                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
-                 WHERE tenant = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-            )
-            .bind(tenant.as_str()),
-            Scope::All => sqlx::query(
-                "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
-                 WHERE sequence > ? ORDER BY sequence LIMIT ?",
-            ),
-        };
-        let rows = query
-            .bind(since.min(i64::MAX as u64) as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.readers)
-            .await
-            .map_err(db)?;
-        rows.iter().map(event_from_row).collect()
+        self.reads.events_since(scope, since, limit).await
     }
 
     fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
-        self.published.watch(scope)
+        self.reads.tail.watch(scope)
     }
 }

@@ -14,39 +14,51 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The value of the environment variable `var` naming a shared store for the suites, or
+/// `None` when it is unset, saying so once per test binary on the terminal (past the test
+/// harness's capture) with `what` for the runs skipped.
+fn shared_store(var: &str, what: &str, said: &'static std::sync::Once) -> Option<String> {
+    let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+    if value.is_none() {
+        said.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: {var} is unset: the {what} runs of this suite are skipped \
+                 (make test runs them)"
+            );
+        });
+    }
+    value
+}
+
+/// A name no other test of any run uses: process id, clock, and a counter.
+fn unique_name(separator: char) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let next = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    format!(
+        "t{separator}{pid}{separator}{}{separator}{next}",
+        nanos % 1_000_000_000_000
+    )
+}
+
 /// The environment variable naming a PostgreSQL server for the suites: an admin URL such as
 /// `postgres://postgres@127.0.0.1:54329/postgres`. Unset, every suite runs on the embedded
 /// stores alone.
 pub const POSTGRES_ENV: &str = "ARTIFACTSTORE_TEST_POSTGRES";
 
 /// The URL of a new, empty database of its own for one test on the PostgreSQL server of
-/// [`POSTGRES_ENV`], or `None` when that is unset (the test then runs on SQLite), saying so
-/// once per test binary on the terminal (past the test harness's capture).
+/// [`POSTGRES_ENV`], or `None` when that is unset (the test then runs on SQLite).
 pub async fn fresh_postgres() -> Option<String> {
     use sqlx::Connection;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let Some(admin) = std::env::var(POSTGRES_ENV).ok().filter(|u| !u.is_empty()) else {
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: {POSTGRES_ENV} is unset: the PostgreSQL runs of this suite are skipped \
-                 (make test runs them)"
-            );
-        });
-        return None;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let name = format!(
-        "t_{}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let admin = shared_store(POSTGRES_ENV, "PostgreSQL", &SAID)?;
+    let name = unique_name('_');
     let mut admin_conn = sqlx::PgConnection::connect(&admin)
         .await
         .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={admin}: {e}"));
@@ -85,30 +97,13 @@ pub fn fresh_postgres_blocking() -> Option<String> {
 pub const S3_ENV: &str = "ARTIFACTSTORE_TEST_S3";
 
 /// An `s3://BUCKET/PREFIX` of its own for one test in the bucket of [`S3_ENV`], or `None`
-/// when that is unset (the test then keeps blobs in its directory), saying so once per test
-/// binary.
+/// when that is unset (the test then keeps blobs in its directory).
 pub fn fresh_s3() -> Option<String> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let Some(base) = std::env::var(S3_ENV).ok().filter(|u| !u.is_empty()) else {
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: {S3_ENV} is unset: the S3 runs of this suite are skipped (make test runs them)"
-            );
-        });
-        return None;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let base = shared_store(S3_ENV, "S3", &SAID)?;
     Some(format!(
-        "{}/t-{}-{}-{}",
+        "{}/{}",
         base.trim_end_matches('/'),
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        unique_name('-')
     ))
 }

@@ -1,0 +1,212 @@
+//! The reads of the metadata store, one SQL text for both engines (`$N` parameters, which
+//! sqlx binds by number on SQLite too, and `CAST($N AS TEXT)` where a parameter may be NULL),
+//! with the file-record cache and the in-memory event tail in front.
+
+use std::sync::Arc;
+
+use artifactstore_core::storage::StoreError;
+use artifactstore_core::*;
+use bytes::Bytes;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+
+use crate::rows::*;
+use crate::tail::EventTail;
+
+/// The pool reads go to.
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the engine's own pool: the body is compiled once per
+/// engine, so rows decode as that engine's rows.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            Pool::Sqlite($p) => $body,
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+pub(crate) struct Reads {
+    pub(crate) pool: Pool,
+    /// File records by id (a file never changes once added).
+    pub(crate) files: FileCache,
+    pub(crate) tail: Arc<EventTail>,
+}
+
+impl Reads {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(&self.pool, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(drop))
+        .map_err(sql_error)
+    }
+
+    pub(crate) async fn package(
+        &self,
+        scope: &Scope,
+        id: PackageId,
+    ) -> Result<Option<Package>, StoreError> {
+        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1");
+        let package = on_pool!(&self.pool, |p| {
+            let row = sqlx::query(&sql)
+                .bind(id.to_string())
+                .fetch_optional(p)
+                .await
+                .map_err(sql_error)?;
+            row.as_ref().map(package_from_row).transpose()?
+        });
+        Ok(package.filter(|p| scope.admits(&p.tenant)))
+    }
+
+    pub(crate) async fn list_packages(
+        &self,
+        scope: &Scope,
+        q: &PackageQuery,
+        before: Option<PackageId>,
+        limit: u32,
+    ) -> Result<Vec<Package>, StoreError> {
+        on_pool!(&self.pool, |p| {
+            let mut sql = list_packages_query(scope, q, before, limit);
+            let rows = sql.build().fetch_all(p).await.map_err(sql_error)?;
+            rows.iter().map(package_from_row).collect()
+        })
+    }
+
+    pub(crate) async fn inline_blob(
+        &self,
+        digest: &Sha256Digest,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let sql = "SELECT bytes FROM inline_blobs WHERE sha256 = $1";
+        let bytes: Option<Vec<u8>> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(digest.hex())
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        Ok(bytes.map(Bytes::from))
+    }
+
+    pub(crate) async fn file(
+        &self,
+        scope: &Scope,
+        id: FileId,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        if let Some(file) = self.files.get(&id) {
+            return Ok(scope.admits(&file.tenant).then_some(file));
+        }
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1");
+        let file = on_pool!(&self.pool, |p| {
+            let row = sqlx::query(&sql)
+                .bind(id.to_string())
+                .fetch_optional(p)
+                .await
+                .map_err(sql_error)?;
+            row.as_ref().map(file_from_row).transpose()?
+        });
+        let Some(file) = file else { return Ok(None) };
+        self.files.insert(&file);
+        Ok(scope.admits(&file.tenant).then_some(file))
+    }
+
+    pub(crate) async fn list_files(
+        &self,
+        scope: &Scope,
+        package: PackageId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE package_id = $1 \
+             AND (CAST($2 AS TEXT) IS NULL OR tenant = $2) AND path > $3 ORDER BY path LIMIT $4"
+        );
+        on_pool!(&self.pool, |p| {
+            let rows = sqlx::query(&sql)
+                .bind(package.to_string())
+                .bind(scope.tenant())
+                .bind(after.unwrap_or(""))
+                .bind(limit as i64)
+                .fetch_all(p)
+                .await
+                .map_err(sql_error)?;
+            rows.iter().map(file_from_row).collect()
+        })
+    }
+
+    pub(crate) async fn manifest(
+        &self,
+        scope: &Scope,
+        package: PackageId,
+    ) -> Result<Option<StoredManifest>, StoreError> {
+        let sql = "SELECT manifest_digest, manifest_cbor, manifest_json FROM packages \
+                   WHERE id = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant = $2) \
+                   AND state = 'finalized'";
+        on_pool!(&self.pool, |p| {
+            let row = sqlx::query(sql)
+                .bind(package.to_string())
+                .bind(scope.tenant())
+                .fetch_optional(p)
+                .await
+                .map_err(sql_error)?;
+            row.as_ref().map(manifest_from_row).transpose()
+        })
+    }
+
+    /// A change is answered only after its commit, so a read sees every answered one.
+    pub(crate) async fn upload(
+        &self,
+        scope: &Scope,
+        id: UploadId,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = $1 \
+             AND (CAST($2 AS TEXT) IS NULL OR tenant = $2)"
+        );
+        on_pool!(&self.pool, |p| {
+            let row = sqlx::query(&sql)
+                .bind(id.to_string())
+                .bind(scope.tenant())
+                .fetch_optional(p)
+                .await
+                .map_err(sql_error)?;
+            row.as_ref().map(upload_from_row).transpose()
+        })
+    }
+
+    /// From the tail when it holds every event after `since`, else from the database, with
+    /// a text per scope so that a tenant's read keeps its (tenant, sequence) index.
+    pub(crate) async fn events_since(
+        &self,
+        scope: &Scope,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        if let Some(events) = self.tail.since(scope, since, limit) {
+            return Ok(events);
+        }
+        let since = since.min(i64::MAX as u64) as i64;
+        on_pool!(&self.pool, |p| {
+            let query = match scope {
+                Scope::Tenant(tenant) => sqlx::query(
+                    "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
+                     WHERE tenant = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+                )
+                .bind(tenant.as_str()),
+                Scope::All => sqlx::query(
+                    "SELECT sequence, type, occurred_at, tenant, package_id, data FROM events \
+                     WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                ),
+            };
+            let rows = query
+                .bind(since)
+                .bind(limit as i64)
+                .fetch_all(p)
+                .await
+                .map_err(sql_error)?;
+            rows.iter().map(event_from_row).collect()
+        })
+    }
+}
