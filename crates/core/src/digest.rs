@@ -34,7 +34,18 @@ impl Sha256Digest {
 
     /// `sha256:<hex>`.
     pub fn content_address(&self) -> String {
-        format!("{}{}", Self::PREFIX, self.hex())
+        let mut hex = [0u8; 64];
+        let mut out = String::with_capacity(Self::PREFIX.len() + hex.len());
+        out.push_str(Self::PREFIX);
+        out.push_str(self.hex_in(&mut hex));
+        out
+    }
+
+    /// The hex digits, written into `buf` (no allocation: downloads format this per request).
+    pub fn hex_in<'a>(&self, buf: &'a mut [u8; 64]) -> &'a str {
+        // Infallible: the buffer has exactly the two digits per byte needed.
+        let _ = hex::encode_to_slice(self.0, buf);
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 
     /// Parses exactly 64 lowercase hex digits.

@@ -15,7 +15,8 @@ pub struct ContentAddress(pub Sha256Digest);
 
 impl fmt::Display for ContentAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.content_address())
+        f.write_str(Sha256Digest::PREFIX)?;
+        f.write_str(self.0.hex_in(&mut [0u8; 64]))
     }
 }
 

@@ -313,7 +313,12 @@ impl Registry {
         range: Option<Range<u64>>,
     ) -> Result<(FileRecord, ByteStream)> {
         let file = self.file(scope, id).await?;
-        let range = range.unwrap_or(0..file.size);
+        let stream = self.read_file(&file, range.unwrap_or(0..file.size)).await?;
+        Ok((file, stream))
+    }
+
+    /// The bytes `range` of a file the caller has looked up (and so was allowed to see).
+    pub async fn read_file(&self, file: &FileRecord, range: Range<u64>) -> Result<ByteStream> {
         if range.start > range.end || range.end > file.size {
             return Err(RegistryError::invalid("range", "outside the file"));
         }
@@ -325,10 +330,9 @@ impl Registry {
                 }
             };
             let part = bytes.slice(range.start as usize..range.end as usize);
-            return Ok((file, futures::stream::once(async { Ok(part) }).boxed()));
+            return Ok(futures::stream::once(async { Ok(part) }).boxed());
         }
-        let stream = self.blobs.read(&file.sha256(), range).await?;
-        Ok((file, stream))
+        Ok(self.blobs.read(&file.sha256(), range).await?)
     }
 
     // ---- upload sessions ---------------------------------------------------------------

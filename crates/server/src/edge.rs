@@ -13,6 +13,9 @@
 //! handler fails and stores nothing. At `max_connections` the connection idle the longest
 //! is closed to make room; only when every connection has a request in flight is a new one
 //! answered `503` and closed.
+//!
+//! Connections are served on [`Workers`]: one single-threaded runtime per core, as nginx
+//! serves them with one worker process per core.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,7 +25,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -71,6 +73,9 @@ impl Default for EdgeLimits {
 
 /// Request heads carry at most this many header fields (`431` beyond).
 const MAX_HEADERS: usize = 100;
+/// An HTTP/1 connection's read and write buffer bound (hyper's `max_buf_size`): a request
+/// head must fit, and a response is taken from its body while less than this is queued.
+const H1_MAX_BUF: usize = 64 * 1024;
 /// Largest HTTP/2 header list.
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Connections that may wait (at most a second) for another one to be closed at the cap;
@@ -191,7 +196,24 @@ impl ConnState {
 struct Tracked<S> {
     inner: S,
     state: Arc<ConnState>,
+    /// Set once the write side is shut: the lingering close's deadline (see `poll_shutdown`).
+    lingering: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
 }
+
+impl<S> Tracked<S> {
+    fn new(inner: S, state: Arc<ConnState>) -> Self {
+        Self {
+            inner,
+            state,
+            lingering: None,
+        }
+    }
+}
+
+/// How long, and for how many bytes, a closing connection reads and drops what its client is
+/// still sending (see `Tracked::poll_shutdown`).
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_MAX_BYTES: u64 = 64 << 20;
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
@@ -230,7 +252,7 @@ impl<S: AsyncWrite + Unpin> Tracked<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -259,8 +281,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// A lingering close, as nginx's: after the response, shut the write side, then read and
+    /// drop what the client still sends until it closes too (or [`LINGER`] or
+    /// [`LINGER_MAX_BYTES`] pass). Closing with unread bytes in the receive buffer resets the
+    /// connection, and a reset can destroy the response in the client's buffer before it is
+    /// read: a client still sending a body refused early (`413`, `401`) would see a broken
+    /// pipe instead of the answer.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.lingering.is_none() {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.lingering = Some((Box::pin(tokio::time::sleep(LINGER)), 0));
+        }
+        let Some((deadline, dropped)) = this.lingering.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if deadline.as_mut().poll(cx).is_ready() || *dropped > LINGER_MAX_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    *dropped += buf.filled().len() as u64;
+                }
+                // The client's end, or an error: nothing left to wait for.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -308,19 +358,22 @@ impl http_body::Body for Guarded {
     }
 }
 
-/// A request body that fails when no frame arrives for `timeout` while it is being read.
+/// A request body that fails when no frame arrives for `timeout` while it is being read, and
+/// says in `ended` when it has been read to its end.
 pub struct IdleBody {
     inner: Body,
     timeout: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    ended: Arc<AtomicBool>,
 }
 
 impl IdleBody {
-    pub fn wrap(inner: Body, timeout: Duration) -> Body {
+    pub fn wrap(inner: Body, timeout: Duration, ended: Arc<AtomicBool>) -> Body {
         Body::new(Self {
             inner,
             timeout,
             sleep: None,
+            ended,
         })
     }
 }
@@ -342,6 +395,9 @@ impl http_body::Body for IdleBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.sleep = None;
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.ended.store(true, Ordering::Release);
+                }
                 Poll::Ready(frame)
             }
             Poll::Pending => {
@@ -409,13 +465,93 @@ impl Connections {
     }
 }
 
+/// The service a connection's requests go to: [`crate::app`].
+pub trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The threads connections are served on: one single-threaded runtime each, one per core. A
+/// connection stays on the runtime it was handed to, so its requests never move between
+/// threads; on the multi-threaded runtime most small requests cost a wake-up of an idle worker
+/// (a futex call and a context switch) that found nothing to do (measured: 18.5 µs of server
+/// CPU per 4 KiB range request there, 13.7 µs on one thread). Background work (the SQLite
+/// writer, the event follower, sweeps) stays on the main runtime. Dropping this stops the
+/// threads once what runs on them has ended; keep it until the stores are closed, since a
+/// database or S3 connection opened by a request lives on the runtime that opened it.
+pub struct Workers {
+    runtimes: Vec<tokio::runtime::Handle>,
+    next: AtomicU64,
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// One runtime per available core (at least one).
+    pub fn start() -> io::Result<Self> {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut runtimes = Vec::with_capacity(count);
+        let mut stop = Vec::with_capacity(count);
+        for i in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("artifactstore-blocking")
+                .build()?;
+            runtimes.push(runtime.handle().clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            stop.push(tx);
+            std::thread::Builder::new()
+                .name(format!("artifactstore-http-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let _ = rx.await;
+                    });
+                    // A blocking task still writing a blob gets time to finish.
+                    runtime.shutdown_timeout(Duration::from_secs(10));
+                })?;
+        }
+        Ok(Self {
+            runtimes,
+            next: AtomicU64::new(0),
+            _stop: stop,
+        })
+    }
+
+    /// The runtime for the next connection, in turn.
+    fn next(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.runtimes.len();
+        &self.runtimes[i]
+    }
+}
+
 /// Serves `app` on `listener` until `stop` turns true, then lets in-flight requests finish
 /// for at most `limits.shutdown_grace` and closes what is left.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl App,
     tls: Option<TlsAcceptor>,
     limits: EdgeLimits,
+    workers: &Workers,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
@@ -424,7 +560,10 @@ pub async fn serve(
         .http1()
         // The watchdog keeps the head deadline: hyper's own would also bound idle time.
         .header_read_timeout(None)
-        .max_headers(MAX_HEADERS);
+        .max_headers(MAX_HEADERS)
+        // hyper takes body chunks while its write queue holds less than this: for a client
+        // that stopped reading, what it holds of the response (default ~400 KiB).
+        .max_buf_size(H1_MAX_BUF);
     builder
         .http2()
         .max_concurrent_streams(limits.h2_max_streams)
@@ -452,6 +591,14 @@ pub async fn serve(
         // Without TCP_NODELAY a response whose head and body go out in two writes waits for
         // the client's delayed ACK (~40 ms): small range reads would crawl.
         let _ = tcp.set_nodelay(true);
+        // Re-registered on the worker's runtime, whose reactor then drives it.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, "dropping an accepted connection");
+                continue;
+            }
+        };
         let connection = Connection {
             builder: builder.clone(),
             app: app.clone(),
@@ -464,7 +611,10 @@ pub async fn serve(
             Ok(permit) => permit,
             Err(_) => {
                 let (permits, waiting) = (permits.clone(), waiting.clone());
-                tasks.spawn(async move {
+                let task = async move {
+                    let Ok(tcp) = TcpStream::from_std(tcp) else {
+                        return;
+                    };
                     let Some(permit) = connection.wait_for_room(&permits, &waiting).await else {
                         if connection.tls.is_none() {
                             refuse(tcp).await;
@@ -472,11 +622,18 @@ pub async fn serve(
                         return;
                     };
                     connection.run(tcp, permit).await;
-                });
+                };
+                tasks.spawn_on(task, workers.next());
                 continue;
             }
         };
-        tasks.spawn(connection.run(tcp, permit));
+        let task = async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => connection.run(tcp, permit).await,
+                Err(e) => tracing::debug!(error = %e, "registering a connection failed"),
+            }
+        };
+        tasks.spawn_on(task, workers.next());
     }
     drop(listener);
     let grace = tokio::time::timeout(limits.shutdown_grace, async {
@@ -495,16 +652,16 @@ pub async fn serve(
 }
 
 /// What one connection's task needs.
-struct Connection {
+struct Connection<A> {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    app: Router,
+    app: A,
     tls: Option<TlsAcceptor>,
     limits: Arc<EdgeLimits>,
     connections: Arc<Connections>,
     stop: watch::Receiver<bool>,
 }
 
-impl Connection {
+impl<A: App> Connection<A> {
     /// At the cap: closes the connection idle the longest and waits up to a second for its
     /// permit.
     async fn wait_for_room(
@@ -527,10 +684,7 @@ impl Connection {
         // Counts from accept: a TLS handshake is part of the first head's time.
         state.head_since.store(now_ms(), Ordering::Release);
         let id = self.connections.add(state.clone());
-        let tracked = Tracked {
-            inner: tcp,
-            state: state.clone(),
-        };
+        let tracked = Tracked::new(tcp, state.clone());
         match self.tls.clone() {
             None => self.serve_io(tracked, &state).await,
             Some(acceptor) => {
@@ -557,16 +711,28 @@ impl Connection {
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(&conn_state);
             // A request without a body (most reads) has nothing to time.
+            let mut body_ended = None;
+            let http1 = request.version() < axum::http::Version::HTTP_2;
             let request = request.map(|body| {
                 if http_body::Body::is_end_stream(&body) {
                     Body::new(body)
                 } else {
-                    IdleBody::wrap(Body::new(body), body_timeout)
+                    let ended = body_ended.insert(Arc::new(AtomicBool::new(false))).clone();
+                    IdleBody::wrap(Body::new(body), body_timeout, ended)
                 }
             });
             let app = app.clone();
             async move {
-                let response = app.oneshot(request).await?;
+                let mut response = app.oneshot(request).await?;
+                // hyper closes an HTTP/1 connection whose request body was left unread (a body
+                // refused early) once the response is out; saying so keeps the client from
+                // sending its next request on it, which would race that close.
+                if http1 && body_ended.is_some_and(|ended| !ended.load(Ordering::Acquire)) {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, std::convert::Infallible>(response.map(|body| {
                     Body::new(Guarded {
                         body,

@@ -18,13 +18,17 @@ use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Read blocks of this size: large blocks serve files far faster than small ones here.
 const READ_BLOCK: usize = 512 * 1024;
 /// Ranges of at most this many bytes are read from a kept-open file on the runtime thread
 /// when the page cache holds them (see [`OpenBlobs`]).
 const CACHED_READ: usize = 64 * 1024;
+/// Read-ahead memory that all downloads from one store share (see [`read_ahead`]).
+const READ_BUDGET: usize = 32 * 1024 * 1024;
+/// The block a download starts with, and reads when the budget has no room for a larger one.
+const SMALL_READ_BLOCK: usize = 16 * 1024;
 /// Bytes gathered before one `write` call.
 const WRITE_BLOCK: usize = 128 * 1024;
 /// Bodies up to this size are gathered in memory and stored in one blocking call.
@@ -41,6 +45,8 @@ pub struct FsBlobStore {
     inner: Arc<Dirs>,
     /// Open blob files for small range reads (see [`OpenBlobs`]).
     open: Arc<OpenBlobs>,
+    /// Permits, one per KiB of [`READ_BUDGET`], held by read-ahead blocks until written.
+    budget: Arc<Semaphore>,
 }
 
 /// Blob files kept open for small range reads, which then need no `open` and, when the page
@@ -168,6 +174,7 @@ impl FsBlobStore {
         Ok(Self {
             inner: Arc::new(dirs),
             open: Arc::default(),
+            budget: Arc::new(Semaphore::new(READ_BUDGET / 1024)),
         })
     }
 
@@ -295,14 +302,15 @@ impl BlobStore for FsBlobStore {
             File(File),
         }
         // Open, check and (for a small range) read in one trip to the blocking pool: small
-        // range reads are the hot path of random access.
+        // range reads are the hot path of random access. Larger ones are read ahead, within
+        // the shared budget.
         let opened = blocking(move || {
             let file = File::open(&path)?;
             let len = file.metadata()?.len();
             if range.end > len {
                 return Err(io::Error::other(format!("blob {digest:?} has {len} bytes")));
             }
-            if wanted > READ_BLOCK as u64 {
+            if wanted > CACHED_READ as u64 {
                 return Ok(Opened::File(file));
             }
             let mut buf = vec![0u8; wanted as usize];
@@ -316,12 +324,10 @@ impl BlobStore for FsBlobStore {
         })?;
         Ok(match opened {
             Opened::Read(bytes, file, len) => {
-                if wanted <= CACHED_READ as u64 {
-                    self.open.keep(digest, file, len, seen);
-                }
+                self.open.keep(digest, file, len, seen);
                 futures::stream::once(async move { Ok(bytes) }).boxed()
             }
-            Opened::File(file) => read_ahead(file, range),
+            Opened::File(file) => read_ahead(file, range, self.budget.clone()),
         })
     }
 
@@ -707,32 +713,114 @@ fn parent(path: &Path) -> &Path {
 /// `range` of `file` as a stream of blocks, the next block read while the consumer sends the
 /// current one. Each block is read straight into the buffer that is handed on (`pread`, one
 /// copy); a block is one trip to the blocking pool, so a slow client never holds a thread.
-fn read_ahead(file: File, range: Range<u64>) -> ByteStream {
+/// The bytes `range` of `file` as a stream of blocks. Blocks start at [`SMALL_READ_BLOCK`] and
+/// double, up to [`READ_BLOCK`], while the connection takes each one as soon as it is offered;
+/// a block larger than the smallest, and the next block read ahead while this one is sent,
+/// need room in the store's shared budget (never waited for: without room the next block is
+/// a small one, read when asked for — from the page cache on this thread when it holds it).
+/// So a fast download gets large blocks read ahead, and a reader that stopped reading holds
+/// one small block, whatever the number of such readers.
+fn read_ahead(file: File, range: Range<u64>, budget: Arc<Semaphore>) -> ByteStream {
+    type Pending = futures::future::BoxFuture<'static, io::Result<Bytes>>;
     let file = Arc::new(file);
     let end = range.end;
-    let read = move |at: u64| {
+    let kib = |n: usize| n.div_ceil(1024) as u32;
+    // Read `size` bytes at `at` on the blocking pool, holding `permit` until written.
+    let read_ahead = {
         let file = file.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-            let mut buf = vec![0u8; (end - at).min(READ_BLOCK as u64) as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)?;
-            Ok(Bytes::from(buf))
-        })
+        move |at: u64, size: usize, permit: OwnedSemaphorePermit| -> Pending {
+            let file = file.clone();
+            let task = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+                let mut buf = vec![0u8; size];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)?;
+                Ok(Bytes::from_owner(Budgeted {
+                    bytes: buf,
+                    _permit: permit,
+                }))
+            });
+            Box::pin(async move { task.await.map_err(join_error)? })
+        }
     };
-    let first = (range.start < end).then(|| read(range.start));
-    futures::stream::unfold((range.start, first), move |(at, pending)| {
-        let read = read.clone();
+    // A small block, asked for now.
+    let read_small = move |at: u64| {
+        let file = file.clone();
         async move {
-            let block = match pending?.await {
-                Ok(Ok(block)) => block,
-                Ok(Err(e)) => return Some((Err(e), (end, None))),
-                Err(e) => return Some((Err(join_error(e)), (end, None))),
+            let range = at..end.min(at + SMALL_READ_BLOCK as u64);
+            if let Some(bytes) = read_cached(&file, &range) {
+                return Ok(bytes);
+            }
+            let task = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+                let mut buf = vec![0u8; (range.end - range.start) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, range.start)?;
+                Ok(Bytes::from(buf))
+            });
+            task.await.map_err(join_error)?
+        }
+    };
+    struct State {
+        at: u64,
+        pending: Option<Pending>,
+        size: usize,
+        offered: Option<std::time::Instant>,
+    }
+    let start = State {
+        at: range.start,
+        pending: None,
+        size: SMALL_READ_BLOCK,
+        offered: None,
+    };
+    futures::stream::unfold(start, move |mut state| {
+        let (read_ahead, read_small, budget) =
+            (read_ahead.clone(), read_small.clone(), budget.clone());
+        async move {
+            if state.at >= end {
+                return None;
+            }
+            // Asked for the next block within a few milliseconds of the last: keeping up.
+            let keeping_up = state
+                .offered
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(5));
+            let block = match state.pending.take() {
+                Some(pending) => pending.await,
+                None => read_small(state.at).await,
             };
-            let at = at + block.len() as u64;
-            let next = (at < end).then(|| read(at));
-            Some((Ok(block), (at, next)))
+            let block = match block {
+                Ok(block) => block,
+                Err(e) => {
+                    state.at = end;
+                    return Some((Err(e), state));
+                }
+            };
+            state.at += block.len() as u64;
+            state.size = if keeping_up {
+                (state.size * 2).min(READ_BLOCK)
+            } else {
+                SMALL_READ_BLOCK
+            };
+            if state.at < end && state.size > SMALL_READ_BLOCK {
+                let size = (end - state.at).min(state.size as u64) as usize;
+                if let Ok(permit) = budget.try_acquire_many_owned(kib(size)) {
+                    state.pending = Some(read_ahead(state.at, size, permit));
+                }
+            }
+            state.offered = Some(std::time::Instant::now());
+            Some((Ok(block), state))
         }
     })
     .boxed()
+}
+
+/// A block read ahead, and its share of the read budget, given back when the connection is
+/// done with the bytes (hyper drops them once written).
+struct Budgeted {
+    bytes: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// Makes a directory's entries (a rename, a new file) durable.

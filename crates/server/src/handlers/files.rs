@@ -4,7 +4,7 @@ use artifactstore_core::FileRecord;
 use artifactstore_core::error::Resource;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -45,13 +45,15 @@ pub async fn download(
     State(state): State<AppState>,
     Reader(scope): Reader,
     PathId(id): PathId,
-    method: Method,
-    headers: HeaderMap,
+    request: Request,
 ) -> ApiResult<Response> {
     let id = parse_id(&id, Resource::File)?;
+    // The request itself, not its headers extracted: that extractor copies them all.
+    let (headers, method) = (request.headers(), request.method());
     let file = state.registry.file(&scope, id).await?;
     let etag = format!("\"{}\"", file.content_address);
-    let mut out = HeaderMap::new();
+    // Sized for every header below: growing the map costs reallocations on each request.
+    let mut out = HeaderMap::with_capacity(16);
     out.insert(header::ETAG, header_value(&etag)?);
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Content never changes under a content address.
@@ -69,11 +71,11 @@ pub async fn download(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(DOWNLOAD_CSP),
     );
-    if if_none_match(&headers, &etag) {
+    if if_none_match(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, out).into_response());
     }
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if if_range_allows(&headers, &etag) => parse_range(value, file.size),
+        Some(value) if if_range_allows(headers, &etag) => parse_range(value, file.size),
         _ => RangeRequest::Full,
     };
     let (status, range) = match range {
@@ -95,7 +97,7 @@ pub async fn download(
     if method == Method::HEAD {
         return Ok((status, out).into_response());
     }
-    let (_, stream) = state.registry.open_file(&scope, id, Some(range)).await?;
+    let stream = state.registry.read_file(&file, range).await?;
     Ok((status, out, Body::from_stream(stream)).into_response())
 }
 
