@@ -21,8 +21,9 @@ use artifactstore_core::storage::{BlobStore, MetadataStore};
 use artifactstore_core::{Registry, RegistryConfig};
 use artifactstore_storage::{FsBlobStore, PgStore, S3BlobStore, SqliteStore};
 use axum::Router;
-use axum::extract::{OriginalUri, Request};
+use axum::extract::Request;
 use axum::http::Method;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -192,15 +193,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(service::metrics))
 }
 
-async fn no_route(OriginalUri(uri): OriginalUri) -> ApiError {
+// The router is never nested, so the request's URI is the one the client sent.
+async fn no_route(uri: Uri) -> ApiError {
     ApiError::NoRoute(uri.path().to_string())
 }
 
-async fn method_not_allowed(
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    _req: Request,
-) -> Response {
+async fn method_not_allowed(method: Method, uri: Uri, _req: Request) -> Response {
     ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_string(),

@@ -50,11 +50,16 @@ pub async fn download(
     let id = parse_id(&id, Resource::File)?;
     // The request itself, not its headers extracted: that extractor copies them all.
     let (headers, method) = (request.headers(), request.method());
-    let file = state.registry.file(&scope, id).await?;
+    let file = state.registry.file(scope, id).await?;
     let etag = format!("\"{}\"", file.content_address);
+    let not_modified = if_none_match(headers, &etag);
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) if if_range_allows(headers, &etag) => parse_range(value, file.size),
+        _ => RangeRequest::Full,
+    };
     // Sized for every header below: growing the map costs reallocations on each request.
     let mut out = HeaderMap::with_capacity(16);
-    out.insert(header::ETAG, header_value(&etag)?);
+    out.insert(header::ETAG, owned_header_value(etag)?);
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Content never changes under a content address.
     out.insert(
@@ -71,18 +76,14 @@ pub async fn download(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(DOWNLOAD_CSP),
     );
-    if if_none_match(headers, &etag) {
+    if not_modified {
         return Ok((StatusCode::NOT_MODIFIED, out).into_response());
     }
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if if_range_allows(headers, &etag) => parse_range(value, file.size),
-        _ => RangeRequest::Full,
-    };
     let (status, range) = match range {
         RangeRequest::Full => (StatusCode::OK, 0..file.size),
         RangeRequest::Partial(r) => {
             let content_range = format!("bytes {}-{}/{}", r.start, r.end - 1, file.size);
-            out.insert(header::CONTENT_RANGE, header_value(&content_range)?);
+            out.insert(header::CONTENT_RANGE, owned_header_value(content_range)?);
             (StatusCode::PARTIAL_CONTENT, r)
         }
         RangeRequest::Unsatisfiable => {
@@ -99,6 +100,12 @@ pub async fn download(
     }
     let stream = state.registry.read_file(&file, range).await?;
     Ok((status, out, Body::from_stream(stream)).into_response())
+}
+
+/// A header value that takes the string's buffer instead of copying it.
+fn owned_header_value(text: String) -> ApiResult<HeaderValue> {
+    HeaderValue::try_from(text)
+        .map_err(|e| ApiError::BadRequest(format!("cannot send a header: {e}")))
 }
 
 fn header_value(text: &str) -> ApiResult<HeaderValue> {
