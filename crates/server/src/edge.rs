@@ -607,31 +607,23 @@ pub async fn serve(
             connections: connections.clone(),
             stop: stop.clone(),
         };
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let (permits, waiting) = (permits.clone(), waiting.clone());
-                let task = async move {
-                    let Ok(tcp) = TcpStream::from_std(tcp) else {
-                        return;
-                    };
-                    let Some(permit) = connection.wait_for_room(&permits, &waiting).await else {
-                        if connection.tls.is_none() {
-                            refuse(tcp).await;
-                        }
-                        return;
-                    };
-                    connection.run(tcp, permit).await;
-                };
-                tasks.spawn_on(task, workers.next());
-                continue;
-            }
-        };
+        // Taken here, in accept order; only a connection at the cap waits, on its worker.
+        let permit = permits.clone().try_acquire_owned().ok();
+        let (permits, waiting) = (permits.clone(), waiting.clone());
         let task = async move {
-            match TcpStream::from_std(tcp) {
-                Ok(tcp) => connection.run(tcp, permit).await,
-                Err(e) => tracing::debug!(error = %e, "registering a connection failed"),
-            }
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(e) => return tracing::debug!(error = %e, "registering a connection failed"),
+            };
+            let permit = match permit {
+                Some(permit) => permit,
+                None => match connection.wait_for_room(&permits, &waiting).await {
+                    Some(permit) => permit,
+                    None if connection.tls.is_none() => return refuse(tcp).await,
+                    None => return,
+                },
+            };
+            connection.run(tcp, permit).await;
         };
         tasks.spawn_on(task, workers.next());
     }

@@ -710,56 +710,22 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-/// `range` of `file` as a stream of blocks, the next block read while the consumer sends the
-/// current one. Each block is read straight into the buffer that is handed on (`pread`, one
-/// copy); a block is one trip to the blocking pool, so a slow client never holds a thread.
-/// The bytes `range` of `file` as a stream of blocks. Blocks start at [`SMALL_READ_BLOCK`] and
-/// double, up to [`READ_BLOCK`], while the connection takes each one as soon as it is offered;
+/// The bytes `range` of `file` as a stream of blocks, each read straight into the buffer that
+/// is handed on (`pread`, one copy), in one trip to the blocking pool, so a slow client never
+/// holds a thread. Blocks start at [`SMALL_READ_BLOCK`] and double, up to [`READ_BLOCK`],
+/// while the connection takes each one as soon as it is offered;
 /// a block larger than the smallest, and the next block read ahead while this one is sent,
 /// need room in the store's shared budget (never waited for: without room the next block is
 /// a small one, read when asked for — from the page cache on this thread when it holds it).
 /// So a fast download gets large blocks read ahead, and a reader that stopped reading holds
 /// one small block, whatever the number of such readers.
 fn read_ahead(file: File, range: Range<u64>, budget: Arc<Semaphore>) -> ByteStream {
-    type Pending = futures::future::BoxFuture<'static, io::Result<Bytes>>;
     let file = Arc::new(file);
     let end = range.end;
     let kib = |n: usize| n.div_ceil(1024) as u32;
-    // Read `size` bytes at `at` on the blocking pool, holding `permit` until written.
-    let read_ahead = {
-        let file = file.clone();
-        move |at: u64, size: usize, permit: OwnedSemaphorePermit| -> Pending {
-            let file = file.clone();
-            let task = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-                let mut buf = vec![0u8; size];
-                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at)?;
-                Ok(Bytes::from_owner(Budgeted {
-                    bytes: buf,
-                    _permit: permit,
-                }))
-            });
-            Box::pin(async move { task.await.map_err(join_error)? })
-        }
-    };
-    // A small block, asked for now.
-    let read_small = move |at: u64| {
-        let file = file.clone();
-        async move {
-            let range = at..end.min(at + SMALL_READ_BLOCK as u64);
-            if let Some(bytes) = read_cached(&file, &range) {
-                return Ok(bytes);
-            }
-            let task = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-                let mut buf = vec![0u8; (range.end - range.start) as usize];
-                std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, range.start)?;
-                Ok(Bytes::from(buf))
-            });
-            task.await.map_err(join_error)?
-        }
-    };
     struct State {
         at: u64,
-        pending: Option<Pending>,
+        pending: Option<futures::future::BoxFuture<'static, io::Result<Bytes>>>,
         size: usize,
         offered: Option<std::time::Instant>,
     }
@@ -770,8 +736,7 @@ fn read_ahead(file: File, range: Range<u64>, budget: Arc<Semaphore>) -> ByteStre
         offered: None,
     };
     futures::stream::unfold(start, move |mut state| {
-        let (read_ahead, read_small, budget) =
-            (read_ahead.clone(), read_small.clone(), budget.clone());
+        let (file, budget) = (file.clone(), budget.clone());
         async move {
             if state.at >= end {
                 return None;
@@ -780,9 +745,13 @@ fn read_ahead(file: File, range: Range<u64>, budget: Arc<Semaphore>) -> ByteStre
             let keeping_up = state
                 .offered
                 .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(5));
+            let small = state.at..end.min(state.at + SMALL_READ_BLOCK as u64);
             let block = match state.pending.take() {
                 Some(pending) => pending.await,
-                None => read_small(state.at).await,
+                None => match read_cached(&file, &small) {
+                    Some(bytes) => Ok(bytes),
+                    None => read_block(&file, small, None).await,
+                },
             };
             let block = match block {
                 Ok(block) => block,
@@ -798,9 +767,10 @@ fn read_ahead(file: File, range: Range<u64>, budget: Arc<Semaphore>) -> ByteStre
                 SMALL_READ_BLOCK
             };
             if state.at < end && state.size > SMALL_READ_BLOCK {
-                let size = (end - state.at).min(state.size as u64) as usize;
+                let next = state.at..end.min(state.at + state.size as u64);
+                let size = (next.end - next.start) as usize;
                 if let Ok(permit) = budget.try_acquire_many_owned(kib(size)) {
-                    state.pending = Some(read_ahead(state.at, size, permit));
+                    state.pending = Some(read_block(&file, next, Some(permit)));
                 }
             }
             state.offered = Some(std::time::Instant::now());
@@ -808,6 +778,28 @@ fn read_ahead(file: File, range: Range<u64>, budget: Arc<Semaphore>) -> ByteStre
         }
     })
     .boxed()
+}
+
+/// Starts reading `range` of `file` on the blocking pool at once (the returned future only
+/// collects it); the block holds `permit`, if any, until its bytes are dropped.
+fn read_block(
+    file: &Arc<File>,
+    range: Range<u64>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> futures::future::BoxFuture<'static, io::Result<Bytes>> {
+    let file = file.clone();
+    let task = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, range.start)?;
+        Ok(match permit {
+            Some(permit) => Bytes::from_owner(Budgeted {
+                bytes: buf,
+                _permit: permit,
+            }),
+            None => Bytes::from(buf),
+        })
+    });
+    Box::pin(async move { task.await.map_err(join_error)? })
 }
 
 /// A block read ahead, and its share of the read budget, given back when the connection is
