@@ -278,3 +278,67 @@ pub async fn events(client: &Client, args: EventsArgs) -> CliResult<()> {
         }
     }
 }
+
+/// `rm`: deletes packages, one request each, stopping at the first failure (its exit code).
+pub async fn rm(client: &Client, ids: &[String], json_output: bool) -> CliResult<()> {
+    let mut deleted = Vec::new();
+    for id in ids {
+        let path = format!("/packages/{}", package_segment(id)?);
+        client.send(client.request(Method::DELETE, &path)).await?;
+        if !json_output {
+            println!("deleted {id}");
+        }
+        deleted.push(id.clone());
+    }
+    if json_output {
+        println!("{}", serde_json::json!({ "deleted": deleted }));
+    }
+    Ok(())
+}
+
+/// `hold` / `release`: sets a package's hold and prints the package.
+pub async fn hold(client: &Client, id: &str, held: bool, json_output: bool) -> CliResult<()> {
+    let method = if held { Method::PUT } else { Method::DELETE };
+    let path = format!("/packages/{}/hold", package_segment(id)?);
+    let package: Value = client.json(client.request(method, &path)).await?;
+    if json_output {
+        println!("{package}");
+    } else {
+        println!("{} {id}", if held { "held" } else { "released" });
+    }
+    Ok(())
+}
+
+/// `usage`: the tenant's bytes, packages and open uploads against its quotas.
+pub async fn usage(client: &Client, json_output: bool) -> CliResult<()> {
+    let usage: Value = client.json(client.request(Method::GET, "/usage")).await?;
+    if json_output {
+        println!("{usage}");
+        return Ok(());
+    }
+    let limit = |name: &str| match usage["limits"][name].as_u64() {
+        Some(n) => format!(" of {n}"),
+        None => String::new(),
+    };
+    println!("tenant        {}", usage["tenant"].as_str().unwrap_or(""));
+    println!("bytes         {}{}", usage["bytes"], limit("max_bytes"));
+    println!("packages      {}", usage["packages"]);
+    println!(
+        "open uploads  {}{}",
+        usage["open_uploads"],
+        limit("max_open_uploads")
+    );
+    Ok(())
+}
+
+/// A package id as typed, refused unless it is one path segment of id characters (so that
+/// `rm 'x/hold'` cannot become another request).
+fn package_segment(id: &str) -> CliResult<&str> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(id)
+    } else {
+        Err(CliError::Usage(format!(
+            "{id:?} is not a package id (pkg_…)"
+        )))
+    }
+}

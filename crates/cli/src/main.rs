@@ -53,7 +53,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  ARTIFACTSTORE_TOKENS=acme:secret artifactstore serve --listen 127.0.0.1:8080"
     )]
-    Serve(artifactstore_server::ServeArgs),
+    Serve(Box<artifactstore_server::ServeArgs>),
     /// Upload a directory as a package, then finalize it.
     Push(push::PushArgs),
     /// Download every file of a finalized package, verified against its manifest.
@@ -70,6 +70,25 @@ enum Command {
     },
     /// Print events as JSON lines; --follow keeps tailing.
     Events(commands::EventsArgs),
+    /// Delete packages (a held one is refused); their bytes are reclaimed later.
+    #[command(after_help = "Example:\n  artifactstore rm pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA")]
+    Rm {
+        /// Package ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Hold a package: neither a request nor a retention rule deletes it.
+    Hold {
+        /// Package id.
+        id: String,
+    },
+    /// Release a package's hold.
+    Release {
+        /// Package id.
+        id: String,
+    },
+    /// Show this tenant's usage (bytes, packages, open uploads) and quotas.
+    Usage,
 }
 
 fn main() -> ExitCode {
@@ -86,7 +105,7 @@ fn main() -> ExitCode {
     };
     if let Command::Serve(args) = cli.command {
         artifactstore_server::init_tracing();
-        return match runtime.block_on(artifactstore_server::serve(args)) {
+        return match runtime.block_on(artifactstore_server::serve(*args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -118,5 +137,9 @@ async fn run(connection: client::Connection, json: bool, command: Command) -> Re
         Command::Ls(args) => commands::ls(&client, args, json).await,
         Command::Show { id } => commands::show(&client, &id).await,
         Command::Events(args) => commands::events(&client, args).await,
+        Command::Rm { ids } => commands::rm(&client, &ids, json).await,
+        Command::Hold { id } => commands::hold(&client, &id, true, json).await,
+        Command::Release { id } => commands::hold(&client, &id, false, json).await,
+        Command::Usage => commands::usage(&client, json).await,
     }
 }

@@ -438,3 +438,35 @@ fn pull_never_writes_through_planted_links() {
     ok(&pull(&out, &["--digest", digest]));
     same_tree(&src, &out);
 }
+
+#[test]
+fn rm_hold_and_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"a").unwrap();
+    let push = |server: &Server| {
+        let pushed = json(&ok(&server.push(&src, &["--json"])));
+        pushed["package_id"].as_str().unwrap().to_string()
+    };
+    let (first, second) = (push(&server), push(&server));
+
+    let held = json(&ok(&server.run(&["hold", &first, "--json"])));
+    assert_eq!(held["held"], true);
+    assert_eq!(
+        ok(&server.run(&["hold", &first])).trim(),
+        format!("held {first}")
+    );
+    let refused = failed(&server.run(&["rm", &first]), 5);
+    assert!(refused.contains("held"), "{refused}");
+    assert_eq!(
+        ok(&server.run(&["release", &first])).trim(),
+        format!("released {first}")
+    );
+    let deleted = json(&ok(&server.run(&["rm", &first, &second, "--json"])));
+    assert_eq!(deleted["deleted"], serde_json::json!([first, second]));
+    failed(&server.run(&["show", &first]), 4);
+    failed(&server.run(&["rm", &first]), 4);
+    failed(&server.run(&["hold", "pkg/../x"]), 2);
+}

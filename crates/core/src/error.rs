@@ -40,6 +40,8 @@ pub enum RegistryError {
     NotFound(Resource),
     #[error("the package is finalized and accepts no more files")]
     PackageFinalized,
+    #[error("the package is held; release its hold first")]
+    PackageHeld,
     #[error("the package is not finalized yet, so it has no manifest")]
     NotFinalized,
     #[error("the package already has a file at path {0:?}")]

@@ -9,6 +9,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use ulid::{Generator, Ulid};
 
 /// The kind of resource an [`Id`] names; fixes its prefix.
+/// This process's name among the replicas (a ULID drawn at start): who holds a lease.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| Ulid::new().to_string());
+    &ID
+}
+
 pub trait IdKind: Send + Sync + 'static {
     const PREFIX: &'static str;
     /// The name of the id's schema in the OpenAPI document.

@@ -4,6 +4,7 @@
 pub mod digest;
 pub mod error;
 pub mod ids;
+pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod model;

@@ -269,6 +269,8 @@ mod tests {
             file_count: 0,
             total_size: 0,
             manifest_digest: None,
+            held: false,
+            expires_at: None,
         }
     }
 

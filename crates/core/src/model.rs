@@ -76,6 +76,11 @@ pub struct Package {
     pub file_count: u64,
     pub total_size: u64,
     pub manifest_digest: Option<ContentAddress>,
+    /// A held package is deleted neither by request nor by retention.
+    pub held: bool,
+    /// When a retention rule will delete the package; `None` while held or with no such
+    /// rule. Not stored: the registry derives it from its rules.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// What a producer sends to create a package.
@@ -224,6 +229,12 @@ pub enum EventType {
     FileAdded,
     #[serde(rename = "package.finalized")]
     PackageFinalized,
+    #[serde(rename = "package.deleted")]
+    PackageDeleted,
+    #[serde(rename = "package.held")]
+    PackageHeld,
+    #[serde(rename = "package.released")]
+    PackageReleased,
 }
 
 impl EventType {
@@ -232,6 +243,9 @@ impl EventType {
             Self::PackageCreated => "package.created",
             Self::FileAdded => "file.added",
             Self::PackageFinalized => "package.finalized",
+            Self::PackageDeleted => "package.deleted",
+            Self::PackageHeld => "package.held",
+            Self::PackageReleased => "package.released",
         }
     }
 
@@ -240,6 +254,9 @@ impl EventType {
             "package.created" => Some(Self::PackageCreated),
             "file.added" => Some(Self::FileAdded),
             "package.finalized" => Some(Self::PackageFinalized),
+            "package.deleted" => Some(Self::PackageDeleted),
+            "package.held" => Some(Self::PackageHeld),
+            "package.released" => Some(Self::PackageReleased),
             _ => None,
         }
     }
@@ -268,6 +285,46 @@ pub struct NewEvent {
     pub tenant: String,
     pub package_id: PackageId,
     pub data: serde_json::Value,
+}
+
+/// Builds the event of a change from the package as the change left it (or, for a deletion,
+/// as it was last): the metadata store calls it inside the change's transaction.
+pub type EventFor = Box<dyn FnOnce(&Package) -> NewEvent + Send>;
+
+/// Why a package was deleted (`data.reason` of `package.deleted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteReason {
+    Request,
+    Retention,
+}
+
+impl DeleteReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Retention => "retention",
+        }
+    }
+}
+
+/// A tenant's use of the store (`GET /usage`): bytes are the sizes of its files plus the
+/// offsets of its open uploads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub packages: u64,
+    pub open_uploads: u64,
+}
+
+/// What a retention rule of one class deletes, at one moment: finalized packages finalized
+/// before `finalized_before`, finalized packages beyond the newest `keep_last` of their tenant
+/// and subject, and open packages created before `open_created_before`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionQuery {
+    pub class: String,
+    pub finalized_before: Option<Timestamp>,
+    pub keep_last: Option<u32>,
+    pub open_created_before: Option<Timestamp>,
 }
 
 /// Filters of `GET /packages`, all ANDed.

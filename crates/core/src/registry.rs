@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::digest::{Sha256Digest, Sha256Hasher};
 use crate::error::{FieldError, RegistryError, Resource, Result};
 use crate::ids::{FileId, PackageId, UploadId};
+use crate::lifecycle::RetentionRules;
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
@@ -39,6 +40,8 @@ pub struct RegistryConfig {
     /// Single-shot files of at most this many bytes ([`INLINE_FILE_BYTES`] at most) keep their
     /// bytes with their record in the metadata store, durable in the same commit.
     pub inline_max_bytes: u64,
+    /// Retention rules by class (a class with none keeps its packages forever).
+    pub retention: RetentionRules,
 }
 
 impl Default for RegistryConfig {
@@ -50,6 +53,7 @@ impl Default for RegistryConfig {
             max_waiting: 4096,
             max_waiting_per_scope: 1024,
             inline_max_bytes: INLINE_FILE_BYTES,
+            retention: RetentionRules::new(),
         }
     }
 }
@@ -99,6 +103,10 @@ impl Registry {
         &self.config
     }
 
+    pub(crate) fn meta(&self) -> &dyn MetadataStore {
+        &*self.meta
+    }
+
     /// Both stores answer.
     pub async fn ready(&self) -> Result<()> {
         self.meta.ping().await?;
@@ -139,7 +147,10 @@ impl Registry {
             file_count: 0,
             total_size: 0,
             manifest_digest: None,
+            held: false,
+            expires_at: None,
         };
+        let package = self.present(package);
         let event = new_event(
             EventType::PackageCreated,
             &package.tenant,
@@ -151,10 +162,8 @@ impl Registry {
     }
 
     pub async fn package(&self, scope: impl Into<Scope>, id: PackageId) -> Result<Package> {
-        self.meta
-            .package(&scope.into(), id)
-            .await?
-            .ok_or(RegistryError::NotFound(Resource::Package))
+        let package = self.meta.package(&scope.into(), id).await?;
+        Ok(self.present(package.ok_or(RegistryError::NotFound(Resource::Package))?))
     }
 
     /// Newest first. `cursor` is the `next_cursor` of the previous page.
@@ -175,6 +184,7 @@ impl Registry {
             .list_packages(&scope.into(), query, before, limit + 1)
             .await?;
         let next_cursor = next_page(&mut items, limit, |p| p.id.to_string());
+        let items = items.into_iter().map(|p| self.present(p)).collect();
         Ok(Page { items, next_cursor })
     }
 
@@ -209,7 +219,7 @@ impl Registry {
                 .finalize(tenant, id, file_count, finalized_at, &manifest, event)
                 .await
             {
-                Ok((package, _)) => return Ok(package),
+                Ok((package, _)) => return Ok(self.present(package)),
                 // A file landed while the manifest was being built: build it again.
                 Err(StoreError::Stale) => continue,
                 Err(StoreError::NotFound) => {
@@ -772,7 +782,7 @@ enum Append {
     Advance(StoreError),
 }
 
-fn new_event<T: serde::Serialize>(
+pub(crate) fn new_event<T: serde::Serialize>(
     kind: EventType,
     tenant: &str,
     package_id: PackageId,

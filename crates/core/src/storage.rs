@@ -76,6 +76,8 @@ pub enum StoreError {
     PathTaken(String),
     #[error("the upload is not open")]
     UploadNotOpen,
+    #[error("the package is held")]
+    Held,
     /// A compare-and-set lost: the record is no longer in the state the caller read.
     #[error("the record changed concurrently")]
     Stale,
@@ -244,6 +246,45 @@ pub trait MetadataStore: Send + Sync + 'static {
         scope: &Scope,
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError>;
+
+    /// Deletes a package that is not held — its files, metadata and manifest — and appends
+    /// the event `event` builds from it, in one transaction; returns the package as it was.
+    /// `NotFound`, or `Held`, and then nothing changes. Each package is deleted (and its event
+    /// appended) once, also when several callers race.
+    async fn delete_package(
+        &self,
+        tenant: &str,
+        id: PackageId,
+        event: EventFor,
+    ) -> Result<Package, StoreError>;
+
+    /// Holds or releases a package; when that changes it, appends the event `event` builds
+    /// from the changed package in the same transaction. `NotFound`.
+    async fn set_hold(
+        &self,
+        tenant: &str,
+        id: PackageId,
+        held: bool,
+        event: EventFor,
+    ) -> Result<Package, StoreError>;
+
+    /// Packages of retention class `rule.class` that are not held and that one of the rule's
+    /// parts would delete, at most `limit` (tenant and id).
+    async fn retention_candidates(
+        &self,
+        rule: &RetentionQuery,
+        limit: u32,
+    ) -> Result<Vec<(String, PackageId)>, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `until`; `false` while another
+    /// holder's lease on it has not expired at `now`. One replica at a time runs a duty.
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
 

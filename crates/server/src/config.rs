@@ -1,11 +1,12 @@
 //! Server configuration: flags override environment (`ARTIFACTSTORE_*`), which overrides the
 //! TOML file named by `--config` / `ARTIFACTSTORE_CONFIG`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use artifactstore_core::lifecycle::{RetentionRule, RetentionRules, parse_duration};
 use artifactstore_core::limits::{DEFAULT_MAX_FILE_BYTES, DEFAULT_UPLOAD_TTL_SECS};
 use artifactstore_core::{INLINE_FILE_BYTES, Scope, validate};
 use serde::Deserialize;
@@ -58,6 +59,14 @@ pub struct ServeArgs {
     /// Accepted retention classes, comma-separated [default: any].
     #[arg(long, env = "ARTIFACTSTORE_RETENTION_CLASSES")]
     pub retention_classes: Option<String>,
+    /// Retention rules per class, `;`-separated: CLASS:max_age=14d,keep_last=5,open_max_age=2d
+    /// (durations in s, m, h, d or w). A class with no rule keeps its packages forever.
+    /// [default: none]
+    #[arg(long, env = "ARTIFACTSTORE_RETENTION")]
+    pub retention: Option<String>,
+    /// Seconds between two retention sweeps (one replica sweeps at a time) [default: 60].
+    #[arg(long, env = "ARTIFACTSTORE_RETENTION_INTERVAL_SECS")]
+    pub retention_interval_secs: Option<u64>,
     /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
     #[arg(long, env = "ARTIFACTSTORE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -124,6 +133,10 @@ pub struct FileConfig {
     pub max_json_bytes: Option<usize>,
     pub upload_ttl_secs: Option<u64>,
     pub retention_classes: Option<Vec<String>>,
+    /// `[retention.CLASS]` tables.
+    #[serde(default)]
+    pub retention: BTreeMap<String, FileRetention>,
+    pub retention_interval_secs: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub header_timeout_secs: Option<u64>,
@@ -138,6 +151,15 @@ pub struct FileConfig {
     pub inline_max_bytes: Option<u64>,
     #[serde(default)]
     pub tokens: Vec<FileToken>,
+}
+
+/// One `[retention.CLASS]` table: durations as strings (`"14d"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetention {
+    pub max_age: Option<String>,
+    pub keep_last: Option<u32>,
+    pub open_max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +217,8 @@ pub struct Settings {
     pub max_json_bytes: usize,
     pub upload_ttl: Duration,
     pub retention_classes: Option<BTreeSet<String>>,
+    pub retention: RetentionRules,
+    pub retention_interval: Duration,
     /// Certificate chain and key files, when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub edge: EdgeLimits,
@@ -315,7 +339,7 @@ impl ServeArgs {
                  ARTIFACTSTORE_ANON_READ=true)",
             ));
         }
-        let retention_classes = match self.retention_classes {
+        let retention_classes: Option<BTreeSet<String>> = match self.retention_classes {
             Some(list) => Some(
                 list.split(',')
                     .map(|s| s.trim().to_string())
@@ -324,6 +348,38 @@ impl ServeArgs {
             ),
             None => file.retention_classes.map(|v| v.into_iter().collect()),
         };
+        let retention = match &self.retention {
+            Some(text) => parse_retention_env(text)?,
+            None => file
+                .retention
+                .iter()
+                .map(|(class, r)| {
+                    let age = |what: &str, v: &Option<String>| {
+                        v.as_deref()
+                            .map(|t| duration(&format!("{class}.{what}"), t))
+                            .transpose()
+                    };
+                    Ok((
+                        class.clone(),
+                        RetentionRule {
+                            max_age: age("max_age", &r.max_age)?,
+                            keep_last: r.keep_last,
+                            open_max_age: age("open_max_age", &r.open_max_age)?,
+                        },
+                    ))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+        };
+        for class in retention.keys() {
+            validate::slug(class).map_err(|m| err(format!("retention class {class:?} {m}")))?;
+            if let Some(allowed) = &retention_classes
+                && !allowed.contains(class)
+            {
+                return Err(err(format!(
+                    "retention rule for {class:?}, which is not an accepted retention class"
+                )));
+            }
+        }
         Ok(Settings {
             listen,
             database_url,
@@ -343,6 +399,12 @@ impl ServeArgs {
                     .unwrap_or(DEFAULT_UPLOAD_TTL_SECS),
             ),
             retention_classes,
+            retention,
+            retention_interval: secs(
+                self.retention_interval_secs
+                    .or(file.retention_interval_secs),
+                Duration::from_secs(60),
+            )?,
             tls: match (
                 self.tls_cert.or(file.tls_cert),
                 self.tls_key.or(file.tls_key),
@@ -404,6 +466,47 @@ impl ServeArgs {
             },
         })
     }
+}
+
+/// A retention duration (`14d`), named `what` in the error.
+fn duration(what: &str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).ok_or_else(|| {
+        err(format!(
+            "{what} = {text:?}: expected a number and s, m, h, d or w (e.g. 14d)"
+        ))
+    })
+}
+
+/// `ARTIFACTSTORE_RETENTION`: `CLASS:key=value,…;CLASS:…`.
+fn parse_retention_env(text: &str) -> Result<RetentionRules, ConfigError> {
+    let mut rules = RetentionRules::new();
+    for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (class, parts) = item.split_once(':').unwrap_or((item, ""));
+        let mut rule = RetentionRule::default();
+        for part in parts.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| err(format!("retention {class}: {part:?} is not key=value")))?;
+            let what = format!("{class}.{key}");
+            match key {
+                "max_age" => rule.max_age = Some(duration(&what, value)?),
+                "open_max_age" => rule.open_max_age = Some(duration(&what, value)?),
+                "keep_last" => {
+                    rule.keep_last =
+                        Some(value.parse().map_err(|_| {
+                            err(format!("{what} = {value:?}: expected a whole number"))
+                        })?)
+                }
+                _ => {
+                    return Err(err(format!(
+                        "retention {class}: unknown rule {key:?} (max_age, keep_last, open_max_age)"
+                    )));
+                }
+            }
+        }
+        rules.insert(class.trim().to_string(), rule);
+    }
+    Ok(rules)
 }
 
 /// A timeout in whole seconds; 0 would cut every client at once.
@@ -468,6 +571,42 @@ mod tests {
         ServeArgs {
             tokens: tokens.map(str::to_string),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retention_rules_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "retention_classes = [\"ci\", \"release\"]\n[[tokens]]\ntenant = \"a\"\ntoken = \"t\"\n\
+             [retention.ci]\nmax_age = \"14d\"\nkeep_last = 5\nopen_max_age = \"1d\"\n",
+        )
+        .unwrap();
+        let mut a = args(None);
+        a.config = Some(path.clone());
+        let s = a.clone().resolve().unwrap();
+        let ci = &s.retention["ci"];
+        assert_eq!(ci.max_age, Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(
+            (ci.keep_last, ci.open_max_age),
+            (Some(5), Some(Duration::from_secs(86_400)))
+        );
+        assert!(!s.retention.contains_key("release"));
+        // The environment replaces the file's rules.
+        a.retention = Some("release:keep_last=3".into());
+        let s = a.clone().resolve().unwrap();
+        assert_eq!(s.retention.keys().collect::<Vec<_>>(), ["release"]);
+        for bad in [
+            "ci:max_age=14y",
+            "ci:keep_last=x",
+            "ci:forever=1",
+            "other:keep_last=1",
+            "ci:max_age",
+        ] {
+            a.retention = Some(bad.into());
+            assert!(a.clone().resolve().is_err(), "{bad}");
         }
     }
 

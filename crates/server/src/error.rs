@@ -62,6 +62,7 @@ impl ApiError {
                 R::Invalid(_) | R::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 R::NotFound(_) => StatusCode::NOT_FOUND,
                 R::PackageFinalized
+                | R::PackageHeld
                 | R::NotFinalized
                 | R::PathTaken(_)
                 | R::UploadCompleted
@@ -102,6 +103,7 @@ impl ApiError {
                 R::Invalid(_) => "invalid-request",
                 R::NotFound(_) => "not-found",
                 R::PackageFinalized => "package-finalized",
+                R::PackageHeld => "package-held",
                 R::NotFinalized => "package-not-finalized",
                 R::PathTaken(_) => "path-taken",
                 R::UploadCompleted => "upload-completed",

@@ -36,7 +36,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::{ServeArgs, Settings};
 use error::ApiError;
-use handlers::{events, files, packages, service, uploads};
+use handlers::{events, files, lifecycle, packages, service, uploads};
 
 /// How often expired upload sessions are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -103,6 +103,7 @@ impl AppState {
             max_waiting: settings.max_pollers,
             max_waiting_per_scope: settings.max_pollers_per_tenant,
             inline_max_bytes: settings.inline_max_bytes,
+            retention: settings.retention.clone(),
         };
         let registry = Registry::new(meta.clone(), blobs, config);
         let auth = settings.auth.clone();
@@ -173,7 +174,9 @@ pub fn router(state: AppState) -> (Router, metrics::Routes) {
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(packages::create_package, packages::list_packages))
-        .routes(routes!(packages::get_package))
+        .routes(routes!(packages::get_package, lifecycle::delete_package))
+        .routes(routes!(lifecycle::hold, lifecycle::release))
+        .routes(routes!(lifecycle::retention))
         .routes(routes!(packages::add_file, packages::list_files))
         .routes(routes!(packages::finalize))
         .routes(routes!(packages::manifest))
@@ -253,6 +256,7 @@ pub async fn run(
         None => None,
     };
     let sweeper = tokio::spawn(sweep(state.clone()));
+    let retention = tokio::spawn(retention(state.clone()));
     let app = app(state.clone());
     let (stop, stopped) = watch::channel(false);
     let signal_state = state.clone();
@@ -265,6 +269,7 @@ pub async fn run(
     let limits = state.settings.edge.clone();
     let served = edge::serve(listener, app, tls, limits, &workers, stopped).await;
     sweeper.abort();
+    retention.abort();
     state.meta.close().await;
     drop(workers);
     Ok(served?)
@@ -307,6 +312,37 @@ async fn sweep(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expired upload sessions removed"),
             Err(e) => tracing::warn!(error = %e, "sweeping expired uploads failed"),
+        }
+    }
+}
+
+/// Applies the retention rules every `retention_interval`, on one replica at a time (the one
+/// holding the `retention` lease; a lease lapses three intervals after its holder stopped).
+async fn retention(state: AppState) {
+    if state.registry.config().retention.is_empty() {
+        return;
+    }
+    let holder = artifactstore_core::ids::instance_id();
+    let interval = state.settings.retention_interval;
+    let mut every = tokio::time::interval(interval);
+    loop {
+        every.tick().await;
+        match state
+            .registry
+            .lease("retention", holder, interval * 3)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the retention lease");
+                continue;
+            }
+        }
+        match state.registry.sweep_retention().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "packages deleted by retention rules"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
         }
     }
 }

@@ -26,11 +26,18 @@ use crate::reads::{Pool, Reads};
 use crate::rows::*;
 use crate::tail::{EventTail, TAIL_EVENTS};
 
-static MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+static MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "lifecycle",
+        include_str!("../migrations/postgres/0002_lifecycle.sql"),
+    ),
+];
 
 /// The channel a commit notifies, with its sequence as payload.
 const CHANNEL: &str = "artifactstore_events";
@@ -103,7 +110,8 @@ impl PgStore {
         Ok(Self {
             reads: Reads {
                 pool: Pool::Postgres(pool.clone()),
-                files: FileCache::default(),
+                // Another replica's deletion would leave a cached record stale.
+                files: FileCache::with_capacity(0),
                 tail,
             },
             pool,
@@ -257,6 +265,31 @@ async fn append_event(conn: &mut PgConnection, event: &NewEvent) -> Result<u64, 
     .await
     .map_err(sql_error)?;
     Ok(sequence as u64)
+}
+
+/// The package `id` of `tenant`, its row locked until the transaction ends, or `NotFound`.
+async fn locked_package(
+    conn: &mut PgConnection,
+    tenant: &str,
+    id: PackageId,
+) -> Result<Package, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1 AND tenant = $2 FOR UPDATE"
+    ))
+    .bind(id.to_string())
+    .bind(tenant)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(sql_error)?
+    .ok_or(StoreError::NotFound)?;
+    package_from_row(&row)
+}
+
+/// The event builder of a change, taken once (the transaction's body is not retried).
+fn take_event(event: &mut Option<EventFor>) -> Result<EventFor, StoreError> {
+    event
+        .take()
+        .ok_or_else(|| StoreError::Database("an event was built twice".into()))
 }
 
 /// The state of a package or upload (`table`) of `tenant`, its row locked until the
@@ -452,17 +485,7 @@ impl MetadataStore for PgStore {
         event: NewEvent,
     ) -> Result<(Package, Option<Event>), StoreError> {
         let (updated, sequence) = in_transaction!(self, |conn| {
-            let row = sqlx::query(&format!(
-                "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1 AND tenant = $2 \
-                         FOR UPDATE"
-            ))
-            .bind(package.to_string())
-            .bind(tenant)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(sql_error)?
-            .ok_or(StoreError::NotFound)?;
-            let current = package_from_row(&row)?;
+            let current = locked_package(conn, tenant, package).await?;
             if current.state == PackageState::Finalized {
                 return Ok(((current, None), None));
             }
@@ -496,6 +519,87 @@ impl MetadataStore for PgStore {
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError> {
         self.reads.manifest(scope, package).await
+    }
+
+    async fn delete_package(
+        &self,
+        tenant: &str,
+        id: PackageId,
+        event: EventFor,
+    ) -> Result<Package, StoreError> {
+        let mut event = Some(event);
+        Ok(in_transaction!(self, |conn| {
+            let package = locked_package(conn, tenant, id).await?;
+            if package.held {
+                return Err(StoreError::Held);
+            }
+            for sql in [
+                "DELETE FROM package_metadata WHERE package_id = $1",
+                "DELETE FROM files WHERE package_id = $1",
+                "DELETE FROM packages WHERE id = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(id.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+            }
+            let sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
+            Ok((package, Some(sequence)))
+        }))
+    }
+
+    async fn set_hold(
+        &self,
+        tenant: &str,
+        id: PackageId,
+        held: bool,
+        event: EventFor,
+    ) -> Result<Package, StoreError> {
+        let mut event = Some(event);
+        Ok(in_transaction!(self, |conn| {
+            let package = locked_package(conn, tenant, id).await?;
+            if package.held == held {
+                return Ok((package, None));
+            }
+            let row = sqlx::query(&format!(
+                "UPDATE packages SET held = $1 WHERE id = $2 RETURNING {PACKAGE_COLUMNS}"
+            ))
+            .bind(held)
+            .bind(id.to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+            let package = package_from_row(&row)?;
+            let sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
+            Ok((package, Some(sequence)))
+        }))
+    }
+
+    async fn retention_candidates(
+        &self,
+        rule: &RetentionQuery,
+        limit: u32,
+    ) -> Result<Vec<(String, PackageId)>, StoreError> {
+        self.reads.retention_candidates(rule, limit).await
+    }
+
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let taken = sqlx::query(LEASE)
+            .bind(name)
+            .bind(holder)
+            .bind(until.as_millis())
+            .bind(now.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        Ok(taken.is_some())
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {

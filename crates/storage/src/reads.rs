@@ -98,6 +98,7 @@ impl Reads {
         if let Some(file) = self.files.get(&id) {
             return Ok(scope.admits(&file.tenant).then_some(file));
         }
+        let generation = self.files.generation();
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1");
         let file = on_pool!(&self.pool, |p| {
             let row = sqlx::query(&sql)
@@ -108,7 +109,7 @@ impl Reads {
             row.as_ref().map(file_from_row).transpose()?
         });
         let Some(file) = file else { return Ok(None) };
-        self.files.insert(&file);
+        self.files.insert(&file, generation);
         Ok(scope.admits(&file.tenant).then_some(file))
     }
 
@@ -152,6 +153,35 @@ impl Reads {
                 .await
                 .map_err(sql_error)?;
             row.as_ref().map(manifest_from_row).transpose()
+        })
+    }
+
+    /// One SQL text for both engines; `newer` ranks a subject's finalized packages newest
+    /// first (held ones count among the kept).
+    pub(crate) async fn retention_candidates(
+        &self,
+        rule: &RetentionQuery,
+        limit: u32,
+    ) -> Result<Vec<(String, PackageId)>, StoreError> {
+        let sql = "SELECT tenant, id FROM (SELECT tenant, id, held, state, finalized_at, \
+                   created_at, ROW_NUMBER() OVER (PARTITION BY tenant, subject, state \
+                   ORDER BY finalized_at DESC, id DESC) AS newer \
+                   FROM packages WHERE retention_class = $1) p \
+                   WHERE NOT held AND ((state = 'finalized' AND (finalized_at < CAST($2 AS BIGINT) \
+                   OR newer > CAST($3 AS BIGINT))) \
+                   OR (state = 'open' AND created_at < CAST($4 AS BIGINT))) LIMIT $5";
+        let millis = |t: Option<Timestamp>| t.map(Timestamp::as_millis);
+        on_pool!(&self.pool, |p| {
+            let rows = sqlx::query(sql)
+                .bind(&rule.class)
+                .bind(millis(rule.finalized_before))
+                .bind(rule.keep_last.map(i64::from))
+                .bind(millis(rule.open_created_before))
+                .bind(limit as i64)
+                .fetch_all(p)
+                .await
+                .map_err(sql_error)?;
+            tenants_and_ids(&rows)
         })
     }
 

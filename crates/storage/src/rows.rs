@@ -46,7 +46,7 @@ impl Fields for PgRow {
 }
 
 pub(crate) const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, state, \
-    created_at, finalized_at, file_count, total_size, manifest_digest";
+    created_at, finalized_at, file_count, total_size, manifest_digest, held";
 
 pub(crate) fn package_from_row(row: &impl Fields) -> Result<Package, StoreError> {
     let get_str = |name: &str| row.field::<String>(name).map_err(|_| corrupt("package"));
@@ -78,6 +78,8 @@ pub(crate) fn package_from_row(row: &impl Fields) -> Result<Package, StoreError>
         file_count: get_i64("file_count")? as u64,
         total_size: get_i64("total_size")? as u64,
         manifest_digest,
+        held: row.field("held").map_err(|_| corrupt("package"))?,
+        expires_at: None,
     })
 }
 
@@ -269,36 +271,86 @@ pub(crate) fn migrator(list: &[(i64, &'static str, &'static str)]) -> Migrator {
     }
 }
 
-/// File records by id, bounded: a file never changes once added, so a cached record is never
-/// stale, and downloads and range reads skip the database.
-#[derive(Default)]
-pub(crate) struct FileCache(std::sync::Mutex<std::collections::HashMap<FileId, FileRecord>>);
+/// File records by id, bounded: a file never changes once added, so a cached record is stale
+/// only once its package is deleted, and [`evict_package`](Self::evict_package) (called after
+/// that commit) removes it. A record read from the database while an eviction ran is not
+/// kept: the generation tells (see [`generation`](Self::generation)).
+pub(crate) struct FileCache {
+    files: std::sync::Mutex<(u64, std::collections::HashMap<FileId, FileRecord>)>,
+    capacity: usize,
+}
 
-impl FileCache {
-    const CAPACITY: usize = 16 * 1024;
-
-    pub(crate) fn get(&self, id: &FileId) -> Option<FileRecord> {
-        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(id).cloned()
-    }
-
-    pub(crate) fn insert(&self, file: &FileRecord) {
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= Self::CAPACITY {
-            // Crude but bounded; hot files come straight back.
-            cache.clear();
-        }
-        cache.insert(file.id, file.clone());
+impl Default for FileCache {
+    fn default() -> Self {
+        Self::with_capacity(16 * 1024)
     }
 }
 
-/// `(tenant, id)` rows of uploads.
-pub(crate) fn tenants_and_ids(rows: &[impl Fields]) -> Result<Vec<(String, UploadId)>, StoreError> {
+impl FileCache {
+    /// A cache of `capacity` records; 0 keeps none (a store whose deletions other processes
+    /// make cannot know when a record goes stale).
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            files: Default::default(),
+            capacity,
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<FileId, FileRecord>)> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, id: &FileId) -> Option<FileRecord> {
+        self.lock().1.get(id).cloned()
+    }
+
+    /// Taken before reading a record from the database, handed to [`insert`](Self::insert).
+    pub(crate) fn generation(&self) -> u64 {
+        self.lock().0
+    }
+
+    /// Keeps `file`, read when the cache was at `generation`, unless an eviction ran since.
+    pub(crate) fn insert(&self, file: &FileRecord, generation: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut cache = self.lock();
+        if cache.0 != generation {
+            return;
+        }
+        if cache.1.len() >= self.capacity {
+            // Crude but bounded; hot files come straight back.
+            cache.1.clear();
+        }
+        cache.1.insert(file.id, file.clone());
+    }
+
+    /// Forgets the files of a deleted package (after the deletion committed).
+    pub(crate) fn evict_package(&self, package: PackageId) {
+        let mut cache = self.lock();
+        cache.0 += 1;
+        cache.1.retain(|_, f| f.package_id != package);
+    }
+}
+
+/// Takes or renews a lease (`$1` name, `$2` holder, `$3` until, `$4` now): the same text for
+/// both engines. A row comes back only if the lease is now the holder's.
+pub(crate) const LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4 RETURNING holder";
+
+/// `(tenant, id)` rows of uploads or packages.
+pub(crate) fn tenants_and_ids<Id: std::str::FromStr>(
+    rows: &[impl Fields],
+) -> Result<Vec<(String, Id)>, StoreError> {
     rows.iter()
         .map(|row| {
-            let tenant: String = row.field("tenant").map_err(|_| corrupt("upload"))?;
-            let id: String = row.field("id").map_err(|_| corrupt("upload"))?;
-            Ok((tenant, id.parse().map_err(|_| corrupt("upload id"))?))
+            let tenant: String = row.field("tenant").map_err(|_| corrupt("row"))?;
+            let id: String = row.field("id").map_err(|_| corrupt("row"))?;
+            Ok((tenant, id.parse().map_err(|_| corrupt("id"))?))
         })
         .collect()
 }

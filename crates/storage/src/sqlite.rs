@@ -50,6 +50,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "file location",
         include_str!("../migrations/sqlite/0004_file_location.sql"),
     ),
+    (
+        5,
+        "lifecycle",
+        include_str!("../migrations/sqlite/0005_lifecycle.sql"),
+    ),
 ];
 
 /// Writes committed together at most (see [`run_writer`]).
@@ -489,6 +494,25 @@ async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Ev
     Ok(committed_event(event, sequence))
 }
 
+/// The package `id` of `tenant` as the writer's transaction sees it (the only writer: no one
+/// changes it before the transaction ends), or `NotFound`.
+async fn locked_package(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    id: PackageId,
+) -> Result<Package, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ? AND tenant = ?"
+    ))
+    .bind(id.to_string())
+    .bind(tenant)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(sql_error)?
+    .ok_or(StoreError::NotFound)?;
+    package_from_row(&row)
+}
+
 async fn upload_state(
     conn: &mut SqliteConnection,
     tenant: &str,
@@ -656,16 +680,7 @@ impl MetadataStore for SqliteStore {
         let (tenant, manifest) = (tenant.to_string(), manifest.clone());
         self.write(move |conn| {
             Box::pin(async move {
-                let row = sqlx::query(&format!(
-                    "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ? AND tenant = ?"
-                ))
-                .bind(package.to_string())
-                .bind(&tenant)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(sql_error)?
-                .ok_or(StoreError::NotFound)?;
-                let current = package_from_row(&row)?;
+                let current = locked_package(conn, &tenant, package).await?;
                 if current.state == PackageState::Finalized {
                     return Ok(((current, None), None));
                 }
@@ -699,6 +714,103 @@ impl MetadataStore for SqliteStore {
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError> {
         self.reads.manifest(scope, package).await
+    }
+
+    async fn delete_package(
+        &self,
+        tenant: &str,
+        id: PackageId,
+        event: EventFor,
+    ) -> Result<Package, StoreError> {
+        let tenant = tenant.to_string();
+        let deleted = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let package = locked_package(conn, &tenant, id).await?;
+                    if package.held {
+                        return Err(StoreError::Held);
+                    }
+                    let id = id.to_string();
+                    for sql in [
+                        "DELETE FROM package_metadata WHERE package_id = ?",
+                        "DELETE FROM files WHERE package_id = ?",
+                        "DELETE FROM packages WHERE id = ?",
+                    ] {
+                        sqlx::query(sql)
+                            .bind(&id)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(sql_error)?;
+                    }
+                    let event = append_event(conn, event(&package)).await?;
+                    Ok((package, Some(event)))
+                })
+            })
+            .await?;
+        self.reads.files.evict_package(id);
+        Ok(deleted)
+    }
+
+    async fn set_hold(
+        &self,
+        tenant: &str,
+        id: PackageId,
+        held: bool,
+        event: EventFor,
+    ) -> Result<Package, StoreError> {
+        let tenant = tenant.to_string();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let package = locked_package(conn, &tenant, id).await?;
+                if package.held == held {
+                    return Ok((package, None));
+                }
+                let row = sqlx::query(&format!(
+                    "UPDATE packages SET held = ? WHERE id = ? RETURNING {PACKAGE_COLUMNS}"
+                ))
+                .bind(held)
+                .bind(id.to_string())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+                let package = package_from_row(&row)?;
+                let event = append_event(conn, event(&package)).await?;
+                Ok((package, Some(event)))
+            })
+        })
+        .await
+    }
+
+    async fn retention_candidates(
+        &self,
+        rule: &RetentionQuery,
+        limit: u32,
+    ) -> Result<Vec<(String, PackageId)>, StoreError> {
+        self.reads.retention_candidates(rule, limit).await
+    }
+
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let taken = sqlx::query(LEASE)
+                    .bind(&name)
+                    .bind(&holder)
+                    .bind(until.as_millis())
+                    .bind(now.as_millis())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                Ok((taken.is_some(), None))
+            })
+        })
+        .await
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {

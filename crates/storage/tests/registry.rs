@@ -659,9 +659,16 @@ async fn an_old_database_learns_where_its_files_live() {
     let env = {
         env.meta.close().await;
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        // Back to before migration 4: migration 5 undone first (it indexes `inline`).
         for sql in [
+            "DROP INDEX files_by_sha256",
+            "DROP INDEX files_by_package",
+            "DROP INDEX packages_for_retention",
+            "DROP INDEX packages_by_class_subject",
+            "DROP TABLE leases",
+            "ALTER TABLE packages DROP COLUMN held",
             "ALTER TABLE files DROP COLUMN inline",
-            "DELETE FROM _sqlx_migrations WHERE version = 4",
+            "DELETE FROM _sqlx_migrations WHERE version >= 4",
         ] {
             sqlx::query(sql).execute(&mut conn).await.unwrap();
         }

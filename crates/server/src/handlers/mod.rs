@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod files;
+pub mod lifecycle;
 pub mod packages;
 pub mod service;
 pub mod uploads;

@@ -1,0 +1,14 @@
+-- Lifecycle: holds, and the indexes deletion, retention and garbage collection read by
+-- (the same as SQLite's 0005).
+ALTER TABLE packages ADD COLUMN held BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX packages_for_retention ON packages (retention_class, state, finalized_at);
+CREATE INDEX packages_by_class_subject ON packages (retention_class, tenant, subject, state, finalized_at);
+CREATE INDEX files_by_package ON files (package_id);
+CREATE INDEX files_by_sha256 ON files (sha256, inline);
+-- Background duties that one replica at a time should run (retention, garbage collection):
+-- a duty is held by `holder` until `expires_at` (ms), renewed by its holder while it runs.
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
