@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;

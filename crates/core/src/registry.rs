@@ -14,13 +14,15 @@ use tokio::time::Instant;
 
 use crate::digest::{Sha256Digest, Sha256Hasher};
 use crate::error::{FieldError, RegistryError, Resource, Result};
+use crate::gc::{BlobClaimer, GC_TOOK_THE_BYTES};
 use crate::ids::{FileId, PackageId, UploadId};
 use crate::lifecycle::RetentionRules;
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
 use crate::storage::{
-    BlobInfo, BlobStore, ByteStream, Head, MetadataStore, StoreError, check_digest, read_head,
+    BlobInfo, BlobStore, ByteStream, Claim, Head, MetadataStore, StoreError, check_digest,
+    read_head,
 };
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
@@ -105,6 +107,10 @@ impl Registry {
 
     pub(crate) fn meta(&self) -> &dyn MetadataStore {
         &*self.meta
+    }
+
+    pub(crate) fn blobs(&self) -> &dyn BlobStore {
+        &*self.blobs
     }
 
     /// Both stores answer.
@@ -258,6 +264,7 @@ impl Registry {
         // in the same step that adds the file; a large one is refused before its bytes are
         // taken when the package is not open.
         let inline_max = self.config.inline_max_bytes.min(INLINE_FILE_BYTES);
+        let claim = BlobClaimer::new(&*self.meta);
         let (blob, inline) = match read_head(body, inline_max, max_len).await? {
             Head::Whole(chunks) => {
                 let bytes = concat(chunks);
@@ -268,7 +275,7 @@ impl Registry {
             }
             Head::Partial(body) => {
                 self.open_package(tenant, package_id).await?;
-                (self.blobs.put(body, expected, max_len).await?, None)
+                (self.blobs.put(body, expected, max_len, &claim).await?, None)
             }
         };
         let mut file = FileRecord::new(
@@ -280,7 +287,8 @@ impl Registry {
             blob.digest,
         );
         file.inline = inline.is_some();
-        self.record_file(&file, None, inline).await?;
+        self.record_file(&file, None, inline, claim.generation())
+            .await?;
         Ok(file)
     }
 
@@ -524,6 +532,8 @@ impl Registry {
             digest,
             size: offset,
         };
+        let claim = BlobClaimer::new(&*self.meta);
+        claim.claim(&blob).await?;
         self.blobs.stage_commit(&id, &record.staging, blob).await?;
         let file = FileRecord::new(
             tenant,
@@ -533,7 +543,8 @@ impl Registry {
             media_type,
             digest,
         );
-        self.record_file(&file, Some(id), None).await?;
+        self.record_file(&file, Some(id), None, claim.generation())
+            .await?;
         if let Err(e) = self.blobs.stage_discard(&id).await {
             // The file is recorded; leftover staged bytes only cost space.
             tracing::warn!(upload = %id, error = %e, "could not discard staged bytes");
@@ -656,11 +667,15 @@ impl Registry {
         file: &FileRecord,
         upload: Option<UploadId>,
         inline: Option<Bytes>,
+        claim: Option<i64>,
     ) -> Result<()> {
         let event = new_event(EventType::FileAdded, &file.tenant, file.package_id, file);
-        match self.meta.add_file(file, upload, inline, event).await {
+        match self.meta.add_file(file, upload, inline, claim, event).await {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Package)),
+            // The claim lapsed (this write stalled longer than the grace period) and a
+            // collection took the bytes: nothing was recorded; the client sends them again.
+            Err(StoreError::Stale) => Err(StoreError::Unavailable(GC_TOOK_THE_BYTES).into()),
             Err(e) => Err(self.upload_error(e)),
         }
     }

@@ -110,6 +110,24 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
+/// Called by a blob store once a blob's bytes are hashed, before it makes them visible or
+/// finds them stored already: the registry claims the digest there (in the metadata store),
+/// so garbage collection cannot delete those bytes before the file that records them commits.
+#[async_trait]
+pub trait Claim: Send + Sync {
+    async fn claim(&self, blob: &BlobInfo) -> Result<(), StoreError>;
+}
+
+/// The [`Claim`] of callers that collect no garbage (the blob stores' own unit tests).
+pub struct NoClaim;
+
+#[async_trait]
+impl Claim for NoClaim {
+    async fn claim(&self, _blob: &BlobInfo) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// Content-addressed bytes, plus the staging area of upload sessions.
 ///
 /// Architecture invariant: a blob is visible under its digest only once all its bytes are
@@ -123,12 +141,15 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Streams `body` into the store, hashing in the same pass that writes. Fails with
     /// [`StoreError::TooLarge`] past `max_len` bytes and [`StoreError::DigestMismatch`] when
     /// `expected` is given and differs; on any failure nothing becomes visible. Storing bytes
-    /// that are already present is not an error (the content is kept once).
+    /// that are already present is not an error (the content is kept once). `claim` is called
+    /// after hashing and before the bytes are published or found present; a blob found
+    /// present must be looked up anew after it (a cached answer may predate a collection).
     async fn put(
         &self,
         body: ByteStream,
         expected: Option<Sha256Digest>,
         max_len: u64,
+        claim: &dyn Claim,
     ) -> Result<BlobInfo, StoreError>;
 
     /// The size of a stored blob, or `None`.
@@ -171,6 +192,27 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes whatever is staged for `upload`; no error if nothing is.
     async fn stage_discard(&self, upload: &UploadId) -> Result<(), StoreError>;
+
+    // ---- garbage collection (see ARCHITECTURE.md, "Garbage collection") ----
+
+    /// Digests of stored blobs after `after`, in ascending order, at most `limit`, with the
+    /// time each was last written (ms).
+    async fn list_blobs(
+        &self,
+        after: Option<Sha256Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Sha256Digest, Timestamp)>, StoreError>;
+
+    /// Deletes a blob's bytes; no error if they are gone already. Only garbage collection
+    /// calls it, for a digest it has doomed in the metadata store.
+    async fn delete_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError>;
+
+    /// Uploads that have something staged, with the time it was last written (ms).
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError>;
+
+    /// Deletes what a crash or a lost race left behind that no blob or upload names and
+    /// that was written before `before`; returns how many objects or files.
+    async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
 /// Packages, files, upload sessions and the event log.
@@ -205,14 +247,54 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// `file.added` event. With `upload`, also marks that open upload completed. Fails with
     /// `NotFound`, `PackageFinalized`, `PathTaken` or `UploadNotOpen` and then changes nothing.
     /// With `inline`, the file's bytes (a small file) are kept by this store, durable in the
-    /// same commit as the record, instead of in the blob store.
+    /// same commit as the record, instead of in the blob store. With `claim` (the generation
+    /// [`claim_blob`](Self::claim_blob) gave), refuses with `Stale` unless that claim of the
+    /// file's digest still stands undoomed.
     async fn add_file(
         &self,
         file: &FileRecord,
         upload: Option<UploadId>,
         inline: Option<Bytes>,
+        claim: Option<i64>,
         event: NewEvent,
     ) -> Result<Event, StoreError>;
+
+    /// Claims `digest` against garbage collection (see [`Claim`]): records it as in use now,
+    /// with `generation` if it has no claim yet, and returns the claim's generation. `None`
+    /// while a collection is deleting it (the caller waits and asks again).
+    async fn claim_blob(
+        &self,
+        digest: &Sha256Digest,
+        generation: i64,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Garbage collection: marks `digest` as being deleted, if no file uses it and no claim
+    /// was made at or after `cutoff`. From then on [`claim_blob`](Self::claim_blob) answers
+    /// `None` and [`add_file`](Self::add_file) refuses a claim of it, until
+    /// [`release_blob`](Self::release_blob).
+    async fn doom_blob(
+        &self,
+        digest: &Sha256Digest,
+        cutoff: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Garbage collection: the bytes of a doomed digest are gone; it may be claimed again.
+    async fn release_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError>;
+
+    /// Digests doomed before `before` and never released (a collection that stopped).
+    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError>;
+
+    /// Which of `digests` no file stored in the blob store uses.
+    async fn unreferenced(&self, digests: &[Sha256Digest])
+    -> Result<Vec<Sha256Digest>, StoreError>;
+
+    /// Deletes inline bytes no file uses, at most `limit`; returns how many.
+    async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;
+
+    /// Which of `ids` are open uploads.
+    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError>;
 
     /// Bytes kept by [`add_file`](Self::add_file) with `inline`, by their digest.
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError>;

@@ -67,6 +67,14 @@ pub struct ServeArgs {
     /// Seconds between two retention sweeps (one replica sweeps at a time) [default: 60].
     #[arg(long, env = "ARTIFACTSTORE_RETENTION_INTERVAL_SECS")]
     pub retention_interval_secs: Option<u64>,
+    /// Seconds between two garbage collections (one replica collects at a time)
+    /// [default: 600].
+    #[arg(long, env = "ARTIFACTSTORE_GC_INTERVAL_SECS")]
+    pub gc_interval_secs: Option<u64>,
+    /// Seconds unused bytes are kept after their last write or claim before garbage
+    /// collection may delete them; must exceed the longest write [default: 3600].
+    #[arg(long, env = "ARTIFACTSTORE_GC_GRACE_SECS")]
+    pub gc_grace_secs: Option<u64>,
     /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
     #[arg(long, env = "ARTIFACTSTORE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -137,6 +145,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub retention: BTreeMap<String, FileRetention>,
     pub retention_interval_secs: Option<u64>,
+    pub gc_interval_secs: Option<u64>,
+    pub gc_grace_secs: Option<u64>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub header_timeout_secs: Option<u64>,
@@ -219,6 +229,8 @@ pub struct Settings {
     pub retention_classes: Option<BTreeSet<String>>,
     pub retention: RetentionRules,
     pub retention_interval: Duration,
+    pub gc_interval: Duration,
+    pub gc_grace: Duration,
     /// Certificate chain and key files, when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub edge: EdgeLimits,
@@ -404,6 +416,14 @@ impl ServeArgs {
                 self.retention_interval_secs
                     .or(file.retention_interval_secs),
                 Duration::from_secs(60),
+            )?,
+            gc_interval: secs(
+                self.gc_interval_secs.or(file.gc_interval_secs),
+                Duration::from_secs(600),
+            )?,
+            gc_grace: secs(
+                self.gc_grace_secs.or(file.gc_grace_secs),
+                Duration::from_secs(3600),
             )?,
             tls: match (
                 self.tls_cert.or(file.tls_cert),

@@ -257,6 +257,7 @@ pub async fn run(
     };
     let sweeper = tokio::spawn(sweep(state.clone()));
     let retention = tokio::spawn(retention(state.clone()));
+    let collector = tokio::spawn(collect_garbage(state.clone()));
     let app = app(state.clone());
     let (stop, stopped) = watch::channel(false);
     let signal_state = state.clone();
@@ -270,6 +271,7 @@ pub async fn run(
     let served = edge::serve(listener, app, tls, limits, &workers, stopped).await;
     sweeper.abort();
     retention.abort();
+    collector.abort();
     state.meta.close().await;
     drop(workers);
     Ok(served?)
@@ -343,6 +345,39 @@ async fn retention(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "packages deleted by retention rules"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+    }
+}
+
+/// Collects garbage every `gc_interval`, on one replica at a time (the `gc` lease).
+async fn collect_garbage(state: AppState) {
+    let holder = artifactstore_core::ids::instance_id();
+    let (interval, grace) = (state.settings.gc_interval, state.settings.gc_grace);
+    let ttl = interval * 3;
+    let mut every = tokio::time::interval(interval);
+    loop {
+        every.tick().await;
+        match state.registry.lease("gc", holder, ttl).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the garbage collection lease");
+                continue;
+            }
+        }
+        let started = std::time::Instant::now();
+        match state.registry.collect_garbage(grace, holder, ttl).await {
+            Ok(r) if r.blobs + r.inline + r.staged + r.orphans == 0 => {}
+            Ok(r) => tracing::info!(
+                scanned = r.scanned,
+                blobs = r.blobs,
+                inline = r.inline,
+                staged = r.staged,
+                orphans = r.orphans,
+                seconds = started.elapsed().as_secs_f64(),
+                "garbage collected"
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
     }
 }

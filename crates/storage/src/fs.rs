@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use artifactstore_core::storage::{
-    BlobInfo, BlobStore, ByteStream, Head, StoreError, check_digest, read_head,
+    BlobInfo, BlobStore, ByteStream, Claim, Head, StoreError, check_digest, read_head,
 };
-use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, UploadId};
+use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, Timestamp, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -193,6 +193,7 @@ impl FsBlobStore {
         &self,
         chunks: Vec<Bytes>,
         expected: Option<Sha256Digest>,
+        claim: &dyn Claim,
     ) -> Result<BlobInfo, StoreError> {
         let mut hasher = Sha256Hasher::new();
         for chunk in &chunks {
@@ -203,6 +204,7 @@ impl FsBlobStore {
             digest: hasher.finish(),
         };
         check_digest(expected, info.digest)?;
+        claim.claim(&info).await?;
         let target = self.blob_path(&info.digest);
         let temp_path = self.temp_path();
         blocking(move || {
@@ -246,11 +248,12 @@ impl BlobStore for FsBlobStore {
         body: ByteStream,
         expected: Option<Sha256Digest>,
         max_len: u64,
+        claim: &dyn Claim,
     ) -> Result<BlobInfo, StoreError> {
         // A small body is gathered whole (at most SMALL_BLOB bytes) and stored in one trip to
         // the blocking pool: for small files the trips, not the bytes, are the cost.
         let body = match read_head(body, SMALL_BLOB, max_len).await? {
-            Head::Whole(chunks) => return self.put_small(chunks, expected).await,
+            Head::Whole(chunks) => return self.put_small(chunks, expected, claim).await,
             Head::Partial(body) => body,
         };
         let temp = TempFile::new(self.temp_path());
@@ -265,6 +268,7 @@ impl BlobStore for FsBlobStore {
             digest: hasher.finish(),
         };
         check_digest(expected, info.digest)?;
+        claim.claim(&info).await?;
         let target = self.blob_path(&info.digest);
         blocking(move || place(&temp, &target, info.size)).await?;
         self.open.stored(&info.digest);
@@ -414,6 +418,104 @@ impl BlobStore for FsBlobStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Walks the fan-out directories from `after`'s, each read whole (its names sorted).
+    async fn list_blobs(
+        &self,
+        after: Option<Sha256Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Sha256Digest, Timestamp)>, StoreError> {
+        let root = self.inner.blobs.clone();
+        Ok(blocking(move || {
+            let first = after.map_or(0, |d| d.as_bytes()[0] as usize);
+            let mut found = Vec::new();
+            for byte in first..=255 {
+                let mut dir = Vec::new();
+                for entry in std::fs::read_dir(root.join(format!("{byte:02x}")))? {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let Some(digest) = name.to_str().and_then(Sha256Digest::from_hex) else {
+                        continue;
+                    };
+                    if after.is_some_and(|a| digest <= a) {
+                        continue;
+                    }
+                    dir.push((digest, modified(&entry.metadata()?)));
+                }
+                dir.sort_by_key(|(d, _)| *d);
+                found.extend(dir);
+                if found.len() >= limit {
+                    found.truncate(limit);
+                    break;
+                }
+            }
+            Ok(found)
+        })
+        .await?)
+    }
+
+    async fn delete_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
+        let path = self.blob_path(digest);
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            sync_dir(parent(&path))
+        })
+        .await?;
+        // A kept-open descriptor would still read the deleted bytes.
+        self.open.stored(digest);
+        Ok(())
+    }
+
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError> {
+        let dir = self.inner.uploads.clone();
+        Ok(blocking(move || {
+            let mut staged = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    staged.push((id, modified(&entry.metadata()?)));
+                }
+            }
+            Ok(staged)
+        })
+        .await?)
+    }
+
+    /// A repair's hard link (`<hex>.replace`) that a crash left in a fan-out directory.
+    /// (Temporary files of interrupted writes are removed when the store opens.)
+    async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let root = self.inner.blobs.clone();
+        Ok(blocking(move || {
+            let mut removed = 0;
+            for byte in 0..=255u8 {
+                for entry in std::fs::read_dir(root.join(format!("{byte:02x}")))? {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let leftover = name.to_str().is_some_and(|n| n.ends_with(".replace"));
+                    if leftover && modified(&entry.metadata()?) < before {
+                        std::fs::remove_file(entry.path())?;
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await?)
+    }
+}
+
+/// A file's modification time as a timestamp (the epoch if the system cannot tell).
+fn modified(meta: &std::fs::Metadata) -> Timestamp {
+    let ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64);
+    Timestamp::from_millis(ms)
 }
 
 /// Opens the staging file of an upload for writing at `offset`.
@@ -833,6 +935,7 @@ fn join_error(e: tokio::task::JoinError) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use artifactstore_core::storage::NoClaim;
 
     fn body(data: &[u8]) -> ByteStream {
         let chunks: Vec<io::Result<Bytes>> = data
@@ -868,7 +971,10 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         for len in [300_000, 5_000] {
             let data = artifactstore_testkit::bytes(len, len as u64);
-            let info = store.put(body(&data), None, u64::MAX).await.unwrap();
+            let info = store
+                .put(body(&data), None, u64::MAX, &NoClaim)
+                .await
+                .unwrap();
             assert_eq!(read_range(&store, &info, 10..4106).await, data[10..4106]);
             assert_eq!(
                 read_range(&store, &info, 10..4106).await,
@@ -883,7 +989,10 @@ mod tests {
             std::fs::write(&path, &damaged).unwrap();
             assert_eq!(read_range(&store, &info, 10..4106).await, damaged[10..4106]);
             // A store of the same bytes replaces the damaged file.
-            store.put(body(&data), None, u64::MAX).await.unwrap();
+            store
+                .put(body(&data), None, u64::MAX, &NoClaim)
+                .await
+                .unwrap();
             assert_eq!(
                 read_range(&store, &info, 10..4106).await,
                 data[10..4106],
@@ -901,7 +1010,10 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         let block = READ_BLOCK as u64;
         let data = artifactstore_testkit::bytes(3 * READ_BLOCK + 17, 9);
-        let info = store.put(body(&data), None, u64::MAX).await.unwrap();
+        let info = store
+            .put(body(&data), None, u64::MAX, &NoClaim)
+            .await
+            .unwrap();
         let len = data.len() as u64;
         for range in [
             0..len,
@@ -938,15 +1050,24 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         for len in [0, 1, SMALL_BLOB as usize, SMALL_BLOB as usize + 1, 3 << 20] {
             let data = artifactstore_testkit::bytes(len, len as u64);
-            let info = store.put(body(&data), None, u64::MAX).await.unwrap();
+            let info = store
+                .put(body(&data), None, u64::MAX, &NoClaim)
+                .await
+                .unwrap();
             assert_eq!(info.size, len as u64);
             assert_eq!(info.digest, Sha256Digest::of(&data));
             assert_eq!(read_all(&store, &info).await, data, "{len} bytes");
             // Stored again: same blob, nothing new.
-            store.put(body(&data), None, u64::MAX).await.unwrap();
+            store
+                .put(body(&data), None, u64::MAX, &NoClaim)
+                .await
+                .unwrap();
             // A damaged copy (wrong size) is replaced by the next put of the content.
             std::fs::write(store.blob_path(&info.digest), b"damaged!!").unwrap();
-            store.put(body(&data), None, u64::MAX).await.unwrap();
+            store
+                .put(body(&data), None, u64::MAX, &NoClaim)
+                .await
+                .unwrap();
             assert_eq!(read_all(&store, &info).await, data, "{len} bytes, repaired");
         }
         let leftovers = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
@@ -959,9 +1080,11 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         let data = b"four score".to_vec();
         let wrong = Sha256Digest::of(b"other");
-        let err = store.put(body(&data), Some(wrong), u64::MAX).await;
+        let err = store
+            .put(body(&data), Some(wrong), u64::MAX, &NoClaim)
+            .await;
         assert!(matches!(err, Err(StoreError::DigestMismatch { .. })));
-        let err = store.put(body(&data), None, 3).await;
+        let err = store.put(body(&data), None, 3, &NoClaim).await;
         assert!(matches!(err, Err(StoreError::TooLarge { limit: 3 })));
         assert_eq!(store.size(&Sha256Digest::of(&data)).await.unwrap(), None);
     }

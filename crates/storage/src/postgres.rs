@@ -37,6 +37,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "lifecycle",
         include_str!("../migrations/postgres/0002_lifecycle.sql"),
     ),
+    (
+        3,
+        "blob claims",
+        include_str!("../migrations/postgres/0003_blob_claims.sql"),
+    ),
 ];
 
 /// The channel a commit notifies, with its sequence as payload.
@@ -383,6 +388,7 @@ impl MetadataStore for PgStore {
         file: &FileRecord,
         upload: Option<UploadId>,
         inline: Option<Bytes>,
+        claim: Option<i64>,
         event: NewEvent,
     ) -> Result<Event, StoreError> {
         let sequence = in_transaction!(self, |conn| {
@@ -401,6 +407,19 @@ impl MetadataStore for PgStore {
                     != Some("open")
             {
                 return Err(StoreError::UploadNotOpen);
+            }
+            // A doom waits for this share lock, and then sees this file; a doom that came
+            // first leaves no claim standing here.
+            if let Some(generation) = claim {
+                let stands = sqlx::query(&format!("{CLAIM_STANDS} FOR SHARE"))
+                    .bind(file.sha256().hex())
+                    .bind(generation)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                if stands.is_none() {
+                    return Err(StoreError::Stale);
+                }
             }
             let added = sqlx::query(&format!(
                 "INSERT INTO files ({FILE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -424,9 +443,12 @@ impl MetadataStore for PgStore {
                 Err(e) => return Err(sql_error(e)),
             }
             if let Some(bytes) = inline.as_deref() {
+                // DO UPDATE, not DO NOTHING: it locks the row, so a collection deleting it
+                // either waits for this commit (and then sees the file) or went first (and
+                // this inserts the bytes anew).
                 sqlx::query(
                     "INSERT INTO inline_blobs (sha256, bytes) VALUES ($1, $2) \
-                             ON CONFLICT (sha256) DO NOTHING",
+                             ON CONFLICT (sha256) DO UPDATE SET sha256 = excluded.sha256",
                 )
                 .bind(file.sha256().hex())
                 .bind(bytes)
@@ -455,6 +477,112 @@ impl MetadataStore for PgStore {
             Ok((sequence, Some(sequence)))
         });
         Ok(committed_event(event, sequence as i64))
+    }
+
+    async fn claim_blob(
+        &self,
+        digest: &Sha256Digest,
+        generation: i64,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(CLAIM_BLOB)
+            .bind(digest.hex())
+            .bind(generation)
+            .bind(now.as_millis())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sql_error)
+    }
+
+    /// The doom first (its row lock waits for a file being added with a claim), then the
+    /// check, in a statement of its own (so it sees whatever committed while it waited).
+    async fn doom_blob(
+        &self,
+        digest: &Sha256Digest,
+        cutoff: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let hex = digest.hex();
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        let doomed = sqlx::query(DOOM_BLOB)
+            .bind(&hex)
+            .bind(cutoff.as_millis())
+            .bind(now.as_millis())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql_error)?;
+        let used = match doomed {
+            None => true,
+            Some(_) => sqlx::query(BLOB_IN_USE)
+                .bind(&hex)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql_error)?
+                .is_some(),
+        };
+        if used {
+            tx.rollback().await.map_err(sql_error)?;
+            return Ok(false);
+        }
+        tx.commit().await.map_err(sql_error)?;
+        Ok(true)
+    }
+
+    async fn release_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
+        sqlx::query(RELEASE_BLOB)
+            .bind(digest.hex())
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        Ok(())
+    }
+
+    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError> {
+        self.reads.doomed_blobs(before).await
+    }
+
+    async fn unreferenced(
+        &self,
+        digests: &[Sha256Digest],
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        self.reads.unreferenced(digests).await
+    }
+
+    /// Row by row: each candidate is locked first, then checked by a statement of its own,
+    /// which sees a file that committed while the lock was awaited (see `add_file`).
+    async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError> {
+        let candidates: Vec<String> = sqlx::query_scalar(
+            "SELECT b.sha256 FROM inline_blobs b WHERE NOT EXISTS \
+             (SELECT 1 FROM files f WHERE f.sha256 = b.sha256 AND f.inline) LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_error)?;
+        let mut deleted = 0;
+        for hex in candidates {
+            let mut tx = self.pool.begin().await.map_err(sql_error)?;
+            sqlx::query("SELECT 1 FROM inline_blobs WHERE sha256 = $1 FOR UPDATE")
+                .bind(&hex)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql_error)?;
+            let done = sqlx::query(
+                "DELETE FROM inline_blobs WHERE sha256 = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM files WHERE sha256 = $1 AND inline)",
+            )
+            .bind(&hex)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_error)?;
+            tx.commit().await.map_err(sql_error)?;
+            deleted += done.rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
+        self.reads.open_uploads(ids).await
     }
 
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {

@@ -185,6 +185,68 @@ impl Reads {
         })
     }
 
+    pub(crate) async fn doomed_blobs(
+        &self,
+        before: Timestamp,
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        let sql = "SELECT sha256 FROM blob_claims WHERE doomed_at IS NOT NULL \
+                   AND doomed_at < $1 LIMIT 1000";
+        let hexes: Vec<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(before.as_millis())
+            .fetch_all(p)
+            .await
+            .map_err(sql_error)?);
+        hexes.iter().map(|h| digest_of(h)).collect()
+    }
+
+    pub(crate) async fn unreferenced(
+        &self,
+        digests: &[Sha256Digest],
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let select = "SELECT DISTINCT sha256 FROM files WHERE NOT inline";
+        let used = self
+            .strings_in(select, "sha256", digests.iter().map(|d| d.hex()))
+            .await?;
+        let used: std::collections::HashSet<String> = used.into_iter().collect();
+        Ok(digests
+            .iter()
+            .filter(|d| !used.contains(&d.hex()))
+            .copied()
+            .collect())
+    }
+
+    pub(crate) async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let select = "SELECT id FROM uploads WHERE state = 'open'";
+        let open = self
+            .strings_in(select, "id", ids.iter().map(|id| id.to_string()))
+            .await?;
+        open.iter()
+            .map(|id| id.parse().map_err(|_| corrupt("upload id")))
+            .collect()
+    }
+
+    /// The one text column of `select … AND column IN (values)`.
+    async fn strings_in(
+        &self,
+        select: &str,
+        column: &str,
+        values: impl Iterator<Item = String>,
+    ) -> Result<Vec<String>, StoreError> {
+        on_pool!(&self.pool, |p| {
+            let mut sql = in_list(select, column, values);
+            sql.build_query_scalar()
+                .fetch_all(p)
+                .await
+                .map_err(sql_error)
+        })
+    }
+
     /// A change is answered only after its commit, so a read sees every answered one.
     pub(crate) async fn upload(
         &self,

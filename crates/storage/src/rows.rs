@@ -166,6 +166,11 @@ pub(crate) fn committed_event(event: NewEvent, sequence: i64) -> Event {
     }
 }
 
+/// A digest as the tables keep it (lowercase hex).
+pub(crate) fn digest_of(hex: &str) -> Result<Sha256Digest, StoreError> {
+    Sha256Digest::from_hex(hex).ok_or_else(|| corrupt("digest"))
+}
+
 pub(crate) fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unreadable {what} in the metadata store"))
 }
@@ -341,6 +346,49 @@ pub(crate) const LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VA
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
              expires_at = excluded.expires_at \
              WHERE leases.holder = excluded.holder OR leases.expires_at < $4 RETURNING holder";
+
+/// Claims a digest for a write (`$1` digest, `$2` generation if new, `$3` now): a row comes
+/// back, with the claim's generation, unless a collection has doomed the digest.
+pub(crate) const CLAIM_BLOB: &str = "INSERT INTO blob_claims (sha256, generation, touched_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (sha256) DO UPDATE SET touched_at = excluded.touched_at \
+     WHERE blob_claims.doomed_at IS NULL RETURNING generation";
+
+/// Dooms a digest (`$1` digest, `$2` cutoff, `$3` now) unless it is doomed already or was
+/// claimed at or after the cutoff; a row comes back if it is now doomed. The caller checks
+/// in the same transaction that no file uses it.
+pub(crate) const DOOM_BLOB: &str = "INSERT INTO blob_claims (sha256, generation, touched_at, \
+     doomed_at) VALUES ($1, 0, 0, $3) ON CONFLICT (sha256) DO UPDATE SET doomed_at = \
+     excluded.doomed_at WHERE blob_claims.doomed_at IS NULL AND blob_claims.touched_at < $2 \
+     RETURNING sha256";
+
+/// Whether a file stored in the blob store uses a digest (`$1`).
+pub(crate) const BLOB_IN_USE: &str = "SELECT 1 FROM files WHERE sha256 = $1 AND NOT inline LIMIT 1";
+
+/// A claim (`$1` digest, `$2` generation) that still stands undoomed.
+pub(crate) const CLAIM_STANDS: &str = "SELECT 1 FROM blob_claims WHERE sha256 = $1 \
+     AND generation = $2 AND doomed_at IS NULL";
+
+pub(crate) const RELEASE_BLOB: &str =
+    "DELETE FROM blob_claims WHERE sha256 = $1 AND doomed_at IS NOT NULL";
+
+/// `SELECT {column} FROM {table} WHERE {condition} AND {column} IN (…values…)`, for both
+/// engines.
+pub(crate) fn in_list<'a, DB: sqlx::Database>(
+    select: &str,
+    column: &str,
+    values: impl IntoIterator<Item = String>,
+) -> QueryBuilder<'a, DB>
+where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut sql = QueryBuilder::new(format!("{select} AND {column} IN ("));
+    let mut separated = sql.separated(", ");
+    for value in values {
+        separated.push_bind(value);
+    }
+    separated.push_unseparated(")");
+    sql
+}
 
 /// `(tenant, id)` rows of uploads or packages.
 pub(crate) fn tenants_and_ids<Id: std::str::FromStr>(

@@ -25,8 +25,10 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactstore_core::storage::{BlobInfo, BlobStore, ByteStream, StoreError, check_digest};
-use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, UploadId};
+use artifactstore_core::storage::{
+    BlobInfo, BlobStore, ByteStream, Claim, StoreError, check_digest,
+};
+use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, Timestamp, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -293,6 +295,11 @@ impl S3BlobStore {
     }
 }
 
+/// When an object was last written.
+fn written(meta: &object_store::ObjectMeta) -> Timestamp {
+    Timestamp::from_millis(meta.last_modified.timestamp_millis())
+}
+
 fn parse_staging(staging: &Staging) -> Result<Vec<Staged>, StoreError> {
     if staging.0.is_empty() {
         return Ok(Vec::new());
@@ -347,6 +354,7 @@ impl BlobStore for S3BlobStore {
         body: ByteStream,
         expected: Option<Sha256Digest>,
         max_len: u64,
+        claim: &dyn Claim,
     ) -> Result<BlobInfo, StoreError> {
         if let Some(expected) = expected
             && let Some(pointer) = self.pointer(&expected).await?
@@ -368,6 +376,14 @@ impl BlobStore for S3BlobStore {
             if blob.size != pointer.size {
                 return Err(StoreError::Corrupt(format!("size of blob {expected}")));
             }
+            // Claimed, the bytes can no longer go; were they still there when it was made?
+            claim.claim(&blob).await?;
+            self.forget(&expected);
+            if self.pointer(&expected).await?.is_none() {
+                return Err(StoreError::Unavailable(
+                    "the blob store (a garbage collection took these bytes meanwhile; send them again)",
+                ));
+            }
             return Ok(blob);
         }
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
@@ -378,7 +394,7 @@ impl BlobStore for S3BlobStore {
             size: hasher.len(),
             digest: hasher.finish(),
         };
-        if let Err(e) = check_digest(expected, blob.digest) {
+        if let Err(e) = check_digest(expected, blob.digest).and(claim.claim(&blob).await) {
             self.delete_quietly(&key).await;
             return Err(e);
         }
@@ -453,6 +469,9 @@ impl BlobStore for S3BlobStore {
         staging: &Staging,
         blob: BlobInfo,
     ) -> Result<(), StoreError> {
+        // The caller has claimed the digest: a pointer found now stays; a cached one may
+        // predate a collection.
+        self.forget(&blob.digest);
         if self.pointer(&blob.digest).await?.is_some() {
             return Ok(());
         }
@@ -511,5 +530,109 @@ impl BlobStore for S3BlobStore {
             }
         }
         Ok(())
+    }
+
+    async fn list_blobs(
+        &self,
+        after: Option<Sha256Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Sha256Digest, Timestamp)>, StoreError> {
+        let prefix = self.key("blobs/sha256");
+        let listing = match after {
+            Some(after) => self
+                .store
+                .list_with_offset(Some(&prefix), &self.pointer_key(&after)),
+            None => self.store.list(Some(&prefix)),
+        };
+        let metas: Vec<_> = listing.take(limit).try_collect().await.map_err(s3)?;
+        Ok(metas
+            .iter()
+            .filter_map(|meta| {
+                let digest = Sha256Digest::from_hex(meta.location.filename()?)?;
+                Some((digest, written(meta)))
+            })
+            .collect())
+    }
+
+    /// The pointer first, then its data object: a collection stopped in between leaves an
+    /// object no pointer names, which [`collect_orphans`](BlobStore::collect_orphans) finds.
+    async fn delete_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
+        self.forget(digest);
+        if let Some(pointer) = self.pointer(digest).await? {
+            self.forget(digest);
+            for key in [self.pointer_key(digest), Path::from(pointer.key)] {
+                match self.store.delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(s3(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError> {
+        let prefix = self.key("uploads");
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(s3)?;
+        let mut staged = std::collections::BTreeMap::<UploadId, Timestamp>::new();
+        for meta in metas {
+            let parts: Vec<_> = meta.location.parts().collect();
+            let Some(id) = parts
+                .len()
+                .checked_sub(2)
+                .and_then(|i| parts[i].as_ref().parse::<UploadId>().ok())
+            else {
+                continue;
+            };
+            let written = written(&meta);
+            let entry = staged.entry(id).or_insert(written);
+            *entry = (*entry).max(written);
+        }
+        Ok(staged.into_iter().collect())
+    }
+
+    /// Data objects written before `before` that no pointer names: a writer that crashed
+    /// before publishing, a collection stopped between pointer and object, the loser of a
+    /// pointer race that could not delete its own. (An S3 multipart upload that a crash left
+    /// unfinished is not listed by object_store; the bucket's AbortIncompleteMultipartUpload
+    /// rule reclaims those.)
+    async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let data: Vec<_> = self
+            .store
+            .list(Some(&self.key("data")))
+            .try_filter(|meta| futures::future::ready(written(meta) < before))
+            .try_collect()
+            .await
+            .map_err(s3)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        // Listed after the data objects: a pointer published meanwhile is seen.
+        let mut named = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = self.list_blobs(after, 1000).await?;
+            let Some(&(last, _)) = page.last() else { break };
+            after = Some(last);
+            for (digest, _) in &page {
+                if let Some(pointer) = self.pointer(digest).await? {
+                    named.insert(pointer.key);
+                }
+            }
+        }
+        let mut removed = 0;
+        for meta in data {
+            if !named.contains(meta.location.as_ref()) {
+                match self.store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                    Err(e) => return Err(s3(e)),
+                }
+            }
+        }
+        Ok(removed)
     }
 }

@@ -55,6 +55,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "lifecycle",
         include_str!("../migrations/sqlite/0005_lifecycle.sql"),
     ),
+    (
+        6,
+        "blob claims",
+        include_str!("../migrations/sqlite/0006_blob_claims.sql"),
+    ),
 ];
 
 /// Writes committed together at most (see [`run_writer`]).
@@ -426,7 +431,9 @@ static ADD_FILE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         "INSERT INTO files ({FILE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
          WHERE EXISTS (SELECT 1 FROM packages WHERE id = ? AND tenant = ? AND state = 'open') \
          AND (? IS NULL OR EXISTS \
-              (SELECT 1 FROM uploads WHERE id = ? AND tenant = ? AND state = 'open')); \
+              (SELECT 1 FROM uploads WHERE id = ? AND tenant = ? AND state = 'open')) \
+         AND (? IS NULL OR EXISTS (SELECT 1 FROM blob_claims \
+              WHERE sha256 = ? AND generation = ? AND doomed_at IS NULL)); \
          INSERT OR IGNORE INTO inline_blobs (sha256, bytes) SELECT ?, ? \
          WHERE ? IS NOT NULL AND {ADDED}; \
          UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ? AND {ADDED}; \
@@ -442,6 +449,7 @@ async fn add_refusal(
     conn: &mut SqliteConnection,
     file: &FileRecord,
     upload: Option<UploadId>,
+    claim: Option<i64>,
 ) -> StoreError {
     let state: Option<String> =
         match sqlx::query_scalar("SELECT state FROM packages WHERE id = ? AND tenant = ?")
@@ -465,11 +473,22 @@ async fn add_refusal(
         },
         None => true,
     };
-    if upload_open {
-        StoreError::Database("a file was refused for no known reason".into())
-    } else {
-        StoreError::UploadNotOpen
+    if !upload_open {
+        return StoreError::UploadNotOpen;
     }
+    if let Some(generation) = claim {
+        match sqlx::query(CLAIM_STANDS)
+            .bind(file.sha256().hex())
+            .bind(generation)
+            .fetch_optional(&mut *conn)
+            .await
+        {
+            Ok(None) => return StoreError::Stale,
+            Ok(Some(_)) => {}
+            Err(e) => return sql_error(e),
+        }
+    }
+    StoreError::Database("a file was refused for no known reason".into())
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
@@ -596,6 +615,7 @@ impl MetadataStore for SqliteStore {
         file: &FileRecord,
         upload: Option<UploadId>,
         inline: Option<Bytes>,
+        claim: Option<i64>,
         event: NewEvent,
     ) -> Result<Event, StoreError> {
         let file = file.clone();
@@ -624,7 +644,10 @@ impl MetadataStore for SqliteStore {
                     .bind(&file.tenant)
                     .bind(&upload_id)
                     .bind(&upload_id)
-                    .bind(&file.tenant);
+                    .bind(&file.tenant)
+                    .bind(claim)
+                    .bind(&sha256)
+                    .bind(claim);
                 let query = query.bind(&sha256).bind(inline).bind(inline).bind(&id);
                 let query = query.bind(&id).bind(&upload_id).bind(&id);
                 let query = query.bind(file.size as i64).bind(&package).bind(&id);
@@ -641,13 +664,115 @@ impl MetadataStore for SqliteStore {
                     .and_then(|row| row.try_get::<i64, _>("sequence").ok());
                 let Some(sequence) = sequence else {
                     // Not added: find out why (nothing has changed).
-                    return Err(add_refusal(conn, &file, upload).await);
+                    return Err(add_refusal(conn, &file, upload, claim).await);
                 };
                 let event = committed_event(event, sequence);
                 Ok((event.clone(), Some(event)))
             })
         })
         .await
+    }
+
+    async fn claim_blob(
+        &self,
+        digest: &Sha256Digest,
+        generation: i64,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let hex = digest.hex();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let claimed = sqlx::query_scalar(CLAIM_BLOB)
+                    .bind(hex)
+                    .bind(generation)
+                    .bind(now.as_millis())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                Ok((claimed, None))
+            })
+        })
+        .await
+    }
+
+    /// One job on the writer: no file can be added between the check and the doom.
+    async fn doom_blob(
+        &self,
+        digest: &Sha256Digest,
+        cutoff: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let hex = digest.hex();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let used = sqlx::query(BLOB_IN_USE)
+                    .bind(&hex)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                if used.is_some() {
+                    return Ok((false, None));
+                }
+                let doomed = sqlx::query(DOOM_BLOB)
+                    .bind(&hex)
+                    .bind(cutoff.as_millis())
+                    .bind(now.as_millis())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                Ok((doomed.is_some(), None))
+            })
+        })
+        .await
+    }
+
+    async fn release_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
+        let hex = digest.hex();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(RELEASE_BLOB)
+                    .bind(hex)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                Ok(((), None))
+            })
+        })
+        .await
+    }
+
+    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError> {
+        self.reads.doomed_blobs(before).await
+    }
+
+    async fn unreferenced(
+        &self,
+        digests: &[Sha256Digest],
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        self.reads.unreferenced(digests).await
+    }
+
+    /// One statement on the writer: no inline file can be added meanwhile.
+    async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "DELETE FROM inline_blobs WHERE rowid IN (SELECT b.rowid FROM inline_blobs b \
+                     WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.sha256 = b.sha256 \
+                     AND f.inline) LIMIT ?)",
+                )
+                .bind(limit as i64)
+                .execute(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+                Ok((done.rows_affected(), None))
+            })
+        })
+        .await
+    }
+
+    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
+        self.reads.open_uploads(ids).await
     }
 
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {

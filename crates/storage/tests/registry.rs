@@ -659,8 +659,9 @@ async fn an_old_database_learns_where_its_files_live() {
     let env = {
         env.meta.close().await;
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        // Back to before migration 4: migration 5 undone first (it indexes `inline`).
+        // Back to before migration 4: migrations 6 and 5 undone first (5 indexes `inline`).
         for sql in [
+            "DROP TABLE blob_claims",
             "DROP INDEX files_by_sha256",
             "DROP INDEX files_by_package",
             "DROP INDEX packages_for_retention",

@@ -1,0 +1,179 @@
+//! Online garbage collection: blob bytes no file uses, inline bytes no file uses, staged bytes
+//! of uploads that are gone, and what crashes left behind — with no read-only window and no
+//! lock that uploads or downloads wait for. The argument is in ARCHITECTURE.md ("Garbage
+//! collection"); in short, a writer claims a digest in the metadata store before it publishes
+//! or dedups onto those bytes, and a collection deletes bytes only after dooming the digest
+//! in the metadata store, which succeeds only if no file uses it and no claim is younger
+//! than the grace period. A file is recorded only if its claim still stands undoomed.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::registry::Registry;
+use crate::storage::{BlobInfo, Claim, MetadataStore, StoreError};
+use crate::timestamp::Timestamp;
+
+/// What a writer answers when a collection took the bytes it was about to record.
+pub(crate) const GC_TOOK_THE_BYTES: &str =
+    "the blob store (a garbage collection took these bytes meanwhile; send them again)";
+/// How long a writer waits for a collection that is deleting the digest it wants.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+/// A doomed digest older than this belongs to a collection that stopped mid-way (one runs at
+/// a time, under a lease); the next collection finishes it.
+const STALE_DOOM: Duration = Duration::from_secs(600);
+/// Blobs, uploads and digests handled per step.
+const PAGE: usize = 1000;
+
+/// The registry's [`Claim`]: claims a digest for one write and keeps the generation that
+/// [`MetadataStore::add_file`] checks.
+pub(crate) struct BlobClaimer<'a> {
+    meta: &'a dyn MetadataStore,
+    generation: Mutex<Option<i64>>,
+}
+
+impl<'a> BlobClaimer<'a> {
+    pub(crate) fn new(meta: &'a dyn MetadataStore) -> Self {
+        Self {
+            meta,
+            generation: Mutex::new(None),
+        }
+    }
+
+    /// The claim's generation, once [`claim`](Claim::claim) has run.
+    pub(crate) fn generation(&self) -> Option<i64> {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Claim for BlobClaimer<'_> {
+    async fn claim(&self, blob: &BlobInfo) -> Result<(), StoreError> {
+        let candidate = (ulid::Ulid::new().random() as i64) & i64::MAX;
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            let claimed = self
+                .meta
+                .claim_blob(&blob.digest, candidate, Timestamp::now())
+                .await?;
+            if let Some(generation) = claimed {
+                *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = Some(generation);
+                return Ok(());
+            }
+            // A collection is deleting these bytes right now: once it is done, they are
+            // written anew.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(
+                    "the blob store (a garbage collection is deleting these bytes)",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What one collection reclaimed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs looked at.
+    pub scanned: u64,
+    /// Blobs whose bytes were deleted.
+    pub blobs: u64,
+    /// Inline byte rows deleted.
+    pub inline: u64,
+    /// Uploads whose staged bytes were deleted.
+    pub staged: u64,
+    /// Leftovers of crashes and lost races deleted.
+    pub orphans: u64,
+    /// Stopped early: the lease went to another replica.
+    pub interrupted: bool,
+}
+
+impl Registry {
+    /// One garbage collection: bytes no file uses and that no write claimed within `grace`
+    /// are deleted. Renews the lease `gc` for `holder` (for `lease_ttl`) as it goes and stops
+    /// if it is lost. Safe at any moment beside any traffic, on any number of replicas.
+    pub async fn collect_garbage(
+        &self,
+        grace: Duration,
+        holder: &str,
+        lease_ttl: Duration,
+    ) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let now = Timestamp::now();
+        let cutoff = Timestamp::from_millis(now.as_millis() - grace.as_millis() as i64);
+        let stale =
+            Timestamp::from_millis(now.as_millis() - STALE_DOOM.max(lease_ttl).as_millis() as i64);
+        for digest in self.meta().doomed_blobs(stale).await? {
+            self.blobs().delete_blob(&digest).await?;
+            self.meta().release_blob(&digest).await?;
+            report.blobs += 1;
+        }
+
+        let mut after = None;
+        loop {
+            let page = self.blobs().list_blobs(after, PAGE).await?;
+            let Some(&(last, _)) = page.last() else { break };
+            after = Some(last);
+            report.scanned += page.len() as u64;
+            let old: Vec<_> = page
+                .iter()
+                .filter(|(_, written)| *written < cutoff)
+                .map(|(digest, _)| *digest)
+                .collect();
+            for digest in self.meta().unreferenced(&old).await? {
+                if !self
+                    .meta()
+                    .doom_blob(&digest, cutoff, Timestamp::now())
+                    .await?
+                {
+                    continue;
+                }
+                if let Err(e) = self.blobs().delete_blob(&digest).await {
+                    // Stays doomed: the next collection finishes it.
+                    tracing::warn!(%digest, error = %e, "could not delete an unused blob");
+                    continue;
+                }
+                self.meta().release_blob(&digest).await?;
+                report.blobs += 1;
+            }
+            if !self.lease("gc", holder, lease_ttl).await? {
+                report.interrupted = true;
+                return Ok(report);
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+
+        loop {
+            let deleted = self.meta().collect_inline(PAGE as u32).await?;
+            report.inline += deleted;
+            if deleted < PAGE as u64 {
+                break;
+            }
+        }
+
+        // An upload's row is written before anything is staged for it, so staged bytes of
+        // an upload that is not open are no one's (expired, cancelled, or completed and
+        // recorded before its leftovers could be removed).
+        let staged = self.blobs().list_staged().await?;
+        for page in staged.chunks(PAGE) {
+            let ids: Vec<_> = page.iter().map(|(id, _)| *id).collect();
+            let open = self.meta().open_uploads(&ids).await?;
+            for id in ids.iter().filter(|id| !open.contains(id)) {
+                match self.blobs().stage_discard(id).await {
+                    Ok(()) => report.staged += 1,
+                    Err(e) => {
+                        tracing::warn!(upload = %id, error = %e, "could not discard staged bytes")
+                    }
+                }
+            }
+        }
+
+        report.orphans = self.blobs().collect_orphans(cutoff).await?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,293 @@
+//! Garbage collection against the registry, on whatever stores the environment names (SQLite
+//! and a blob directory, or PostgreSQL and S3 under `make test`): a property test interleaving
+//! single-shot files, upload sessions, shared content across packages and tenants, deletions
+//! and collections, checking after every step that every file downloads byte-identical and
+//! after every collection that no unused bytes are left; and writers that dedup onto bytes
+//! while collections run without pause, on two replicas when the stores are shared.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use artifactstore_core::registry::{Chunk, CompleteUpload};
+use artifactstore_core::storage::StoreError;
+use artifactstore_core::*;
+use common::*;
+use proptest::prelude::*;
+
+const TENANTS: [&str; 2] = [TENANT, "beta"];
+
+fn content(n: u8, large: bool) -> Vec<u8> {
+    if large {
+        artifactstore_testkit::bytes(70_000 + n as usize * 1000, n as u64)
+    } else {
+        artifactstore_testkit::bytes(100 + n as usize, 100 + n as u64)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A single-shot file of content `content` into package slot `slot`.
+    Single {
+        slot: u8,
+        content: u8,
+        large: bool,
+    },
+    /// The same through an upload session (always in the blob store).
+    Session {
+        slot: u8,
+        content: u8,
+    },
+    Delete {
+        slot: u8,
+    },
+    Collect,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..4u8, 0..3u8, any::<bool>())
+            .prop_map(|(slot, content, large)| Op::Single { slot, content, large }),
+        2 => (0..4u8, 0..3u8).prop_map(|(slot, content)| Op::Session { slot, content }),
+        2 => (0..4u8).prop_map(|slot| Op::Delete { slot }),
+        2 => Just(Op::Collect),
+    ]
+}
+
+/// A package slot: its tenant (slots 2 and 3 belong to beta) and the files it holds.
+struct Slot {
+    id: PackageId,
+    files: Vec<(FileId, Vec<u8>, bool)>,
+}
+
+struct Model {
+    env: Env,
+    slots: BTreeMap<u8, Slot>,
+    paths: u64,
+}
+
+fn tenant(slot: u8) -> &'static str {
+    TENANTS[(slot / 2) as usize]
+}
+
+impl Model {
+    async fn slot(&mut self, slot: u8) -> PackageId {
+        if let Some(s) = self.slots.get(&slot) {
+            return s.id;
+        }
+        let p = self
+            .env
+            .registry
+            .create_package(tenant(slot), new_package());
+        let id = p.await.unwrap().id;
+        let files = Vec::new();
+        self.slots.insert(slot, Slot { id, files });
+        id
+    }
+
+    fn path(&mut self) -> String {
+        self.paths += 1;
+        format!("f{}", self.paths)
+    }
+
+    async fn apply(&mut self, op: &Op) {
+        let r = self.env.registry.clone();
+        match *op {
+            Op::Single {
+                slot,
+                content: n,
+                large,
+            } => {
+                let pkg = self.slot(slot).await;
+                let data = content(n, large);
+                let new = file(&self.path());
+                let f = r.add_file(tenant(slot), pkg, new, body(&data, 8192));
+                let f = f.await.unwrap();
+                let in_blobs = !f.inline;
+                self.slots
+                    .get_mut(&slot)
+                    .unwrap()
+                    .files
+                    .push((f.id, data, in_blobs));
+            }
+            Op::Session { slot, content: n } => {
+                let pkg = self.slot(slot).await;
+                let data = content(n, true);
+                let t = tenant(slot);
+                let up = r.create_upload(t, None).await.unwrap();
+                let (a, b) = data.split_at(data.len() / 3);
+                for part in [a, b] {
+                    let chunk = r.append_upload(t, up.id, Chunk::default(), body(part, 4096));
+                    chunk.await.unwrap();
+                }
+                let complete = CompleteUpload {
+                    package_id: pkg.to_string(),
+                    file: file(&self.path()),
+                };
+                let f = r.complete_upload(t, up.id, complete).await.unwrap();
+                self.slots
+                    .get_mut(&slot)
+                    .unwrap()
+                    .files
+                    .push((f.id, data, true));
+            }
+            Op::Delete { slot } => {
+                if let Some(s) = self.slots.remove(&slot) {
+                    r.delete_package(tenant(slot), s.id).await.unwrap();
+                }
+            }
+            Op::Collect => {
+                // Written before the collection's cutoff (S3 lists times in whole seconds).
+                let pause = if self.env.blob_url.is_some() { 1100 } else { 5 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let gc = r.collect_garbage(Duration::ZERO, "test", Duration::from_secs(60));
+                assert!(!gc.await.unwrap().interrupted);
+                self.check_nothing_unused().await;
+            }
+        }
+        self.check_every_file().await;
+    }
+
+    async fn check_every_file(&self) {
+        for (slot, s) in &self.slots {
+            for (id, data, _) in &s.files {
+                let (_, stream) = self
+                    .env
+                    .registry
+                    .open_file(tenant(*slot), *id, None)
+                    .await
+                    .unwrap();
+                assert_eq!(&collect(stream).await, data, "file {id} of slot {slot}");
+            }
+        }
+    }
+
+    /// Exactly the blobs some file in the blob store uses are left, and no staged bytes or
+    /// leftovers.
+    async fn check_nothing_unused(&self) {
+        let used: BTreeSet<String> = self
+            .slots
+            .values()
+            .flat_map(|s| s.files.iter())
+            .filter(|(_, _, in_blobs)| *in_blobs)
+            .map(|(_, data, _)| Sha256Digest::of(data).hex())
+            .collect();
+        let stored: BTreeSet<String> = self
+            .env
+            .blob_files()
+            .await
+            .iter()
+            .map(|name| name.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(stored, used, "blobs left after a collection");
+        assert_eq!(self.env.temp_files().await, Vec::<String>::new());
+        assert_eq!(self.env.staged_files().await, Vec::<String>::new());
+    }
+}
+
+fn file(path: &str) -> NewFile {
+    NewFile {
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn collections_keep_every_used_byte_and_nothing_else(ops in prop::collection::vec(op(), 1..24)) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut model = Model { env: Env::new().await, slots: BTreeMap::new(), paths: 0 };
+            for op in &ops {
+                model.apply(op).await;
+            }
+            // Everything deleted and collected: nothing is left.
+            for slot in model.slots.keys().copied().collect::<Vec<_>>() {
+                model.apply(&Op::Delete { slot }).await;
+            }
+            model.apply(&Op::Collect).await;
+            model.env.meta.close().await;
+        });
+    }
+}
+
+/// Writers keep adding (and deleting) files of one content while collections with no grace
+/// run back to back, on two replicas when the stores are shared: a write either records a
+/// file whose bytes stay, or is refused as unavailable and sent again; never a file without
+/// bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_that_dedup_onto_bytes_being_collected_lose_nothing() {
+    let env = Env::new().await;
+    let second = match (env.database_url.starts_with("postgres"), &env.blob_url) {
+        (true, Some(url)) => Arc::new(Registry::new(
+            open_meta(&env.database_url, 4096).await,
+            open_blobs(env.dir.path(), Some(url)).await,
+            RegistryConfig::default(),
+        )),
+        _ => env.registry.clone(),
+    };
+    let replicas = [env.registry.clone(), second];
+    let data = Arc::new(content(7, true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let collectors: Vec<_> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (r, stop) = (r.clone(), stop.clone());
+            tokio::spawn(async move {
+                let holder = format!("collector-{i}");
+                let mut runs = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let gc = r.collect_garbage(Duration::ZERO, &holder, Duration::from_millis(200));
+                    gc.await.unwrap();
+                    runs += 1;
+                }
+                runs
+            })
+        })
+        .collect();
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let (r, data) = (replicas[w % 2].clone(), data.clone());
+        writers.push(tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let mut refused = 0;
+            for round in 0..12 {
+                let pkg = r.create_package(TENANT, new_package()).await.unwrap();
+                let added = loop {
+                    let new = file(&format!("w{w}-{round}"));
+                    match r.add_file(TENANT, pkg.id, new, body(&data, 16384)).await {
+                        Ok(f) => break f,
+                        Err(RegistryError::Storage(StoreError::Unavailable(_))) => refused += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                let (_, stream) = r.open_file(TENANT, added.id, None).await.unwrap();
+                assert_eq!(&collect(stream).await, &*data);
+                if round % 2 == 0 {
+                    r.delete_package(TENANT, pkg.id).await.unwrap();
+                } else {
+                    kept.push(added.id);
+                }
+            }
+            (kept, refused)
+        }));
+    }
+    let mut kept = Vec::new();
+    for w in writers {
+        kept.extend(w.await.unwrap().0);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in collectors {
+        assert!(c.await.unwrap() > 0);
+    }
+    for id in kept {
+        let (_, stream) = env.registry.open_file(TENANT, id, None).await.unwrap();
+        assert_eq!(&collect(stream).await, &*data, "file {id}");
+    }
+}
