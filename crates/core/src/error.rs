@@ -70,6 +70,13 @@ pub enum RegistryError {
     },
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// A write would pass one of the tenant's quotas; nothing was stored.
+    #[error("quota {quota} exceeded: {used} of {limit} used")]
+    QuotaExceeded {
+        quota: &'static str,
+        limit: u64,
+        used: u64,
+    },
     /// Another request changed the same upload at the same moment.
     #[error("the upload was changed by a concurrent request; fetch its offset and retry")]
     ConcurrentUpdate,
@@ -102,6 +109,11 @@ impl From<StoreError> for RegistryError {
             StoreError::TooLarge { limit } => Self::TooLarge { limit },
             StoreError::PackageFinalized => Self::PackageFinalized,
             StoreError::PathTaken(path) => Self::PathTaken(path),
+            StoreError::QuotaExceeded { limit, used } => Self::QuotaExceeded {
+                quota: "max_bytes",
+                limit,
+                used,
+            },
             other => Self::Storage(other),
         }
     }

@@ -48,6 +48,48 @@ impl RetentionRule {
     }
 }
 
+/// A tenant's quotas; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Sizes of the tenant's files plus the offsets of its open uploads.
+    pub max_bytes: Option<u64>,
+    pub max_open_uploads: Option<u64>,
+}
+
+/// Quotas by tenant (a tenant not listed has none).
+pub type Quotas = BTreeMap<String, Quota>;
+
+/// How many more bytes a tenant may store now, if it has a byte quota.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ByteRoom {
+    pub limit: u64,
+    pub used: u64,
+}
+
+impl ByteRoom {
+    pub(crate) fn left(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+
+    pub(crate) fn exceeded(&self) -> RegistryError {
+        RegistryError::QuotaExceeded {
+            quota: "max_bytes",
+            limit: self.limit,
+            used: self.used,
+        }
+    }
+
+    /// A body cut at `max_len` because of this quota (not the file-size limit) passed it.
+    pub(crate) fn explain(room: Option<Self>, max_file: u64, e: RegistryError) -> RegistryError {
+        match (room, e) {
+            (Some(room), RegistryError::TooLarge { .. }) if room.left() < max_file => {
+                room.exceeded()
+            }
+            (_, e) => e,
+        }
+    }
+}
+
 /// Retention rules by class.
 pub type RetentionRules = BTreeMap<String, RetentionRule>;
 
@@ -90,6 +132,64 @@ fn before(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 impl Registry {
+    /// What `tenant` uses, and its quotas.
+    pub async fn usage(&self, tenant: &str) -> Result<(Usage, Quota)> {
+        let usage = self.meta().usage(tenant).await?;
+        let quota = self
+            .config()
+            .quotas
+            .get(tenant)
+            .copied()
+            .unwrap_or_default();
+        Ok((usage, quota))
+    }
+
+    /// `tenant`'s byte quota, if any.
+    pub(crate) fn max_bytes(&self, tenant: &str) -> Option<u64> {
+        self.config().quotas.get(tenant).and_then(|q| q.max_bytes)
+    }
+
+    /// The room `tenant`'s byte quota leaves, `None` without one; already full → `507`.
+    pub(crate) async fn byte_room(&self, tenant: &str) -> Result<Option<ByteRoom>> {
+        let Some(limit) = self.max_bytes(tenant) else {
+            return Ok(None);
+        };
+        let used = self.meta().usage(tenant).await?.bytes;
+        let room = ByteRoom { limit, used };
+        if used > limit {
+            return Err(room.exceeded());
+        }
+        Ok(Some(room))
+    }
+
+    /// Refuses a new upload session past `max_open_uploads`, or one whose declared size
+    /// would pass `max_bytes`.
+    pub(crate) async fn check_new_upload(&self, tenant: &str, size: Option<u64>) -> Result<()> {
+        let Some(quota) = self.config().quotas.get(tenant).copied() else {
+            return Ok(());
+        };
+        let usage = self.meta().usage(tenant).await?;
+        if let Some(limit) = quota.max_open_uploads
+            && usage.open_uploads >= limit
+        {
+            return Err(RegistryError::QuotaExceeded {
+                quota: "max_open_uploads",
+                limit,
+                used: usage.open_uploads,
+            });
+        }
+        if let (Some(limit), Some(size)) = (quota.max_bytes, size) {
+            let room = ByteRoom {
+                limit,
+                used: usage.bytes,
+            };
+            if size > room.left() {
+                return Err(room.exceeded());
+            }
+        }
+        Ok(())
+    }
+
     /// The package as clients see it: with `expires_at` from the rules.
     pub(crate) fn present(&self, package: Package) -> Package {
         present_with(&self.config().retention, package)

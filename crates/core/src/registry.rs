@@ -16,13 +16,13 @@ use crate::digest::{Sha256Digest, Sha256Hasher};
 use crate::error::{FieldError, RegistryError, Resource, Result};
 use crate::gc::{BlobClaimer, GC_TOOK_THE_BYTES};
 use crate::ids::{FileId, PackageId, UploadId};
-use crate::lifecycle::RetentionRules;
+use crate::lifecycle::{ByteRoom, Quotas, RetentionRules};
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
 use crate::storage::{
-    BlobInfo, BlobStore, ByteStream, Claim, Head, MetadataStore, StoreError, check_digest,
-    read_head,
+    AddChecks, BlobInfo, BlobStore, ByteStream, Claim, Head, MetadataStore, StoreError,
+    check_digest, read_head,
 };
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
@@ -44,6 +44,8 @@ pub struct RegistryConfig {
     pub inline_max_bytes: u64,
     /// Retention rules by class (a class with none keeps its packages forever).
     pub retention: RetentionRules,
+    /// Quotas by tenant.
+    pub quotas: Quotas,
 }
 
 impl Default for RegistryConfig {
@@ -56,6 +58,7 @@ impl Default for RegistryConfig {
             max_waiting_per_scope: 1024,
             inline_max_bytes: INLINE_FILE_BYTES,
             retention: RetentionRules::new(),
+            quotas: Quotas::new(),
         }
     }
 }
@@ -259,13 +262,17 @@ impl Registry {
         body: ByteStream,
     ) -> Result<FileRecord> {
         let (media_type, expected) = self.check_new_file(&new)?;
-        let max_len = self.config.max_file_bytes;
+        let room = self.byte_room(tenant).await?;
+        let max_file = self.config.max_file_bytes;
+        let max_len = room.map_or(max_file, |r| r.left().min(max_file));
+        let explain = |e: RegistryError| ByteRoom::explain(room, max_file, e);
         // A small body is taken whole and goes to the metadata store, which checks the package
         // in the same step that adds the file; a large one is refused before its bytes are
         // taken when the package is not open.
         let inline_max = self.config.inline_max_bytes.min(INLINE_FILE_BYTES);
         let claim = BlobClaimer::new(&*self.meta);
-        let (blob, inline) = match read_head(body, inline_max, max_len).await? {
+        let head = read_head(body, inline_max, max_len).await;
+        let (blob, inline) = match head.map_err(|e| explain(e.into()))? {
             Head::Whole(chunks) => {
                 let bytes = concat(chunks);
                 let digest = Sha256Digest::of(&bytes);
@@ -275,7 +282,8 @@ impl Registry {
             }
             Head::Partial(body) => {
                 self.open_package(tenant, package_id).await?;
-                (self.blobs.put(body, expected, max_len, &claim).await?, None)
+                let put = self.blobs.put(body, expected, max_len, &claim).await;
+                (put.map_err(|e| explain(e.into()))?, None)
             }
         };
         let mut file = FileRecord::new(
@@ -363,6 +371,7 @@ impl Registry {
                 limit: self.config.max_file_bytes,
             });
         }
+        self.check_new_upload(tenant, size).await?;
         let now = Timestamp::now();
         let record = UploadRecord {
             upload: Upload {
@@ -434,6 +443,15 @@ impl Registry {
                 },
             });
         }
+        // The byte quota bounds the chunk too (a chunk of a declared length past it is
+        // refused before a byte is written).
+        let quota = self.byte_room(tenant).await?;
+        if let (Some(quota), Some(len)) = (quota, chunk.len)
+            && len > quota.left()
+        {
+            return Err(quota.exceeded());
+        }
+        let room = quota.map_or(room, |q| q.left().min(room));
         let max_len = chunk.len.unwrap_or(room);
         let hasher = restore_hasher(&record)?;
         // Writing the staged bytes and moving the offset run to their end under the lock even
@@ -441,6 +459,7 @@ impl Registry {
         let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
         let (owned_tenant, ttl) = (tenant.to_string(), self.config.upload_ttl.as_secs());
         let declared_len = chunk.len;
+        let max_bytes = self.max_bytes(tenant);
         let appended = tokio::spawn(async move {
             let _guard = guard;
             let (hasher, staging) = blobs
@@ -461,6 +480,7 @@ impl Registry {
                 &staging,
                 size,
                 expires_at,
+                max_bytes,
             )
             .await
             .map_err(Append::Advance)
@@ -474,6 +494,10 @@ impl Registry {
             Err(Append::Advance(e)) => Err(self.upload_error(e)),
             Err(Append::Stage(StoreError::TooLarge { .. })) => Err(if declared_len.is_some() {
                 RegistryError::LengthMismatch { declared: max_len }
+            } else if let Some(quota) = quota
+                && quota.left() == max_len
+            {
+                quota.exceeded()
             } else if let Some(size) = size {
                 RegistryError::BeyondDeclaredSize { size, offset }
             } else {
@@ -670,7 +694,15 @@ impl Registry {
         claim: Option<i64>,
     ) -> Result<()> {
         let event = new_event(EventType::FileAdded, &file.tenant, file.package_id, file);
-        match self.meta.add_file(file, upload, inline, claim, event).await {
+        let checks = AddChecks {
+            claim,
+            max_bytes: self.max_bytes(&file.tenant),
+        };
+        match self
+            .meta
+            .add_file(file, upload, inline, checks, event)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Package)),
             // The claim lapsed (this write stalled longer than the grace period) and a

@@ -78,6 +78,9 @@ pub enum StoreError {
     UploadNotOpen,
     #[error("the package is held")]
     Held,
+    /// A write would take the tenant past its byte quota; nothing changed.
+    #[error("byte quota exceeded: {used} of {limit} used")]
+    QuotaExceeded { limit: u64, used: u64 },
     /// A compare-and-set lost: the record is no longer in the state the caller read.
     #[error("the record changed concurrently")]
     Stale,
@@ -215,6 +218,17 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
+/// What [`MetadataStore::add_file`] checks besides the package and upload, in the same
+/// transaction that adds the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddChecks {
+    /// The generation [`MetadataStore::claim_blob`] gave: `Stale` unless that claim of the
+    /// file's digest still stands undoomed.
+    pub claim: Option<i64>,
+    /// The tenant's byte quota: `QuotaExceeded` if the file's new bytes would pass it.
+    pub max_bytes: Option<u64>,
+}
+
 /// Packages, files, upload sessions and the event log.
 ///
 /// Architecture invariant: each call that changes a package, file or upload and emits an
@@ -247,15 +261,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// `file.added` event. With `upload`, also marks that open upload completed. Fails with
     /// `NotFound`, `PackageFinalized`, `PathTaken` or `UploadNotOpen` and then changes nothing.
     /// With `inline`, the file's bytes (a small file) are kept by this store, durable in the
-    /// same commit as the record, instead of in the blob store. With `claim` (the generation
-    /// [`claim_blob`](Self::claim_blob) gave), refuses with `Stale` unless that claim of the
-    /// file's digest still stands undoomed.
+    /// same commit as the record, instead of in the blob store. `checks` are made in the same
+    /// transaction (see [`AddChecks`]).
     async fn add_file(
         &self,
         file: &FileRecord,
         upload: Option<UploadId>,
         inline: Option<Bytes>,
-        claim: Option<i64>,
+        checks: AddChecks,
         event: NewEvent,
     ) -> Result<Event, StoreError>;
 
@@ -292,6 +305,9 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Deletes inline bytes no file uses, at most `limit`; returns how many.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;
+
+    /// What `tenant` uses now (every change keeps it, in its own transaction).
+    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError>;
 
     /// Which of `ids` are open uploads.
     async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError>;
@@ -376,7 +392,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Moves an open upload from `from_offset` to `hasher.len()` bytes, saving the hasher's
     /// state, the blob store's `staging` state and a new expiry, all in one compare-and-set;
     /// `size` is set when it was unknown. `Stale` if the offset is no longer `from_offset`,
-    /// `UploadNotOpen` if it is not open.
+    /// `UploadNotOpen` if it is not open, `QuotaExceeded` if the new bytes would pass
+    /// `max_bytes` (the tenant's byte quota).
     #[allow(clippy::too_many_arguments)]
     async fn advance_upload(
         &self,
@@ -387,6 +404,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         staging: &Staging,
         size: Option<u64>,
         expires_at: Timestamp,
+        max_bytes: Option<u64>,
     ) -> Result<UploadRecord, StoreError>;
 
     /// Deletes an open upload's record. `UploadNotOpen` if it is completed.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use artifactstore_core::lifecycle::{RetentionRule, RetentionRules, parse_duration};
+use artifactstore_core::lifecycle::{Quota, Quotas, RetentionRule, RetentionRules, parse_duration};
 use artifactstore_core::limits::{DEFAULT_MAX_FILE_BYTES, DEFAULT_UPLOAD_TTL_SECS};
 use artifactstore_core::{INLINE_FILE_BYTES, Scope, validate};
 use serde::Deserialize;
@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// [default: none]
     #[arg(long, env = "ARTIFACTSTORE_RETENTION")]
     pub retention: Option<String>,
+    /// Quotas per tenant, `;`-separated: TENANT:max_bytes=100GiB,max_open_uploads=50 (bytes
+    /// as a number or with KiB, MiB, GiB, TiB, KB, MB, GB, TB) [default: none].
+    #[arg(long, env = "ARTIFACTSTORE_QUOTAS")]
+    pub quotas: Option<String>,
     /// Seconds between two retention sweeps (one replica sweeps at a time) [default: 60].
     #[arg(long, env = "ARTIFACTSTORE_RETENTION_INTERVAL_SECS")]
     pub retention_interval_secs: Option<u64>,
@@ -145,6 +149,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub retention: BTreeMap<String, FileRetention>,
     pub retention_interval_secs: Option<u64>,
+    /// `[quotas.TENANT]` tables.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, FileQuota>,
     pub gc_interval_secs: Option<u64>,
     pub gc_grace_secs: Option<u64>,
     pub tls_cert: Option<PathBuf>,
@@ -170,6 +177,14 @@ pub struct FileRetention {
     pub max_age: Option<String>,
     pub keep_last: Option<u32>,
     pub open_max_age: Option<String>,
+}
+
+/// One `[quotas.TENANT]` table: bytes as a number or a string (`"100GiB"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuota {
+    pub max_bytes: Option<toml::Value>,
+    pub max_open_uploads: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +244,7 @@ pub struct Settings {
     pub retention_classes: Option<BTreeSet<String>>,
     pub retention: RetentionRules,
     pub retention_interval: Duration,
+    pub quotas: Quotas,
     pub gc_interval: Duration,
     pub gc_grace: Duration,
     /// Certificate chain and key files, when serving HTTPS.
@@ -392,6 +408,35 @@ impl ServeArgs {
                 )));
             }
         }
+        let quotas = match &self.quotas {
+            Some(text) => parse_quotas_env(text)?,
+            None => file
+                .quotas
+                .iter()
+                .map(|(tenant, q)| {
+                    let max_bytes = match &q.max_bytes {
+                        None => None,
+                        Some(toml::Value::Integer(n)) if *n >= 0 => Some(*n as u64),
+                        Some(toml::Value::String(text)) => {
+                            Some(byte_size(&format!("{tenant}.max_bytes"), text)?)
+                        }
+                        Some(other) => {
+                            return Err(err(format!(
+                                "quotas.{tenant}.max_bytes = {other:?}: expected bytes (e.g. \"100GiB\")"
+                            )));
+                        }
+                    };
+                    let quota = Quota {
+                        max_bytes,
+                        max_open_uploads: q.max_open_uploads,
+                    };
+                    Ok((tenant.clone(), quota))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+        };
+        for tenant in quotas.keys() {
+            validate::slug(tenant).map_err(|m| err(format!("quota tenant {tenant:?} {m}")))?;
+        }
         Ok(Settings {
             listen,
             database_url,
@@ -412,6 +457,7 @@ impl ServeArgs {
             ),
             retention_classes,
             retention,
+            quotas,
             retention_interval: secs(
                 self.retention_interval_secs
                     .or(file.retention_interval_secs),
@@ -500,23 +546,14 @@ fn duration(what: &str, text: &str) -> Result<Duration, ConfigError> {
 /// `ARTIFACTSTORE_RETENTION`: `CLASS:key=value,…;CLASS:…`.
 fn parse_retention_env(text: &str) -> Result<RetentionRules, ConfigError> {
     let mut rules = RetentionRules::new();
-    for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let (class, parts) = item.split_once(':').unwrap_or((item, ""));
+    for (class, pairs) in rule_list("retention", text)? {
         let mut rule = RetentionRule::default();
-        for part in parts.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (key, value) = part
-                .split_once('=')
-                .ok_or_else(|| err(format!("retention {class}: {part:?} is not key=value")))?;
+        for (key, value) in pairs {
             let what = format!("{class}.{key}");
-            match key {
-                "max_age" => rule.max_age = Some(duration(&what, value)?),
-                "open_max_age" => rule.open_max_age = Some(duration(&what, value)?),
-                "keep_last" => {
-                    rule.keep_last =
-                        Some(value.parse().map_err(|_| {
-                            err(format!("{what} = {value:?}: expected a whole number"))
-                        })?)
-                }
+            match key.as_str() {
+                "max_age" => rule.max_age = Some(duration(&what, &value)?),
+                "open_max_age" => rule.open_max_age = Some(duration(&what, &value)?),
+                "keep_last" => rule.keep_last = Some(whole(&what, &value)?),
                 _ => {
                     return Err(err(format!(
                         "retention {class}: unknown rule {key:?} (max_age, keep_last, open_max_age)"
@@ -524,7 +561,81 @@ fn parse_retention_env(text: &str) -> Result<RetentionRules, ConfigError> {
                 }
             }
         }
-        rules.insert(class.trim().to_string(), rule);
+        rules.insert(class, rule);
+    }
+    Ok(rules)
+}
+
+/// A whole number (named `what` in the error).
+fn whole<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| err(format!("{what} = {value:?}: expected a whole number")))
+}
+
+/// A size in bytes: `1000`, `10KB`, `100GiB` (named `what` in the error).
+fn byte_size(what: &str, text: &str) -> Result<u64, ConfigError> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => u64::MAX,
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|_| unit != u64::MAX)
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| err(format!("{what} = {text:?}: expected bytes, e.g. 100GiB")))
+}
+
+/// `ARTIFACTSTORE_QUOTAS`: `TENANT:key=value,…;TENANT:…`.
+fn parse_quotas_env(text: &str) -> Result<Quotas, ConfigError> {
+    let mut quotas = Quotas::new();
+    for (tenant, pairs) in rule_list("quotas", text)? {
+        let mut quota = Quota::default();
+        for (key, value) in pairs {
+            let what = format!("{tenant}.{key}");
+            match key.as_str() {
+                "max_bytes" => quota.max_bytes = Some(byte_size(&what, &value)?),
+                "max_open_uploads" => quota.max_open_uploads = Some(whole(&what, &value)?),
+                _ => {
+                    return Err(err(format!(
+                        "quotas {tenant}: unknown quota {key:?} (max_bytes, max_open_uploads)"
+                    )));
+                }
+            }
+        }
+        quotas.insert(tenant, quota);
+    }
+    Ok(quotas)
+}
+
+/// `NAME:key=value,…;NAME:…` (the form of `ARTIFACTSTORE_RETENTION` and `_QUOTAS`).
+#[allow(clippy::type_complexity)]
+fn rule_list(what: &str, text: &str) -> Result<Vec<(String, Vec<(String, String)>)>, ConfigError> {
+    let mut rules = Vec::new();
+    for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, parts) = item.split_once(':').unwrap_or((item, ""));
+        let mut pairs = Vec::new();
+        for part in parts.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| err(format!("{what} {name}: {part:?} is not key=value")))?;
+            pairs.push((key.trim().to_string(), value.trim().to_string()));
+        }
+        rules.push((name.trim().to_string(), pairs));
     }
     Ok(rules)
 }
@@ -626,6 +737,37 @@ mod tests {
             "ci:max_age",
         ] {
             a.retention = Some(bad.into());
+            assert!(a.clone().resolve().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quotas_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[tokens]]\ntenant = \"a\"\ntoken = \"t\"\n[quotas.a]\nmax_bytes = \"2GiB\"\n\
+             max_open_uploads = 7\n[quotas.b]\nmax_bytes = 1000\n",
+        )
+        .unwrap();
+        let mut a = args(None);
+        a.config = Some(path);
+        let s = a.clone().resolve().unwrap();
+        assert_eq!(s.quotas["a"].max_bytes, Some(2 << 30));
+        assert_eq!(s.quotas["a"].max_open_uploads, Some(7));
+        assert_eq!(s.quotas["b"].max_bytes, Some(1000));
+        a.quotas = Some("a:max_bytes=10KB;c:max_open_uploads=1".into());
+        let s = a.clone().resolve().unwrap();
+        assert_eq!(s.quotas["a"].max_bytes, Some(10_000));
+        assert_eq!(s.quotas["c"].max_open_uploads, Some(1));
+        for bad in [
+            "a:max_bytes=10XB",
+            "a:max_files=1",
+            "A:max_bytes=1",
+            "a:max_open_uploads=-1",
+        ] {
+            a.quotas = Some(bad.into());
             assert!(a.clone().resolve().is_err(), "{bad}");
         }
     }

@@ -75,6 +75,7 @@ impl ApiError {
                     StatusCode::BAD_REQUEST
                 }
                 R::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                R::QuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 R::TooManyWaiting { .. } => StatusCode::TOO_MANY_REQUESTS,
                 R::Storage(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 R::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,6 +115,7 @@ impl ApiError {
                 R::SizeMismatch { .. } => "size-mismatch",
                 R::DigestMismatch { .. } => "digest-mismatch",
                 R::TooLarge { .. } => "too-large",
+                R::QuotaExceeded { .. } => "quota-exceeded",
                 R::ConcurrentUpdate => "concurrent-update",
                 R::TooManyWaiting { .. } => "too-many-pollers",
                 R::Body(_) => "body-failed",
@@ -152,6 +154,7 @@ impl ApiError {
             StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable content",
             StatusCode::TOO_MANY_REQUESTS => "Too many requests",
             StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
+            StatusCode::INSUFFICIENT_STORAGE => "Insufficient storage",
             _ => "Internal server error",
         }
     }
@@ -171,6 +174,14 @@ pub struct Problem {
     /// The upload's current offset, on a chunk that did not start there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The quota a write would pass (`max_bytes`, `max_open_uploads`), with its `limit` and
+    /// what is `used` now (`507`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<u64>,
 }
 
 pub const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
@@ -216,6 +227,12 @@ impl ApiError {
             ) => Some(*offset),
             _ => None,
         };
+        let (quota, limit, used) = match self {
+            Self::Registry(RegistryError::QuotaExceeded { quota, limit, used }) => {
+                (Some(quota.to_string()), Some(*limit), Some(*used))
+            }
+            _ => (None, None, None),
+        };
         Problem {
             kind: format!("tag:artifactstore,2026:problem/{}", self.slug()),
             title: self.title().to_string(),
@@ -223,6 +240,9 @@ impl ApiError {
             detail,
             errors,
             offset,
+            quota,
+            limit,
+            used,
         }
     }
 }

@@ -104,6 +104,7 @@ impl AppState {
             max_waiting_per_scope: settings.max_pollers_per_tenant,
             inline_max_bytes: settings.inline_max_bytes,
             retention: settings.retention.clone(),
+            quotas: settings.quotas.clone(),
         };
         let registry = Registry::new(meta.clone(), blobs, config);
         let auth = settings.auth.clone();
@@ -177,6 +178,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(packages::get_package, lifecycle::delete_package))
         .routes(routes!(lifecycle::hold, lifecycle::release))
         .routes(routes!(lifecycle::retention))
+        .routes(routes!(lifecycle::usage))
         .routes(routes!(packages::add_file, packages::list_files))
         .routes(routes!(packages::finalize))
         .routes(routes!(packages::manifest))

@@ -72,6 +72,10 @@ const MEANINGS: &[(&str, &str)] = &[
     ),
     ("500", "Internal error (details are in the server's log)"),
     (
+        "507",
+        "A quota of the tenant would be passed (`quota`, `limit`, `used`); nothing was stored",
+    ),
+    (
         "503",
         "At the connection cap, or a store is unreachable; retry after Retry-After",
     ),
@@ -147,6 +151,13 @@ fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     }
     if path.starts_with("/uploads/{id}") && writes {
         statuses.push("409");
+    }
+    // The writes that store bytes or open an upload count against the tenant's quotas.
+    if matches!(
+        (method, path),
+        ("post", "/packages/{id}/files") | ("post", "/uploads") | ("patch", "/uploads/{id}")
+    ) {
+        statuses.push("507");
     }
     constrain_parameters(path, op);
     if path == "/files/{id}/download" {

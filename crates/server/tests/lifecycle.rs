@@ -287,3 +287,170 @@ impl Timestamp {
             .as_millis()
     }
 }
+
+async fn usage(app: &TestApp, token: &str) -> Value {
+    json_of(app.req(Method::GET, "/usage", Some(token))).await
+}
+
+#[tokio::test]
+async fn quotas_refuse_with_507_and_usage_counts() {
+    let app = TestApp::builder()
+        .args(|a| a.quotas = Some("acme:max_bytes=300000,max_open_uploads=2".into()))
+        .start()
+        .await;
+    let fresh = usage(&app, ACME).await;
+    assert_eq!(fresh["tenant"], "acme");
+    assert_eq!(
+        (fresh["bytes"].as_u64(), fresh["packages"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(fresh["limits"]["max_bytes"], 300000);
+    assert_eq!(fresh["limits"]["max_open_uploads"], 2);
+    assert_eq!(usage(&app, BETA).await["limits"]["max_bytes"], Value::Null);
+
+    let pkg = id_of(&app.create_package().await);
+    app.add_file(&pkg, "a.bin", bytes(100_000, 1)).await;
+    app.add_file(&pkg, "small.txt", b"12345".to_vec()).await;
+    assert_eq!(usage(&app, ACME).await["bytes"], 100_005);
+    let refused = problem(app.upload_file(&pkg, "b.bin", bytes(250_000, 2)).await, 507).await;
+    assert!(
+        refused["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("quota-exceeded")
+    );
+    assert_eq!(refused["quota"], "max_bytes");
+    assert_eq!(
+        (refused["limit"].as_u64(), refused["used"].as_u64()),
+        (Some(300_000), Some(100_005))
+    );
+    let files = json_of(app.get(&format!("/packages/{pkg}/files"))).await;
+    assert_eq!(
+        files["items"].as_array().unwrap().len(),
+        2,
+        "nothing stored"
+    );
+    assert_eq!(usage(&app, ACME).await["bytes"], 100_005);
+
+    let upload = |app: &TestApp| {
+        let r = app.post("/uploads").json(&serde_json::json!({}));
+        async move { r.send().await.unwrap() }
+    };
+    let first: Value = upload(&app).await.json().await.unwrap();
+    let second: Value = upload(&app).await.json().await.unwrap();
+    let third = problem(upload(&app).await, 507).await;
+    assert_eq!(
+        (third["quota"].clone(), third["limit"].clone()),
+        ("max_open_uploads".into(), 2.into())
+    );
+    let declared = app
+        .post("/uploads")
+        .json(&serde_json::json!({"size": 500_000}))
+        .send()
+        .await
+        .unwrap();
+    problem(declared, 507).await;
+    let patch = |id: &Value, start: u64, body: Vec<u8>| {
+        let end = start + body.len() as u64 - 1;
+        app.req(
+            Method::PATCH,
+            &format!("/uploads/{}", id["id"].as_str().unwrap()),
+            Some(ACME),
+        )
+        .header("content-range", format!("bytes {start}-{end}/*"))
+        .body(body)
+        .send()
+    };
+    assert_eq!(
+        patch(&first, 0, bytes(150_000, 3)).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        usage(&app, ACME).await["bytes"],
+        250_005,
+        "an upload's offset counts"
+    );
+    let past = problem(patch(&first, 150_000, bytes(60_000, 4)).await.unwrap(), 507).await;
+    assert_eq!(past["used"], 250_005);
+    let offset = json_of(app.get(&format!("/uploads/{}", first["id"].as_str().unwrap()))).await;
+    assert_eq!(offset["offset"], 150_000, "nothing written");
+    let cancel = app.req(
+        Method::DELETE,
+        &format!("/uploads/{}", second["id"].as_str().unwrap()),
+        Some(ACME),
+    );
+    assert_eq!(cancel.send().await.unwrap().status(), 204);
+    let complete = app
+        .post(&format!(
+            "/uploads/{}/complete",
+            first["id"].as_str().unwrap()
+        ))
+        .json(&serde_json::json!({"package_id": pkg, "path": "c.bin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(complete.status(), 201);
+    let after = usage(&app, ACME).await;
+    assert_eq!(
+        (after["bytes"].as_u64(), after["open_uploads"].as_u64()),
+        (Some(250_005), Some(0))
+    );
+    assert_eq!(
+        status(&app, Method::DELETE, &format!("/packages/{pkg}"), ACME).await,
+        204
+    );
+    let empty = usage(&app, ACME).await;
+    assert_eq!(
+        (empty["bytes"].as_u64(), empty["packages"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+/// Many parallel uploads of one tenant: each file is checked against the quota in the
+/// transaction that records it, so the quota holds exactly, however many race.
+#[tokio::test]
+async fn a_quota_holds_under_parallel_uploads() {
+    const LIMIT: u64 = 350_000;
+    const SIZE: usize = 100_000;
+    let app = TestApp::builder()
+        .args(|a| a.quotas = Some(format!("acme:max_bytes={LIMIT}")))
+        .start()
+        .await;
+    let pkg = id_of(&app.create_package().await);
+    let results = futures::future::join_all((0..8).map(|i| {
+        let app = &app;
+        let pkg = pkg.clone();
+        async move {
+            app.upload_file(&pkg, &format!("f{i}"), bytes(SIZE, i))
+                .await
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    let stored = results.iter().filter(|s| **s == 201).count() as u64;
+    assert!(
+        results.iter().all(|s| *s == 201 || *s == 507),
+        "{results:?}"
+    );
+    let used = usage(&app, ACME).await["bytes"].as_u64().unwrap();
+    assert_eq!(used, stored * SIZE as u64);
+    assert_eq!(stored, 3, "exactly the room the quota leaves: {results:?}");
+    problem(app.upload_file(&pkg, "late", bytes(60_000, 9)).await, 507).await;
+    // One after another, the room is filled exactly.
+    let seq = TestApp::builder()
+        .args(|a| a.quotas = Some(format!("acme:max_bytes={LIMIT}")))
+        .start()
+        .await;
+    let pkg = id_of(&seq.create_package().await);
+    let mut sequential = Vec::new();
+    for i in 0..5 {
+        sequential.push(
+            seq.upload_file(&pkg, &format!("f{i}"), bytes(SIZE, i))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(sequential, [201, 201, 201, 507, 507]);
+}

@@ -30,6 +30,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/packages/{id}/manifest.json"),
     ("get", "/readyz"),
     ("get", "/retention"),
+    ("get", "/usage"),
     ("post", "/uploads"),
     ("delete", "/uploads/{id}"),
     ("get", "/uploads/{id}"),

@@ -158,3 +158,64 @@ async fn racing_patches_on_two_replicas_have_one_winner() {
         assert!(download(&b, &file).await == expected);
     }
 }
+
+/// Two replicas running retention at once (each with the rule, each sweeping every second):
+/// every package the rule selects is deleted exactly once, with one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_running_retention_delete_each_package_once() {
+    let Some(database) = artifactstore_testkit::fresh_postgres().await else {
+        return;
+    };
+    let Some(blobs) = artifactstore_testkit::fresh_s3() else {
+        return;
+    };
+    let start = |database: String, blobs: String| {
+        TestApp::builder()
+            .args(|a| {
+                a.database_url = Some(database);
+                a.blob_url = Some(blobs);
+                a.retention = Some("ci:keep_last=1".into());
+                a.retention_interval_secs = Some(1);
+            })
+            .start()
+    };
+    let a = start(database.clone(), blobs.clone()).await;
+    let b = start(database, blobs).await;
+    let mut created = Vec::new();
+    for i in 0..40 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let p = app
+            .create_package_with(json!({"producer": "p", "subject": format!("s{}", i % 4),
+                                        "retention_class": "ci"}))
+            .await;
+        let id = p["id"].as_str().unwrap().to_string();
+        app.finalize(&id).await;
+        created.push(id);
+    }
+    // The newest of each of the 4 subjects stays.
+    let settled = eventually(std::time::Duration::from_secs(30), async || {
+        json_of(a.get("/packages?limit=1000")).await["items"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 4
+    })
+    .await;
+    assert!(settled, "retention left the newest package of each subject");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let events = a.events_json(0).await["events"].clone();
+    let mut deleted: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "package.deleted")
+        .map(|e| e["package_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted.len(), 36, "one event per deleted package");
+    deleted.sort();
+    deleted.dedup();
+    assert_eq!(deleted.len(), 36, "no package deleted twice");
+    for kept in &created[36..] {
+        assert!(!deleted.contains(&kept.as_str()));
+    }
+}

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactstore_core::storage::{MetadataStore, StoreError};
+use artifactstore_core::storage::{AddChecks, MetadataStore, StoreError};
 use artifactstore_core::*;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,6 +41,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "blob claims",
         include_str!("../migrations/postgres/0003_blob_claims.sql"),
+    ),
+    (
+        4,
+        "tenant usage",
+        include_str!("../migrations/postgres/0004_tenant_usage.sql"),
     ),
 ];
 
@@ -290,6 +295,35 @@ async fn locked_package(
     package_from_row(&row)
 }
 
+/// A tenant's bytes, its usage row locked (after the package's and upload's rows, before the
+/// event counter: the one lock order of every transaction).
+async fn lock_used_bytes(conn: &mut PgConnection, tenant: &str) -> Result<i64, StoreError> {
+    let used: Option<i64> = sqlx::query_scalar(&format!("{USED_BYTES} FOR UPDATE"))
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    Ok(used.unwrap_or(0))
+}
+
+async fn add_usage(
+    conn: &mut PgConnection,
+    tenant: &str,
+    bytes: i64,
+    packages: i64,
+    open_uploads: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(ADD_USAGE)
+        .bind(tenant)
+        .bind(bytes)
+        .bind(packages)
+        .bind(open_uploads)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    Ok(())
+}
+
 /// The event builder of a change, taken once (the transaction's body is not retried).
 fn take_event(event: &mut Option<EventFor>) -> Result<EventFor, StoreError> {
     event
@@ -363,6 +397,7 @@ impl MetadataStore for PgStore {
                 .await
                 .map_err(sql_error)?;
             }
+            add_usage(conn, &p.tenant, 0, 1, 0).await?;
             let sequence = append_event(conn, &event).await?;
             Ok((sequence, Some(sequence)))
         });
@@ -388,7 +423,7 @@ impl MetadataStore for PgStore {
         file: &FileRecord,
         upload: Option<UploadId>,
         inline: Option<Bytes>,
-        claim: Option<i64>,
+        checks: AddChecks,
         event: NewEvent,
     ) -> Result<Event, StoreError> {
         let sequence = in_transaction!(self, |conn| {
@@ -410,7 +445,11 @@ impl MetadataStore for PgStore {
             }
             // A doom waits for this share lock, and then sees this file; a doom that came
             // first leaves no claim standing here.
-            if let Some(generation) = claim {
+            if checks.max_bytes.is_some() && upload.is_none() {
+                let used = lock_used_bytes(conn, &file.tenant).await?;
+                check_quota(checks.max_bytes, used, file.size as i64)?;
+            }
+            if let Some(generation) = checks.claim {
                 let stands = sqlx::query(&format!("{CLAIM_STANDS} FOR SHARE"))
                     .bind(file.sha256().hex())
                     .bind(generation)
@@ -473,6 +512,11 @@ impl MetadataStore for PgStore {
             .execute(&mut *conn)
             .await
             .map_err(sql_error)?;
+            // An upload's bytes were counted as it grew: completing it only closes it.
+            match upload {
+                Some(_) => add_usage(conn, &file.tenant, 0, 0, -1).await?,
+                None => add_usage(conn, &file.tenant, file.size as i64, 0, 0).await?,
+            }
             let sequence = append_event(conn, &event).await?;
             Ok((sequence, Some(sequence)))
         });
@@ -585,6 +629,10 @@ impl MetadataStore for PgStore {
         self.reads.open_uploads(ids).await
     }
 
+    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
+        self.reads.usage(tenant).await
+    }
+
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
         self.reads.inline_blob(digest).await
     }
@@ -672,6 +720,7 @@ impl MetadataStore for PgStore {
                     .await
                     .map_err(sql_error)?;
             }
+            add_usage(conn, tenant, -(package.total_size as i64), -1, 0).await?;
             let sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
             Ok((package, Some(sequence)))
         }))
@@ -731,23 +780,27 @@ impl MetadataStore for PgStore {
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "INSERT INTO uploads ({UPLOAD_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .bind(u.upload.id.to_string())
-        .bind(&u.tenant)
-        .bind(u.upload.size.map(|s| s as i64))
-        .bind(u.upload.offset as i64)
-        .bind(u.upload.state.as_str())
-        .bind(&u.hash_state)
-        .bind(u.created_at.as_millis())
-        .bind(u.upload.expires_at.as_millis())
-        .bind(u.file_id.map(|f| f.to_string()))
-        .bind(&u.staging.0)
-        .execute(&self.pool)
-        .await
-        .map_err(sql_error)?;
+        in_transaction!(self, |conn| {
+            sqlx::query(&format!(
+                "INSERT INTO uploads ({UPLOAD_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ))
+            .bind(u.upload.id.to_string())
+            .bind(&u.tenant)
+            .bind(u.upload.size.map(|s| s as i64))
+            .bind(u.upload.offset as i64)
+            .bind(u.upload.state.as_str())
+            .bind(&u.hash_state)
+            .bind(u.created_at.as_millis())
+            .bind(u.upload.expires_at.as_millis())
+            .bind(u.file_id.map(|f| f.to_string()))
+            .bind(&u.staging.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+            add_usage(conn, &u.tenant, u.upload.offset as i64, 0, 1).await?;
+            Ok(((), None))
+        });
         Ok(())
     }
 
@@ -768,10 +821,12 @@ impl MetadataStore for PgStore {
         staging: &Staging,
         size: Option<u64>,
         expires_at: Timestamp,
+        max_bytes: Option<u64>,
     ) -> Result<UploadRecord, StoreError> {
         // One statement: under READ COMMITTED, a second updater of the row waits for the
         // first and then re-checks the offset against the committed row, so exactly one of
         // two racing replicas moves it.
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
         let row = sqlx::query(&format!(
             "UPDATE uploads SET \"offset\" = $1, hash_state = $2, staging = $3, \
              size = COALESCE(size, $4), expires_at = $5 WHERE id = $6 AND tenant = $7 \
@@ -785,12 +840,21 @@ impl MetadataStore for PgStore {
         .bind(id.to_string())
         .bind(tenant)
         .bind(from_offset as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(sql_error)?;
         if let Some(row) = row {
+            let grown = hasher.len() as i64 - from_offset as i64;
+            // After the upload's row, like `add_file`: one lock order.
+            if max_bytes.is_some() {
+                let used = lock_used_bytes(&mut tx, tenant).await?;
+                check_quota(max_bytes, used, grown)?;
+            }
+            add_usage(&mut tx, tenant, grown, 0, 0).await?;
+            tx.commit().await.map_err(sql_error)?;
             return upload_from_row(&row);
         }
+        drop(tx);
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM uploads WHERE id = $1 AND tenant = $2")
                 .bind(id.to_string())
@@ -815,11 +879,13 @@ impl MetadataStore for PgStore {
                 Some("open") => {}
                 Some(_) => return Err(StoreError::UploadNotOpen),
             }
-            sqlx::query("DELETE FROM uploads WHERE id = $1")
-                .bind(id.to_string())
-                .execute(&mut *conn)
-                .await
-                .map_err(sql_error)?;
+            let offset: i64 =
+                sqlx::query_scalar("DELETE FROM uploads WHERE id = $1 RETURNING \"offset\"")
+                    .bind(id.to_string())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+            add_usage(conn, tenant, -offset, 0, -1).await?;
             Ok(((), None))
         });
         Ok(())
@@ -832,17 +898,23 @@ impl MetadataStore for PgStore {
     ) -> Result<Vec<(String, UploadId)>, StoreError> {
         // SKIP LOCKED: replicas sweeping at once take disjoint uploads and never wait for
         // each other, nor for an upload a request holds.
-        let rows = sqlx::query(
-            "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads \
-             WHERE state = 'open' AND expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING tenant, id",
-        )
-        .bind(now.as_millis())
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql_error)?;
-        tenants_and_ids(&rows)
+        Ok(in_transaction!(self, |conn| {
+            let rows = sqlx::query(
+                "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads \
+                 WHERE state = 'open' AND expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING tenant, id, \"offset\"",
+            )
+            .bind(now.as_millis())
+            .bind(limit as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+            let (taken, per_tenant) = expired_uploads(&rows)?;
+            for (tenant, bytes, uploads) in per_tenant {
+                add_usage(conn, &tenant, -bytes, 0, -uploads).await?;
+            }
+            Ok((taken, None))
+        }))
     }
 
     async fn events_since(

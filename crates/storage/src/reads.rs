@@ -231,6 +231,22 @@ impl Reads {
             .collect()
     }
 
+    pub(crate) async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
+        let sql = "SELECT bytes, packages, open_uploads FROM tenant_usage WHERE tenant = $1";
+        let row: Option<(i64, i64, i64)> = on_pool!(&self.pool, |p| sqlx::query_as(sql)
+            .bind(tenant)
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        let (bytes, packages, open_uploads) = row.unwrap_or_default();
+        let count = |n: i64| n.max(0) as u64;
+        Ok(Usage {
+            bytes: count(bytes),
+            packages: count(packages),
+            open_uploads: count(open_uploads),
+        })
+    }
+
     /// The one text column of `select … AND column IN (values)`.
     async fn strings_in(
         &self,

@@ -390,6 +390,56 @@ where
     sql
 }
 
+/// Adds to a tenant's usage (`$1` tenant, `$2` bytes, `$3` packages, `$4` open uploads; any
+/// may be negative), creating its row: every change that moves them runs it in its own
+/// transaction.
+pub(crate) const ADD_USAGE: &str = "INSERT INTO tenant_usage (tenant, bytes, packages, \
+     open_uploads) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant) DO UPDATE SET \
+     bytes = tenant_usage.bytes + excluded.bytes, \
+     packages = tenant_usage.packages + excluded.packages, \
+     open_uploads = tenant_usage.open_uploads + excluded.open_uploads";
+
+/// A tenant's bytes (`$1` tenant); no row is 0.
+pub(crate) const USED_BYTES: &str = "SELECT bytes FROM tenant_usage WHERE tenant = $1";
+
+/// `QuotaExceeded` if `used` + `adding` passes `max_bytes` (adding nothing never does).
+pub(crate) fn check_quota(
+    max_bytes: Option<u64>,
+    used: i64,
+    adding: i64,
+) -> Result<(), StoreError> {
+    match max_bytes {
+        Some(limit) if adding > 0 && used.saturating_add(adding) > limit as i64 => {
+            Err(StoreError::QuotaExceeded {
+                limit,
+                used: used.max(0) as u64,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Expired uploads' `(tenant, id, offset)` rows, and what they took from each tenant's usage:
+/// `(tenant, bytes, uploads)`, in tenant order (so two sweeps lock usage rows in one order).
+#[allow(clippy::type_complexity)]
+pub(crate) fn expired_uploads(
+    rows: &[impl Fields],
+) -> Result<(Vec<(String, UploadId)>, Vec<(String, i64, i64)>), StoreError> {
+    let taken = tenants_and_ids(rows)?;
+    let mut per_tenant = BTreeMap::<String, (i64, i64)>::new();
+    for (row, (tenant, _)) in rows.iter().zip(&taken) {
+        let offset: i64 = row.field("offset").map_err(|_| corrupt("upload"))?;
+        let entry = per_tenant.entry(tenant.clone()).or_default();
+        entry.0 += offset;
+        entry.1 += 1;
+    }
+    let per_tenant = per_tenant
+        .into_iter()
+        .map(|(tenant, (bytes, uploads))| (tenant, bytes, uploads))
+        .collect();
+    Ok((taken, per_tenant))
+}
+
 /// `(tenant, id)` rows of uploads or packages.
 pub(crate) fn tenants_and_ids<Id: std::str::FromStr>(
     rows: &[impl Fields],

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use artifactstore_core::storage::{MetadataStore, StoreError};
+use artifactstore_core::storage::{AddChecks, MetadataStore, StoreError};
 
 use crate::reads::{Pool, Reads};
 use crate::rows::*;
@@ -59,6 +59,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "blob claims",
         include_str!("../migrations/sqlite/0006_blob_claims.sql"),
+    ),
+    (
+        7,
+        "tenant usage",
+        include_str!("../migrations/sqlite/0007_tenant_usage.sql"),
     ),
 ];
 
@@ -439,6 +444,9 @@ static ADD_FILE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          UPDATE uploads SET state = 'completed', file_id = ? WHERE id = ? AND {ADDED}; \
          UPDATE packages SET file_count = file_count + 1, total_size = total_size + ? \
          WHERE id = ? AND {ADDED}; \
+         INSERT INTO tenant_usage (tenant, bytes, open_uploads) SELECT ?, ?, ? WHERE {ADDED} \
+         ON CONFLICT (tenant) DO UPDATE SET bytes = bytes + excluded.bytes, \
+         open_uploads = open_uploads + excluded.open_uploads; \
          {} WHERE {ADDED} RETURNING sequence",
         insert_event_sql!()
     )
@@ -511,6 +519,33 @@ async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Ev
         .map_err(sql_error)?;
     let sequence: i64 = row.try_get("sequence").map_err(|_| corrupt("event"))?;
     Ok(committed_event(event, sequence))
+}
+
+async fn used_bytes(conn: &mut SqliteConnection, tenant: &str) -> Result<i64, StoreError> {
+    let used: Option<i64> = sqlx::query_scalar(USED_BYTES)
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    Ok(used.unwrap_or(0))
+}
+
+async fn add_usage(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    bytes: i64,
+    packages: i64,
+    open_uploads: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(ADD_USAGE)
+        .bind(tenant)
+        .bind(bytes)
+        .bind(packages)
+        .bind(open_uploads)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    Ok(())
 }
 
 /// The package `id` of `tenant` as the writer's transaction sees it (the only writer: no one
@@ -589,6 +624,7 @@ impl MetadataStore for SqliteStore {
                     .await
                     .map_err(sql_error)?;
                 }
+                add_usage(conn, &p.tenant, 0, 1, 0).await?;
                 let event = append_event(conn, event).await?;
                 Ok((event.clone(), Some(event)))
             })
@@ -615,10 +651,11 @@ impl MetadataStore for SqliteStore {
         file: &FileRecord,
         upload: Option<UploadId>,
         inline: Option<Bytes>,
-        claim: Option<i64>,
+        checks: AddChecks,
         event: NewEvent,
     ) -> Result<Event, StoreError> {
         let file = file.clone();
+        let claim = checks.claim;
         self.write(move |conn| {
             Box::pin(async move {
                 // One batch, one trip to SQLite's thread: every statement is a hop, and the
@@ -626,6 +663,10 @@ impl MetadataStore for SqliteStore {
                 // a taken path fails the first statement, a closed package or upload leaves
                 // the batch without a row.
                 let data = event_data(&event)?;
+                if checks.max_bytes.is_some() && upload.is_none() {
+                    let used = used_bytes(conn, &file.tenant).await?;
+                    check_quota(checks.max_bytes, used, file.size as i64)?;
+                }
                 let (id, package) = (file.id.to_string(), file.package_id.to_string());
                 let (sha256, upload_id) = (file.sha256().hex(), upload.map(|u| u.to_string()));
                 let inline = inline.as_deref();
@@ -651,6 +692,12 @@ impl MetadataStore for SqliteStore {
                 let query = query.bind(&sha256).bind(inline).bind(inline).bind(&id);
                 let query = query.bind(&id).bind(&upload_id).bind(&id);
                 let query = query.bind(file.size as i64).bind(&package).bind(&id);
+                // An upload's bytes were counted as it grew: completing it only closes it.
+                let (bytes, uploads) = match upload {
+                    Some(_) => (0, -1),
+                    None => (file.size as i64, 0),
+                };
+                let query = query.bind(&file.tenant).bind(bytes).bind(uploads).bind(&id);
                 let query = bind_event(query, &event, data).bind(&id);
                 let rows = match query.fetch_all(&mut *conn).await {
                     Ok(rows) => rows,
@@ -775,6 +822,10 @@ impl MetadataStore for SqliteStore {
         self.reads.open_uploads(ids).await
     }
 
+    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
+        self.reads.usage(tenant).await
+    }
+
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
         self.reads.inline_blob(digest).await
     }
@@ -867,6 +918,7 @@ impl MetadataStore for SqliteStore {
                             .await
                             .map_err(sql_error)?;
                     }
+                    add_usage(conn, &tenant, -(package.total_size as i64), -1, 0).await?;
                     let event = append_event(conn, event(&package)).await?;
                     Ok((package, Some(event)))
                 })
@@ -958,6 +1010,7 @@ impl MetadataStore for SqliteStore {
                 .execute(&mut *conn)
                 .await
                 .map_err(sql_error)?;
+                add_usage(conn, &u.tenant, u.upload.offset as i64, 0, 1).await?;
                 Ok(((), None))
             })
         })
@@ -981,11 +1034,18 @@ impl MetadataStore for SqliteStore {
         staging: &Staging,
         size: Option<u64>,
         expires_at: Timestamp,
+        max_bytes: Option<u64>,
     ) -> Result<UploadRecord, StoreError> {
         let (tenant, offset, hash_state) = (tenant.to_string(), hasher.len(), hasher.save());
         let staging = staging.0.clone();
+        let grown = offset as i64 - from_offset as i64;
         self.write(move |conn| {
             Box::pin(async move {
+                // Refused before any change (the writer is the only one: nothing moves the
+                // usage between this read and the update).
+                if max_bytes.is_some() {
+                    check_quota(max_bytes, used_bytes(conn, &tenant).await?, grown)?;
+                }
                 let row = sqlx::query(&format!(
                     "UPDATE uploads SET \"offset\" = ?, hash_state = ?, staging = ?, \
                      size = COALESCE(size, ?), expires_at = ? WHERE id = ? AND tenant = ? AND state = 'open' \
@@ -1003,6 +1063,7 @@ impl MetadataStore for SqliteStore {
                 .await
                 .map_err(sql_error)?;
                 if let Some(row) = row {
+                    add_usage(conn, &tenant, grown, 0, 0).await?;
                     return Ok((upload_from_row(&row)?, None));
                 }
                 Err(match upload_state(conn, &tenant, id).await?.as_deref() {
@@ -1024,11 +1085,13 @@ impl MetadataStore for SqliteStore {
                     Some("open") => {}
                     Some(_) => return Err(StoreError::UploadNotOpen),
                 }
-                sqlx::query("DELETE FROM uploads WHERE id = ?")
-                    .bind(id.to_string())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(sql_error)?;
+                let offset: i64 =
+                    sqlx::query_scalar("DELETE FROM uploads WHERE id = ? RETURNING \"offset\"")
+                        .bind(id.to_string())
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(sql_error)?;
+                add_usage(conn, &tenant, -offset, 0, -1).await?;
                 Ok(((), None))
             })
         })
@@ -1044,14 +1107,19 @@ impl MetadataStore for SqliteStore {
             Box::pin(async move {
                 let rows = sqlx::query(
                     "DELETE FROM uploads WHERE id IN (SELECT id FROM uploads \
-                     WHERE state = 'open' AND expires_at < ? LIMIT ?) RETURNING tenant, id",
+                     WHERE state = 'open' AND expires_at < ? LIMIT ?) \
+                     RETURNING tenant, id, \"offset\"",
                 )
                 .bind(now.as_millis())
                 .bind(limit as i64)
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(sql_error)?;
-                Ok((tenants_and_ids(&rows)?, None))
+                let (taken, per_tenant) = expired_uploads(&rows)?;
+                for (tenant, bytes, uploads) in per_tenant {
+                    add_usage(conn, &tenant, -bytes, 0, -uploads).await?;
+                }
+                Ok((taken, None))
             })
         })
         .await

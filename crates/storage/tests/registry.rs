@@ -659,8 +659,9 @@ async fn an_old_database_learns_where_its_files_live() {
     let env = {
         env.meta.close().await;
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        // Back to before migration 4: migrations 6 and 5 undone first (5 indexes `inline`).
+        // Back to before migration 4: migrations 7 to 5 undone first (5 indexes `inline`).
         for sql in [
+            "DROP TABLE tenant_usage",
             "DROP TABLE blob_claims",
             "DROP INDEX files_by_sha256",
             "DROP INDEX files_by_package",

@@ -17,6 +17,14 @@ use sqlx::Connection;
 /// `n` replicas (registries of their own) on one new database, opened at the same moment so
 /// that their migrations race; `None` without a PostgreSQL server.
 async fn replicas(n: usize, dir: &std::path::Path) -> Option<(String, Vec<Arc<Registry>>)> {
+    replicas_with(n, dir, RegistryConfig::default()).await
+}
+
+async fn replicas_with(
+    n: usize,
+    dir: &std::path::Path,
+    config: RegistryConfig,
+) -> Option<(String, Vec<Arc<Registry>>)> {
     let url = artifactstore_testkit::fresh_postgres().await?;
     let opened = futures::future::join_all((0..n).map(|_| PgStore::open(&url))).await;
     let blobs = Arc::new(FsBlobStore::open(dir.join("blobs")).await.unwrap());
@@ -24,11 +32,7 @@ async fn replicas(n: usize, dir: &std::path::Path) -> Option<(String, Vec<Arc<Re
         .into_iter()
         .map(|meta| {
             let meta: Arc<dyn MetadataStore> = Arc::new(meta.unwrap());
-            Arc::new(Registry::new(
-                meta,
-                blobs.clone(),
-                RegistryConfig::default(),
-            ))
+            Arc::new(Registry::new(meta, blobs.clone(), config.clone()))
         })
         .collect();
     Some((url, registries))
@@ -222,4 +226,56 @@ async fn tls_to_postgres_is_used_and_verified() {
         PgStore::open(&wrong).await.is_err(),
         "an unverified server was accepted"
     );
+}
+
+/// Retention sweeps racing on three replicas (no lease in between): each package the rules
+/// select is deleted once, with one event, and the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_retention_sweeps_delete_each_package_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RegistryConfig::default();
+    let rule = artifactstore_core::lifecycle::RetentionRule {
+        keep_last: Some(2),
+        ..Default::default()
+    };
+    config.retention.insert("ci".into(), rule);
+    let Some((_, rs)) = replicas_with(3, dir.path(), config).await else {
+        return;
+    };
+    for i in 0..60 {
+        let new = NewPackage {
+            subject: format!("branch-{}", i % 3),
+            retention_class: "ci".into(),
+            ..new_package()
+        };
+        let p = rs[i % 3].create_package(TENANT, new).await.unwrap();
+        rs[i % 3].finalize(TENANT, p.id).await.unwrap();
+    }
+    let sweeps = rs.iter().map(|r| {
+        let r = r.clone();
+        tokio::spawn(async move { r.sweep_retention().await.unwrap() })
+    });
+    let deleted: u64 = futures::future::join_all(sweeps)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(deleted, 54, "60 packages, 2 kept per branch");
+    let events = rs[0]
+        .events(TENANT, 0, Some(1000), Duration::ZERO)
+        .await
+        .unwrap();
+    let deletions: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventType::PackageDeleted)
+        .map(|e| e.package_id)
+        .collect();
+    let distinct: std::collections::BTreeSet<_> = deletions.iter().collect();
+    assert_eq!((deletions.len(), distinct.len()), (54, 54));
+    let query = PackageQuery::default();
+    let left = rs[1]
+        .list_packages(TENANT, &query, None, None)
+        .await
+        .unwrap();
+    assert_eq!(left.items.len(), 6);
 }

@@ -551,3 +551,48 @@ proptest! {
         })?;
     }
 }
+
+/// The expiry sweep takes its whole backlog (more than one batch of 1,000) and goes past an
+/// upload whose staged bytes cannot be deleted (a directory in the way, on the blob
+/// directory); the rest of the staged bytes are gone.
+#[tokio::test]
+async fn the_expiry_sweep_finishes_its_backlog_past_a_failure() {
+    let env = Env::with_config(RegistryConfig {
+        upload_ttl: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let r = &env.registry;
+    let mut ids = Vec::new();
+    for i in 0..1005u32 {
+        let up = r.create_upload(TENANT, None).await.unwrap();
+        if i % 100 == 0 {
+            r.append_upload(TENANT, up.id, Chunk::default(), body(b"staged", 3))
+                .await
+                .unwrap();
+        }
+        ids.push(up.id);
+    }
+    let stuck = ids[500];
+    if env.blob_url.is_none() {
+        let path = env.blobs_dir().join("uploads").join(stuck.to_string());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("in-the-way"), b"x").unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(r.sweep_expired_uploads().await.unwrap(), 1005);
+    let left = env.staged_files().await;
+    if env.blob_url.is_none() {
+        assert_eq!(left.len(), 1, "only the one in the way: {left:?}");
+        assert!(left[0].contains(&stuck.to_string()));
+    } else {
+        assert!(left.is_empty(), "{left:?}");
+    }
+    let usage = r.usage(TENANT).await.unwrap().0;
+    assert_eq!(
+        (usage.open_uploads, usage.bytes),
+        (0, 0),
+        "expired uploads use nothing"
+    );
+}

@@ -1,5 +1,5 @@
-//! The end of a package's life: `DELETE /packages/{id}`, holds, and the retention rules in
-//! force (`GET /retention`).
+//! The end of a package's life: `DELETE /packages/{id}`, holds, the retention rules in force
+//! (`GET /retention`), and what a tenant uses against its quotas (`GET /usage`).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use super::{PathId, parse_id};
 use crate::AppState;
 use crate::auth::{Reader, Writer};
-use crate::error::{ApiResult, Problem};
+use crate::error::{ApiError, ApiResult, Problem};
 
 #[utoipa::path(delete, path = "/packages/{id}", tag = "packages", security(("bearer" = [])),
     params(("id" = String, Path, description = "Package id")),
@@ -96,4 +96,46 @@ pub async fn retention(State(state): State<AppState>, _reader: Reader) -> Json<R
         })
         .collect();
     Json(RetentionView { rules })
+}
+
+/// A tenant's quotas; `null` is no limit.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LimitsView {
+    pub max_bytes: Option<u64>,
+    pub max_open_uploads: Option<u64>,
+}
+
+/// What the caller's tenant uses: `bytes` are the sizes of its files plus the offsets of its
+/// open uploads.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct UsageView {
+    pub tenant: String,
+    pub bytes: u64,
+    pub packages: u64,
+    pub open_uploads: u64,
+    pub limits: LimitsView,
+}
+
+#[utoipa::path(get, path = "/usage", tag = "packages", security(("bearer" = [])),
+    responses((status = 200, description = "The tenant's usage and quotas", body = UsageView)))]
+pub async fn usage(
+    State(state): State<AppState>,
+    Reader(scope): Reader,
+) -> ApiResult<Json<UsageView>> {
+    let Some(tenant) = scope.tenant() else {
+        return Err(ApiError::BadRequest(
+            "usage is per tenant: send a token (anonymous reads here see every tenant)".into(),
+        ));
+    };
+    let (usage, quota) = state.registry.usage(tenant).await?;
+    Ok(Json(UsageView {
+        tenant: tenant.to_string(),
+        bytes: usage.bytes,
+        packages: usage.packages,
+        open_uploads: usage.open_uploads,
+        limits: LimitsView {
+            max_bytes: quota.max_bytes,
+            max_open_uploads: quota.max_open_uploads,
+        },
+    }))
 }
