@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
+use crate::digest::Sha256Digest;
 use crate::error::Result;
 use crate::registry::Registry;
 use crate::storage::{BlobInfo, Claim, MetadataStore, StoreError};
@@ -26,6 +28,10 @@ const CLAIM_WAIT: Duration = Duration::from_secs(10);
 const STALE_DOOM: Duration = Duration::from_secs(600);
 /// Blobs, uploads and digests handled per step.
 const PAGE: usize = 1000;
+/// Digests doomed per metadata-store call.
+const DOOM_BATCH: usize = 100;
+/// Blob deletions in flight at once (each a file and directory sync, or two S3 requests).
+const DELETES: usize = 16;
 
 /// The registry's [`Claim`]: claims a digest for one write and keeps the generation that
 /// [`MetadataStore::add_file`] checks.
@@ -91,29 +97,41 @@ pub struct GcReport {
     pub interrupted: bool,
 }
 
+/// How one collection runs.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions<'a> {
+    /// Bytes written or claimed more recently than this are kept.
+    pub grace: Duration,
+    /// Who holds the `gc` lease, renewed for `lease_ttl` as the collection goes.
+    pub holder: &'a str,
+    pub lease_ttl: Duration,
+    /// The share of its time the collection works (1.0: flat out); after each page it pauses
+    /// for the rest, so that traffic keeps the machine (a small one has two cores).
+    pub duty: f64,
+}
+
 impl Registry {
-    /// One garbage collection: bytes no file uses and that no write claimed within `grace`
-    /// are deleted. Renews the lease `gc` for `holder` (for `lease_ttl`) as it goes and stops
-    /// if it is lost. Safe at any moment beside any traffic, on any number of replicas.
-    pub async fn collect_garbage(
-        &self,
-        grace: Duration,
-        holder: &str,
-        lease_ttl: Duration,
-    ) -> Result<GcReport> {
+    /// One garbage collection: bytes no file uses and that no write claimed within the grace
+    /// period are deleted. Renews its lease as it goes and stops if it is lost. Safe at any
+    /// moment beside any traffic, on any number of replicas.
+    pub async fn collect_garbage(&self, options: GcOptions<'_>) -> Result<GcReport> {
+        let GcOptions {
+            grace,
+            holder,
+            lease_ttl,
+            duty,
+        } = options;
         let mut report = GcReport::default();
         let now = Timestamp::now();
         let cutoff = Timestamp::from_millis(now.as_millis() - grace.as_millis() as i64);
         let stale =
             Timestamp::from_millis(now.as_millis() - STALE_DOOM.max(lease_ttl).as_millis() as i64);
-        for digest in self.meta().doomed_blobs(stale).await? {
-            self.blobs().delete_blob(&digest).await?;
-            self.meta().release_blob(&digest).await?;
-            report.blobs += 1;
-        }
+        let stale = self.meta().doomed_blobs(stale).await?;
+        report.blobs += self.delete_doomed(stale).await?;
 
         let mut after = None;
         loop {
+            let started = tokio::time::Instant::now();
             let page = self.blobs().list_blobs(after, PAGE).await?;
             let Some(&(last, _)) = page.last() else { break };
             after = Some(last);
@@ -123,21 +141,13 @@ impl Registry {
                 .filter(|(_, written)| *written < cutoff)
                 .map(|(digest, _)| *digest)
                 .collect();
-            for digest in self.meta().unreferenced(&old).await? {
-                if !self
-                    .meta()
-                    .doom_blob(&digest, cutoff, Timestamp::now())
-                    .await?
-                {
-                    continue;
-                }
-                if let Err(e) = self.blobs().delete_blob(&digest).await {
-                    // Stays doomed: the next collection finishes it.
-                    tracing::warn!(%digest, error = %e, "could not delete an unused blob");
-                    continue;
-                }
-                self.meta().release_blob(&digest).await?;
-                report.blobs += 1;
+            let unused = self.meta().unreferenced(&old).await?;
+            // Small batches: on SQLite a batch is one job of the only writer, which writes
+            // wait behind.
+            for batch in unused.chunks(DOOM_BATCH) {
+                let now = Timestamp::now();
+                let doomed = self.meta().doom_blobs(batch, cutoff, now).await?;
+                report.blobs += self.delete_doomed(doomed).await?;
             }
             if !self.lease("gc", holder, lease_ttl).await? {
                 report.interrupted = true;
@@ -145,6 +155,11 @@ impl Registry {
             }
             if page.len() < PAGE {
                 break;
+            }
+            if duty < 1.0 {
+                let worked = started.elapsed().as_secs_f64();
+                let rest = worked * (1.0 - duty.max(0.01)) / duty.max(0.01);
+                tokio::time::sleep(Duration::from_secs_f64(rest.min(10.0))).await;
             }
         }
 
@@ -175,5 +190,29 @@ impl Registry {
 
         report.orphans = self.blobs().collect_orphans(cutoff).await?;
         Ok(report)
+    }
+
+    /// Deletes the bytes of doomed digests, [`DELETES`] at once, then releases those that are
+    /// gone; one that could not be deleted stays doomed for the next collection.
+    async fn delete_doomed(&self, doomed: Vec<Sha256Digest>) -> Result<u64> {
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let deleted: Vec<Sha256Digest> = futures::stream::iter(doomed)
+            .map(|digest| async move {
+                match self.blobs().delete_blob(&digest).await {
+                    Ok(()) => Some(digest),
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "could not delete an unused blob");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(DELETES)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        self.meta().release_blobs(&deleted).await?;
+        Ok(deleted.len() as u64)
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use crate::error::{RegistryError, Resource, Result};
 use crate::ids::PackageId;
 use crate::model::*;
@@ -252,6 +254,7 @@ impl Registry {
     /// each package once). A held package is never selected. Returns how many were deleted.
     pub async fn sweep_retention(&self) -> Result<u64> {
         const BATCH: u32 = 1000;
+        const DELETIONS: usize = 16;
         let now = Timestamp::now();
         let mut deleted = 0;
         for (class, rule) in &self.config().retention {
@@ -266,23 +269,28 @@ impl Registry {
             };
             loop {
                 let batch = self.meta().retention_candidates(&query, BATCH).await?;
-                let mut progressed = false;
-                for (tenant, id) in &batch {
-                    match self.delete(tenant, *id, DeleteReason::Retention).await {
-                        Ok(()) => {
-                            deleted += 1;
-                            progressed = true;
+                // Several at once: on SQLite they share group commits, on PostgreSQL the pool.
+                let taken = batch.len();
+                let outcomes: Vec<_> = futures::stream::iter(batch)
+                    .map(|(tenant, id)| async move {
+                        match self.delete(&tenant, id, DeleteReason::Retention).await {
+                            Ok(()) => (1, true),
+                            // Deleted by someone else, or held since it was selected.
+                            Err(RegistryError::NotFound(_) | RegistryError::PackageHeld) => {
+                                (0, true)
+                            }
+                            Err(e) => {
+                                tracing::warn!(package = %id, error = %e, "retention could not delete a package");
+                                (0, false)
+                            }
                         }
-                        // Deleted by someone else, or held since it was selected.
-                        Err(RegistryError::NotFound(_) | RegistryError::PackageHeld) => {
-                            progressed = true;
-                        }
-                        Err(e) => {
-                            tracing::warn!(package = %id, error = %e, "retention could not delete a package");
-                        }
-                    }
-                }
-                if batch.len() < BATCH as usize || !progressed {
+                    })
+                    .buffer_unordered(DELETIONS)
+                    .collect()
+                    .await;
+                deleted += outcomes.iter().map(|(n, _)| n).sum::<u64>();
+                let progressed = outcomes.iter().any(|(_, p)| *p);
+                if taken < BATCH as usize || !progressed {
                     break;
                 }
             }

@@ -282,19 +282,21 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<i64>, StoreError>;
 
-    /// Garbage collection: marks `digest` as being deleted, if no file uses it and no claim
-    /// was made at or after `cutoff`. From then on [`claim_blob`](Self::claim_blob) answers
-    /// `None` and [`add_file`](Self::add_file) refuses a claim of it, until
-    /// [`release_blob`](Self::release_blob).
-    async fn doom_blob(
+    /// Garbage collection: marks each of `digests` as being deleted, if no file uses it and no
+    /// claim of it was made at or after `cutoff`; returns those it doomed. From then on
+    /// [`claim_blob`](Self::claim_blob) answers `None` for them and
+    /// [`add_file`](Self::add_file) refuses a claim of them, until
+    /// [`release_blobs`](Self::release_blobs).
+    async fn doom_blobs(
         &self,
-        digest: &Sha256Digest,
+        digests: &[Sha256Digest],
         cutoff: Timestamp,
         now: Timestamp,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Vec<Sha256Digest>, StoreError>;
 
-    /// Garbage collection: the bytes of a doomed digest are gone; it may be claimed again.
-    async fn release_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError>;
+    /// Garbage collection: the bytes of these doomed digests are gone; they may be claimed
+    /// again.
+    async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError>;
 
     /// Digests doomed before `before` and never released (a collection that stopped).
     async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError>;

@@ -351,6 +351,9 @@ async fn retention(state: AppState) {
     }
 }
 
+/// The share of its time a collection works: the rest is left to traffic.
+const GC_DUTY: f64 = 0.25;
+
 /// Collects garbage every `gc_interval`, on one replica at a time (the `gc` lease).
 async fn collect_garbage(state: AppState) {
     let holder = artifactstore_core::ids::instance_id();
@@ -368,7 +371,13 @@ async fn collect_garbage(state: AppState) {
             }
         }
         let started = std::time::Instant::now();
-        match state.registry.collect_garbage(grace, holder, ttl).await {
+        let options = artifactstore_core::gc::GcOptions {
+            grace,
+            holder,
+            lease_ttl: ttl,
+            duty: GC_DUTY,
+        };
+        match state.registry.collect_garbage(options).await {
             Ok(r) if r.blobs + r.inline + r.staged + r.orphans == 0 => {}
             Ok(r) => tracing::info!(
                 scanned = r.scanned,

@@ -62,6 +62,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const FALLBACK_POLL: Duration = Duration::from_millis(500);
 /// Events the follower reads per query.
 const FOLLOW_BATCH: i64 = 1000;
+/// Dooms of garbage collection in flight at once (each a transaction of its own).
+const DOOMS_IN_FLIGHT: usize = 8;
 /// How long a write waits for the follower to publish its own event before answering.
 const OWN_EVENT_WAIT: Duration = Duration::from_secs(5);
 
@@ -128,6 +130,39 @@ impl PgStore {
             committed,
             stop,
         })
+    }
+
+    /// Dooms one digest (see [`MetadataStore::doom_blobs`]); `Some` if it is now doomed.
+    async fn doom_one(
+        &self,
+        digest: Sha256Digest,
+        cutoff: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Sha256Digest>, StoreError> {
+        let hex = digest.hex();
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        let marked = sqlx::query(DOOM_BLOB)
+            .bind(&hex)
+            .bind(cutoff.as_millis())
+            .bind(now.as_millis())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(sql_error)?;
+        let used = match marked {
+            None => true,
+            Some(_) => sqlx::query(BLOB_IN_USE)
+                .bind(&hex)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(sql_error)?
+                .is_some(),
+        };
+        if used {
+            tx.rollback().await.map_err(sql_error)?;
+            return Ok(None);
+        }
+        tx.commit().await.map_err(sql_error)?;
+        Ok(Some(digest))
     }
 
     /// Commits `tx`; answers after the change's event, if any, is visible to this replica's
@@ -538,43 +573,29 @@ impl MetadataStore for PgStore {
             .map_err(sql_error)
     }
 
-    /// The doom first (its row lock waits for a file being added with a claim), then the
-    /// check, in a statement of its own (so it sees whatever committed while it waited).
-    async fn doom_blob(
+    /// Each in a transaction of its own, several at once: the doom first (its row lock waits
+    /// for a file being added with a claim), then the check, in a statement of its own (so it
+    /// sees whatever committed while it waited).
+    async fn doom_blobs(
         &self,
-        digest: &Sha256Digest,
+        digests: &[Sha256Digest],
         cutoff: Timestamp,
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let hex = digest.hex();
-        let mut tx = self.pool.begin().await.map_err(sql_error)?;
-        let doomed = sqlx::query(DOOM_BLOB)
-            .bind(&hex)
-            .bind(cutoff.as_millis())
-            .bind(now.as_millis())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(sql_error)?;
-        let used = match doomed {
-            None => true,
-            Some(_) => sqlx::query(BLOB_IN_USE)
-                .bind(&hex)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(sql_error)?
-                .is_some(),
-        };
-        if used {
-            tx.rollback().await.map_err(sql_error)?;
-            return Ok(false);
-        }
-        tx.commit().await.map_err(sql_error)?;
-        Ok(true)
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        use futures::StreamExt;
+        let outcomes: Vec<Result<Option<Sha256Digest>, StoreError>> =
+            futures::stream::iter(digests.iter().copied())
+                .map(|digest| self.doom_one(digest, cutoff, now))
+                .buffer_unordered(DOOMS_IN_FLIGHT)
+                .collect()
+                .await;
+        outcomes.into_iter().filter_map(Result::transpose).collect()
     }
 
-    async fn release_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
-        sqlx::query(RELEASE_BLOB)
-            .bind(digest.hex())
+    async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
+        let hexes: Vec<String> = digests.iter().map(Sha256Digest::hex).collect();
+        sqlx::query("DELETE FROM blob_claims WHERE sha256 = ANY($1) AND doomed_at IS NOT NULL")
+            .bind(hexes)
             .execute(&self.pool)
             .await
             .map_err(sql_error)?;

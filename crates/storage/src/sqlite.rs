@@ -742,46 +742,56 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    /// One job on the writer: no file can be added between the check and the doom.
-    async fn doom_blob(
+    /// One job on the writer for all of them: no file can be added between a check and its
+    /// doom.
+    async fn doom_blobs(
         &self,
-        digest: &Sha256Digest,
+        digests: &[Sha256Digest],
         cutoff: Timestamp,
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let hex = digest.hex();
+    ) -> Result<Vec<Sha256Digest>, StoreError> {
+        let digests = digests.to_vec();
         self.write(move |conn| {
             Box::pin(async move {
-                let used = sqlx::query(BLOB_IN_USE)
-                    .bind(&hex)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(sql_error)?;
-                if used.is_some() {
-                    return Ok((false, None));
+                let mut doomed = Vec::new();
+                for digest in digests {
+                    let hex = digest.hex();
+                    let used = sqlx::query(BLOB_IN_USE)
+                        .bind(&hex)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(sql_error)?;
+                    if used.is_some() {
+                        continue;
+                    }
+                    let done = sqlx::query(DOOM_BLOB)
+                        .bind(&hex)
+                        .bind(cutoff.as_millis())
+                        .bind(now.as_millis())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(sql_error)?;
+                    if done.is_some() {
+                        doomed.push(digest);
+                    }
                 }
-                let doomed = sqlx::query(DOOM_BLOB)
-                    .bind(&hex)
-                    .bind(cutoff.as_millis())
-                    .bind(now.as_millis())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(sql_error)?;
-                Ok((doomed.is_some(), None))
+                Ok((doomed, None))
             })
         })
         .await
     }
 
-    async fn release_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
-        let hex = digest.hex();
+    async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
+        let hexes: Vec<String> = digests.iter().map(Sha256Digest::hex).collect();
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query(RELEASE_BLOB)
-                    .bind(hex)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(sql_error)?;
+                for hex in hexes {
+                    sqlx::query(RELEASE_BLOB)
+                        .bind(hex)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(sql_error)?;
+                }
                 Ok(((), None))
             })
         })

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use artifactstore_core::gc::GcOptions;
 use artifactstore_core::registry::{Chunk, CompleteUpload};
 use artifactstore_core::storage::StoreError;
 use artifactstore_core::*;
@@ -143,7 +144,7 @@ impl Model {
                 // Written before the collection's cutoff (S3 lists times in whole seconds).
                 let pause = if self.env.blob_url.is_some() { 1100 } else { 5 };
                 tokio::time::sleep(Duration::from_millis(pause)).await;
-                let gc = r.collect_garbage(Duration::ZERO, "test", Duration::from_secs(60));
+                let gc = r.collect_garbage(flat_out("test"));
                 assert!(!gc.await.unwrap().interrupted);
                 self.check_nothing_unused().await;
             }
@@ -185,6 +186,16 @@ impl Model {
         assert_eq!(stored, used, "blobs left after a collection");
         assert_eq!(self.env.temp_files().await, Vec::<String>::new());
         assert_eq!(self.env.staged_files().await, Vec::<String>::new());
+    }
+}
+
+/// No grace, no pause.
+fn flat_out(holder: &str) -> GcOptions<'_> {
+    GcOptions {
+        grace: Duration::ZERO,
+        holder,
+        lease_ttl: Duration::from_secs(60),
+        duty: 1.0,
     }
 }
 
@@ -243,7 +254,10 @@ async fn writes_that_dedup_onto_bytes_being_collected_lose_nothing() {
                 let holder = format!("collector-{i}");
                 let mut runs = 0u32;
                 while !stop.load(Ordering::Relaxed) {
-                    let gc = r.collect_garbage(Duration::ZERO, &holder, Duration::from_millis(200));
+                    let gc = r.collect_garbage(GcOptions {
+                        lease_ttl: Duration::from_millis(200),
+                        ..flat_out(&holder)
+                    });
                     gc.await.unwrap();
                     runs += 1;
                 }
