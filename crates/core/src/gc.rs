@@ -23,9 +23,6 @@ pub(crate) const GC_TOOK_THE_BYTES: &str =
     "the blob store (a garbage collection took these bytes meanwhile; send them again)";
 /// How long a writer waits for a collection that is deleting the digest it wants.
 const CLAIM_WAIT: Duration = Duration::from_secs(10);
-/// A doomed digest older than this belongs to a collection that stopped mid-way (one runs at
-/// a time, under a lease); the next collection finishes it.
-const STALE_DOOM: Duration = Duration::from_secs(600);
 /// Blobs, uploads and digests handled per step.
 const PAGE: usize = 1000;
 /// Digests doomed per metadata-store call.
@@ -122,12 +119,23 @@ impl Registry {
             duty,
         } = options;
         let mut report = GcReport::default();
+        let lease = || self.lease("gc", holder, lease_ttl);
+        if !lease().await? {
+            report.interrupted = true;
+            return Ok(report);
+        }
         let now = Timestamp::now();
         let cutoff = Timestamp::from_millis(now.as_millis() - grace.as_millis() as i64);
-        let stale =
-            Timestamp::from_millis(now.as_millis() - STALE_DOOM.max(lease_ttl).as_millis() as i64);
-        let stale = self.meta().doomed_blobs(stale).await?;
-        report.blobs += self.delete_doomed(stale).await?;
+        // One collection at a time holds the lease: a digest doomed before this one started
+        // belongs to one that stopped mid-way (killed, or its lease lapsed). Finish it.
+        loop {
+            let stale = self.meta().doomed_blobs(now).await?;
+            let (found, deleted) = (stale.len(), self.delete_doomed(stale).await?);
+            report.blobs += deleted;
+            if found < PAGE || deleted == 0 {
+                break;
+            }
+        }
 
         let mut after = None;
         loop {
@@ -147,9 +155,15 @@ impl Registry {
             for batch in unused.chunks(DOOM_BATCH) {
                 let now = Timestamp::now();
                 let doomed = self.meta().doom_blobs(batch, cutoff, now).await?;
+                // Still the one collection: a stalled one whose lease lapsed must not go on
+                // deleting what the next one already finished and released.
+                if !lease().await? {
+                    report.interrupted = true;
+                    return Ok(report);
+                }
                 report.blobs += self.delete_doomed(doomed).await?;
             }
-            if !self.lease("gc", holder, lease_ttl).await? {
+            if !lease().await? {
                 report.interrupted = true;
                 return Ok(report);
             }

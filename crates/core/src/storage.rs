@@ -298,7 +298,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// again.
     async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError>;
 
-    /// Digests doomed before `before` and never released (a collection that stopped).
+    /// Digests doomed before `before` and never released (a collection that stopped), at
+    /// most 1,000.
     async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError>;
 
     /// Which of `digests` no file stored in the blob store uses.
