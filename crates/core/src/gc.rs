@@ -82,6 +82,8 @@ impl Claim for BlobClaimer<'_> {
 pub struct GcReport {
     /// Blobs looked at.
     pub scanned: u64,
+    /// Blobs looked at and kept: what the store holds once the collection is done.
+    pub kept: u64,
     /// Blobs whose bytes were deleted.
     pub blobs: u64,
     /// Inline byte rows deleted.
@@ -150,6 +152,7 @@ impl Registry {
                 .map(|(digest, _)| *digest)
                 .collect();
             let unused = self.meta().unreferenced(&old).await?;
+            let before = report.blobs;
             // Small batches: on SQLite a batch is one job of the only writer, which writes
             // wait behind.
             for batch in unused.chunks(DOOM_BATCH) {
@@ -163,6 +166,7 @@ impl Registry {
                 }
                 report.blobs += self.delete_doomed(doomed).await?;
             }
+            report.kept += page.len() as u64 - (report.blobs - before);
             if !lease().await? {
                 report.interrupted = true;
                 return Ok(report);

@@ -343,7 +343,11 @@ async fn retention(state: AppState) {
                 continue;
             }
         }
-        match state.registry.sweep_retention().await {
+        let swept = state.registry.sweep_retention().await;
+        if let Ok(n) = swept {
+            state.metrics.record_retention(n);
+        }
+        match swept {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "packages deleted by retention rules"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
@@ -377,7 +381,11 @@ async fn collect_garbage(state: AppState) {
             lease_ttl: ttl,
             duty: GC_DUTY,
         };
-        match state.registry.collect_garbage(options).await {
+        let collected = state.registry.collect_garbage(options).await;
+        if let Ok(report) = &collected {
+            state.metrics.record_gc(report);
+        }
+        match collected {
             Ok(r) if r.blobs + r.inline + r.staged + r.orphans == 0 => {}
             Ok(r) => tracing::info!(
                 scanned = r.scanned,

@@ -57,6 +57,18 @@ type Labels = (&'static str, Arc<str>, u16);
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<Labels, Series>>,
+    lifecycle: Mutex<Lifecycle>,
+}
+
+/// What this process's garbage collections and retention sweeps did.
+#[derive(Default)]
+struct Lifecycle {
+    gc_runs: u64,
+    /// Blobs, inline byte rows, staged uploads, leftovers.
+    reclaimed: [u64; 4],
+    /// Blobs the store held after the last complete collection.
+    blobs: Option<u64>,
+    retention_deleted: u64,
 }
 
 /// The method as a label: one of the standard methods, or `other`.
@@ -87,9 +99,59 @@ impl Metrics {
         series.seconds += took.as_secs_f64();
     }
 
+    pub fn record_gc(&self, report: &artifactstore_core::gc::GcReport) {
+        let mut l = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        l.gc_runs += 1;
+        let kinds = [report.blobs, report.inline, report.staged, report.orphans];
+        for (total, n) in l.reclaimed.iter_mut().zip(kinds) {
+            *total += n;
+        }
+        if !report.interrupted {
+            l.blobs = Some(report.kept);
+        }
+    }
+
+    pub fn record_retention(&self, deleted: u64) {
+        let mut l = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        l.retention_deleted += deleted;
+    }
+
+    fn render_lifecycle(&self, out: &mut String) {
+        let l = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        out.push_str("# HELP artifactstore_gc_runs_total Garbage collections this process ran.\n");
+        out.push_str("# TYPE artifactstore_gc_runs_total counter\n");
+        let _ = writeln!(out, "artifactstore_gc_runs_total {}", l.gc_runs);
+        out.push_str("# HELP artifactstore_gc_reclaimed_total What garbage collection deleted.\n");
+        out.push_str("# TYPE artifactstore_gc_reclaimed_total counter\n");
+        for (kind, n) in ["blobs", "inline", "staged", "orphans"]
+            .iter()
+            .zip(l.reclaimed)
+        {
+            let _ = writeln!(
+                out,
+                "artifactstore_gc_reclaimed_total{{kind=\"{kind}\"}} {n}"
+            );
+        }
+        if let Some(blobs) = l.blobs {
+            out.push_str(
+                "# HELP artifactstore_gc_blobs Blobs stored after the last complete collection.\n",
+            );
+            out.push_str("# TYPE artifactstore_gc_blobs gauge\n");
+            let _ = writeln!(out, "artifactstore_gc_blobs {blobs}");
+        }
+        out.push_str("# HELP artifactstore_retention_deleted_total Packages retention deleted.\n");
+        out.push_str("# TYPE artifactstore_retention_deleted_total counter\n");
+        let _ = writeln!(
+            out,
+            "artifactstore_retention_deleted_total {}",
+            l.retention_deleted
+        );
+    }
+
     pub fn render(&self) -> String {
-        let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
+        self.render_lifecycle(&mut out);
+        let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         out.push_str("# HELP artifactstore_http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE artifactstore_http_requests_total counter\n");
         for ((method, route, status), s) in map.iter() {
@@ -148,7 +210,8 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("method=\"other\",route=\"unmatched\",status=\"405\"} 500"));
         assert!(!text.contains("JUNK"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 4);
+        let http = |l: &&str| l.starts_with("artifactstore_http");
+        assert_eq!(text.lines().filter(http).count(), 4);
     }
 
     #[test]

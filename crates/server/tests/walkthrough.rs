@@ -50,6 +50,10 @@ async fn the_readme_walkthrough_runs() {
         "hello",
         "download verified",
         "\"type\":\"package.finalized\"",
+        "\"held\":true",
+        "\"held\":false",
+        "\"open_uploads\":0",
+        "deleted",
     ] {
         assert!(
             stdout.to_lowercase().contains(&expected.to_lowercase()),
