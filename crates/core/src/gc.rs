@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 
 use crate::digest::Sha256Digest;
 use crate::error::Result;
@@ -27,8 +26,6 @@ const CLAIM_WAIT: Duration = Duration::from_secs(10);
 const PAGE: usize = 1000;
 /// Digests doomed per metadata-store call.
 const DOOM_BATCH: usize = 100;
-/// Blob deletions in flight at once (each a file and directory sync, or two S3 requests).
-const DELETES: usize = 16;
 
 /// The registry's [`Claim`]: claims a digest for one write and keeps the generation that
 /// [`MetadataStore::add_file`] checks.
@@ -210,27 +207,17 @@ impl Registry {
         Ok(report)
     }
 
-    /// Deletes the bytes of doomed digests, [`DELETES`] at once, then releases those that are
-    /// gone; one that could not be deleted stays doomed for the next collection.
+    /// Deletes the bytes of doomed digests, then releases them; if the blob store fails, they
+    /// stay doomed for the next collection (deleting is idempotent).
     async fn delete_doomed(&self, doomed: Vec<Sha256Digest>) -> Result<u64> {
         if doomed.is_empty() {
             return Ok(0);
         }
-        let deleted: Vec<Sha256Digest> = futures::stream::iter(doomed)
-            .map(|digest| async move {
-                match self.blobs().delete_blob(&digest).await {
-                    Ok(()) => Some(digest),
-                    Err(e) => {
-                        tracing::warn!(%digest, error = %e, "could not delete an unused blob");
-                        None
-                    }
-                }
-            })
-            .buffer_unordered(DELETES)
-            .filter_map(std::future::ready)
-            .collect()
-            .await;
-        self.meta().release_blobs(&deleted).await?;
-        Ok(deleted.len() as u64)
+        if let Err(e) = self.blobs().delete_blobs(&doomed).await {
+            tracing::warn!(blobs = doomed.len(), error = %e, "could not delete unused blobs");
+            return Ok(0);
+        }
+        self.meta().release_blobs(&doomed).await?;
+        Ok(doomed.len() as u64)
     }
 }

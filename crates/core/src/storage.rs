@@ -206,9 +206,10 @@ pub trait BlobStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Sha256Digest, Timestamp)>, StoreError>;
 
-    /// Deletes a blob's bytes; no error if they are gone already. Only garbage collection
-    /// calls it, for a digest it has doomed in the metadata store.
-    async fn delete_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError>;
+    /// Deletes blobs' bytes, all of them or (on an error) maybe some; no error for bytes that
+    /// are gone already. Only garbage collection calls it, for digests it has doomed in the
+    /// metadata store.
+    async fn delete_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError>;
 
     /// Uploads that have something staged, with the time it was last written (ms).
     async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError>;

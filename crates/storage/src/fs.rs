@@ -454,20 +454,27 @@ impl BlobStore for FsBlobStore {
         .await?)
     }
 
-    async fn delete_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
-        let path = self.blob_path(digest);
-        blocking(move || {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+    /// In one trip to the blocking pool: every unlink, then one sync per directory touched.
+    async fn delete_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
+        let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        let result = blocking(move || {
+            let mut dirs = std::collections::BTreeSet::new();
+            for path in &paths {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                dirs.insert(parent(path).to_path_buf());
             }
-            sync_dir(parent(&path))
+            dirs.iter().try_for_each(|dir| sync_dir(dir))
         })
-        .await?;
+        .await;
         // A kept-open descriptor would still read the deleted bytes.
-        self.open.stored(digest);
-        Ok(())
+        for digest in digests {
+            self.open.stored(digest);
+        }
+        Ok(result?)
     }
 
     async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError> {

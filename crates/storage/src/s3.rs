@@ -554,15 +554,31 @@ impl BlobStore for S3BlobStore {
             .collect())
     }
 
-    /// The pointer first, then its data object: a collection stopped in between leaves an
-    /// object no pointer names, which [`collect_orphans`](BlobStore::collect_orphans) finds.
-    async fn delete_blob(&self, digest: &Sha256Digest) -> Result<(), StoreError> {
-        self.forget(digest);
-        if let Some(pointer) = self.pointer(digest).await? {
-            self.forget(digest);
-            for key in [self.pointer_key(digest), Path::from(pointer.key)] {
-                match self.store.delete(&key).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+    /// Every pointer first, then their data objects, each kind in DeleteObjects batches: a
+    /// collection stopped in between leaves objects no pointer names, which
+    /// [`collect_orphans`](BlobStore::collect_orphans) finds.
+    async fn delete_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
+        let mut data = Vec::new();
+        let pointers = futures::stream::iter(digests.iter().copied())
+            .map(|digest| async move {
+                self.forget(&digest);
+                let pointer = self.pointer(&digest).await;
+                self.forget(&digest);
+                pointer.map(|p| p.map(|p| (digest, p)))
+            })
+            .buffer_unordered(16);
+        let found: Vec<_> = pointers.try_collect().await?;
+        let mut keys = Vec::new();
+        for (digest, pointer) in found.into_iter().flatten() {
+            keys.push(self.pointer_key(&digest));
+            data.push(Path::from(pointer.key));
+        }
+        for batch in [keys, data] {
+            let stream = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
+            let mut deleted = self.store.delete_stream(stream);
+            while let Some(result) = deleted.next().await {
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(s3(e)),
                 }
             }

@@ -261,15 +261,22 @@ async fn racing_retention_sweeps_delete_each_package_once() {
         .map(Result::unwrap)
         .sum();
     assert_eq!(deleted, 54, "60 packages, 2 kept per branch");
-    let events = rs[0]
-        .events(TENANT, 0, Some(1000), Duration::ZERO)
-        .await
-        .unwrap();
-    let deletions: Vec<_> = events
-        .iter()
-        .filter(|e| e.kind == EventType::PackageDeleted)
-        .map(|e| e.package_id)
-        .collect();
+    // Another replica's commits reach this one's tail within a follower wake-up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let deletions = loop {
+        let events = rs[0].events(TENANT, 0, Some(1000), Duration::ZERO);
+        let deletions: Vec<_> = events
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == EventType::PackageDeleted)
+            .map(|e| e.package_id)
+            .collect();
+        if deletions.len() >= 54 || Instant::now() > deadline {
+            break deletions;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let distinct: std::collections::BTreeSet<_> = deletions.iter().collect();
     assert_eq!((deletions.len(), distinct.len()), (54, 54));
     let query = PackageQuery::default();
