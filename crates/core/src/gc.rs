@@ -6,7 +6,7 @@
 //! in the metadata store, which succeeds only if no file uses it and no claim is younger
 //! than the grace period. A file is recorded only if its claim still stands undoomed.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,20 +31,20 @@ const DOOM_BATCH: usize = 100;
 /// [`MetadataStore::add_file`] checks.
 pub(crate) struct BlobClaimer<'a> {
     meta: &'a dyn MetadataStore,
-    generation: Mutex<Option<i64>>,
+    generation: OnceLock<i64>,
 }
 
 impl<'a> BlobClaimer<'a> {
     pub(crate) fn new(meta: &'a dyn MetadataStore) -> Self {
         Self {
             meta,
-            generation: Mutex::new(None),
+            generation: OnceLock::new(),
         }
     }
 
     /// The claim's generation, once [`claim`](Claim::claim) has run.
     pub(crate) fn generation(&self) -> Option<i64> {
-        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+        self.generation.get().copied()
     }
 }
 
@@ -59,7 +59,8 @@ impl Claim for BlobClaimer<'_> {
                 .claim_blob(&blob.digest, candidate, Timestamp::now())
                 .await?;
             if let Some(generation) = claimed {
-                *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = Some(generation);
+                // Each write claims once, after hashing.
+                let _ = self.generation.set(generation);
                 return Ok(());
             }
             // A collection is deleting these bytes right now: once it is done, they are
@@ -139,6 +140,12 @@ impl Registry {
         let mut after = None;
         loop {
             let started = tokio::time::Instant::now();
+            // Still the one collection, before anything of this page is doomed or deleted: a
+            // stalled one whose lease lapsed must not delete what its successor released.
+            if after.is_some() && !lease().await? {
+                report.interrupted = true;
+                return Ok(report);
+            }
             let page = self.blobs().list_blobs(after, PAGE).await?;
             let Some(&(last, _)) = page.last() else { break };
             after = Some(last);
@@ -155,19 +162,9 @@ impl Registry {
             for batch in unused.chunks(DOOM_BATCH) {
                 let now = Timestamp::now();
                 let doomed = self.meta().doom_blobs(batch, cutoff, now).await?;
-                // Still the one collection: a stalled one whose lease lapsed must not go on
-                // deleting what the next one already finished and released.
-                if !lease().await? {
-                    report.interrupted = true;
-                    return Ok(report);
-                }
                 report.blobs += self.delete_doomed(doomed).await?;
             }
             report.kept += page.len() as u64 - (report.blobs - before);
-            if !lease().await? {
-                report.interrupted = true;
-                return Ok(report);
-            }
             if page.len() < PAGE {
                 break;
             }
@@ -190,9 +187,8 @@ impl Registry {
         // an upload that is not open are no one's (expired, cancelled, or completed and
         // recorded before its leftovers could be removed).
         let staged = self.blobs().list_staged().await?;
-        for page in staged.chunks(PAGE) {
-            let ids: Vec<_> = page.iter().map(|(id, _)| *id).collect();
-            let open = self.meta().open_uploads(&ids).await?;
+        for ids in staged.chunks(PAGE) {
+            let open = self.meta().open_uploads(ids).await?;
             for id in ids.iter().filter(|id| !open.contains(id)) {
                 match self.blobs().stage_discard(id).await {
                     Ok(()) => report.staged += 1,

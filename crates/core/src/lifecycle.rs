@@ -29,25 +29,6 @@ impl RetentionRule {
     pub fn is_empty(&self) -> bool {
         self.max_age.is_none() && self.keep_last.is_none() && self.open_max_age.is_none()
     }
-
-    /// One line for `serve --help`-style listings and logs: `max_age=14d keep_last=5`.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(age) = self.max_age {
-            parts.push(format!("max_age={}", format_duration(age)));
-        }
-        if let Some(n) = self.keep_last {
-            parts.push(format!("keep_last={n}"));
-        }
-        if let Some(age) = self.open_max_age {
-            parts.push(format!("open_max_age={}", format_duration(age)));
-        }
-        if parts.is_empty() {
-            "keep forever".into()
-        } else {
-            parts.join(" ")
-        }
-    }
 }
 
 /// A tenant's quotas; `None` is no limit.
@@ -81,14 +62,10 @@ impl ByteRoom {
         }
     }
 
-    /// A body cut at `max_len` because of this quota (not the file-size limit) passed it.
-    pub(crate) fn explain(room: Option<Self>, max_file: u64, e: RegistryError) -> RegistryError {
-        match (room, e) {
-            (Some(room), RegistryError::TooLarge { .. }) if room.left() < max_file => {
-                room.exceeded()
-            }
-            (_, e) => e,
-        }
+    /// The quota, if it (and not `other`, the size limit it stands beside) is what cuts a
+    /// body: a body refused as too large was refused by this quota.
+    pub(crate) fn binding(room: Option<Self>, other: u64) -> Option<Self> {
+        room.filter(|room| room.left() < other)
     }
 }
 

@@ -262,17 +262,20 @@ impl Registry {
         body: ByteStream,
     ) -> Result<FileRecord> {
         let (media_type, expected) = self.check_new_file(&new)?;
-        let room = self.byte_room(tenant).await?;
         let max_file = self.config.max_file_bytes;
-        let max_len = room.map_or(max_file, |r| r.left().min(max_file));
-        let explain = |e: RegistryError| ByteRoom::explain(room, max_file, e);
+        let quota = ByteRoom::binding(self.byte_room(tenant).await?, max_file);
+        let max_len = quota.map_or(max_file, |q| q.left());
+        let explain = |e: StoreError| match (quota, e) {
+            (Some(quota), StoreError::TooLarge { .. }) => quota.exceeded(),
+            (_, e) => e.into(),
+        };
         // A small body is taken whole and goes to the metadata store, which checks the package
         // in the same step that adds the file; a large one is refused before its bytes are
         // taken when the package is not open.
         let inline_max = self.config.inline_max_bytes.min(INLINE_FILE_BYTES);
         let claim = BlobClaimer::new(&*self.meta);
         let head = read_head(body, inline_max, max_len).await;
-        let (blob, inline) = match head.map_err(|e| explain(e.into()))? {
+        let (blob, inline) = match head.map_err(explain)? {
             Head::Whole(chunks) => {
                 let bytes = concat(chunks);
                 let digest = Sha256Digest::of(&bytes);
@@ -283,7 +286,7 @@ impl Registry {
             Head::Partial(body) => {
                 self.open_package(tenant, package_id).await?;
                 let put = self.blobs.put(body, expected, max_len, &claim).await;
-                (put.map_err(|e| explain(e.into()))?, None)
+                (put.map_err(explain)?, None)
             }
         };
         let mut file = FileRecord::new(
@@ -445,13 +448,13 @@ impl Registry {
         }
         // The byte quota bounds the chunk too (a chunk of a declared length past it is
         // refused before a byte is written).
-        let quota = self.byte_room(tenant).await?;
+        let quota = ByteRoom::binding(self.byte_room(tenant).await?, room);
         if let (Some(quota), Some(len)) = (quota, chunk.len)
             && len > quota.left()
         {
             return Err(quota.exceeded());
         }
-        let room = quota.map_or(room, |q| q.left().min(room));
+        let room = quota.map_or(room, |q| q.left());
         let max_len = chunk.len.unwrap_or(room);
         let hasher = restore_hasher(&record)?;
         // Writing the staged bytes and moving the offset run to their end under the lock even
@@ -494,9 +497,7 @@ impl Registry {
             Err(Append::Advance(e)) => Err(self.upload_error(e)),
             Err(Append::Stage(StoreError::TooLarge { .. })) => Err(if declared_len.is_some() {
                 RegistryError::LengthMismatch { declared: max_len }
-            } else if let Some(quota) = quota
-                && quota.left() == max_len
-            {
+            } else if let Some(quota) = quota {
                 quota.exceeded()
             } else if let Some(size) = size {
                 RegistryError::BeyondDeclaredSize { size, offset }

@@ -211,8 +211,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// metadata store.
     async fn delete_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError>;
 
-    /// Uploads that have something staged, with the time it was last written (ms).
-    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError>;
+    /// Uploads that have something staged.
+    async fn list_staged(&self) -> Result<Vec<UploadId>, StoreError>;
 
     /// Deletes what a crash or a lost race left behind that no blob or upload names and
     /// that was written before `before`; returns how many objects or files.

@@ -320,85 +320,80 @@ async fn sweep(state: AppState) {
     }
 }
 
-/// Applies the retention rules every `retention_interval`, on one replica at a time (the one
-/// holding the `retention` lease; a lease lapses three intervals after its holder stopped).
+/// Runs `duty` every `interval` on the replica that holds the lease `name` (taken or renewed
+/// at each tick; it lapses three intervals after its holder stopped renewing it).
+async fn under_lease<F: Future<Output = ()>>(
+    state: &AppState,
+    name: &str,
+    interval: Duration,
+    mut duty: impl FnMut() -> F,
+) {
+    let holder = artifactstore_core::ids::instance_id();
+    let mut every = tokio::time::interval(interval);
+    loop {
+        every.tick().await;
+        match state.registry.lease(name, holder, interval * 3).await {
+            Ok(true) => duty().await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(lease = name, error = %e, "could not take a lease"),
+        }
+    }
+}
+
+/// Applies the retention rules every `retention_interval`, on one replica at a time.
 async fn retention(state: AppState) {
     if state.registry.config().retention.is_empty() {
         return;
     }
-    let holder = artifactstore_core::ids::instance_id();
     let interval = state.settings.retention_interval;
-    let mut every = tokio::time::interval(interval);
-    loop {
-        every.tick().await;
-        match state
-            .registry
-            .lease("retention", holder, interval * 3)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not take the retention lease");
-                continue;
+    under_lease(&state, "retention", interval, || async {
+        match state.registry.sweep_retention().await {
+            Ok(n) => {
+                state.metrics.record_retention(n);
+                if n > 0 {
+                    tracing::info!(deleted = n, "packages deleted by retention rules");
+                }
             }
-        }
-        let swept = state.registry.sweep_retention().await;
-        if let Ok(n) = swept {
-            state.metrics.record_retention(n);
-        }
-        match swept {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "packages deleted by retention rules"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
         }
-    }
+    })
+    .await
 }
 
 /// The share of its time a collection works: the rest is left to traffic.
 const GC_DUTY: f64 = 0.25;
 
-/// Collects garbage every `gc_interval`, on one replica at a time (the `gc` lease).
+/// Collects garbage every `gc_interval`, on one replica at a time (the `gc` lease, which the
+/// collection also renews as it goes).
 async fn collect_garbage(state: AppState) {
-    let holder = artifactstore_core::ids::instance_id();
-    let (interval, grace) = (state.settings.gc_interval, state.settings.gc_grace);
-    let ttl = interval * 3;
-    let mut every = tokio::time::interval(interval);
-    loop {
-        every.tick().await;
-        match state.registry.lease("gc", holder, ttl).await {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not take the garbage collection lease");
-                continue;
-            }
-        }
+    let interval = state.settings.gc_interval;
+    under_lease(&state, "gc", interval, || async {
         let started = std::time::Instant::now();
         let options = artifactstore_core::gc::GcOptions {
-            grace,
-            holder,
-            lease_ttl: ttl,
+            grace: state.settings.gc_grace,
+            holder: artifactstore_core::ids::instance_id(),
+            lease_ttl: interval * 3,
             duty: GC_DUTY,
         };
-        let collected = state.registry.collect_garbage(options).await;
-        if let Ok(report) = &collected {
-            state.metrics.record_gc(report);
-        }
-        match collected {
-            Ok(r) if r.blobs + r.inline + r.staged + r.orphans == 0 => {}
-            Ok(r) => tracing::info!(
-                scanned = r.scanned,
-                blobs = r.blobs,
-                inline = r.inline,
-                staged = r.staged,
-                orphans = r.orphans,
-                seconds = started.elapsed().as_secs_f64(),
-                "garbage collected"
-            ),
+        match state.registry.collect_garbage(options).await {
+            Ok(r) => {
+                state.metrics.record_gc(&r);
+                if r.blobs + r.inline + r.staged + r.orphans > 0 {
+                    tracing::info!(
+                        scanned = r.scanned,
+                        blobs = r.blobs,
+                        inline = r.inline,
+                        staged = r.staged,
+                        orphans = r.orphans,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "garbage collected"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
-    }
+    })
+    .await
 }
 
 /// `artifactstore serve`: resolve the configuration, listen, serve until SIGTERM or Ctrl-C.

@@ -362,6 +362,7 @@ impl BlobStore for FsBlobStore {
     ) -> Result<(), StoreError> {
         let staged = self.staging_path(upload);
         let target = self.blob_path(&blob.digest);
+        let replacement = self.temp_path();
         blocking(move || {
             if present(&target, blob.size) {
                 return sync_dir(parent(&target));
@@ -397,10 +398,10 @@ impl BlobStore for FsBlobStore {
             match std::fs::hard_link(&staged, &target) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // A blob of the wrong size under this name is damaged: replace it.
-                    let tmp = target.with_extension("replace");
-                    std::fs::hard_link(&staged, &tmp)?;
-                    std::fs::rename(&tmp, &target)?;
+                    // A blob of the wrong size under this name is damaged: replace it (by a
+                    // link in `tmp/`, which a crash leaves to be removed at the next start).
+                    std::fs::hard_link(&staged, &replacement)?;
+                    std::fs::rename(&replacement, &target)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -477,14 +478,13 @@ impl BlobStore for FsBlobStore {
         Ok(result?)
     }
 
-    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError> {
+    async fn list_staged(&self) -> Result<Vec<UploadId>, StoreError> {
         let dir = self.inner.uploads.clone();
         Ok(blocking(move || {
             let mut staged = Vec::new();
             for entry in std::fs::read_dir(&dir)? {
-                let entry = entry?;
-                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                    staged.push((id, modified(&entry.metadata()?)));
+                if let Some(id) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    staged.push(id);
                 }
             }
             Ok(staged)
@@ -492,26 +492,10 @@ impl BlobStore for FsBlobStore {
         .await?)
     }
 
-    /// A repair's hard link (`<hex>.replace`) that a crash left in a fan-out directory.
-    /// (Temporary files of interrupted writes are removed when the store opens.)
-    async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let root = self.inner.blobs.clone();
-        Ok(blocking(move || {
-            let mut removed = 0;
-            for byte in 0..=255u8 {
-                for entry in std::fs::read_dir(root.join(format!("{byte:02x}")))? {
-                    let entry = entry?;
-                    let name = entry.file_name();
-                    let leftover = name.to_str().is_some_and(|n| n.ends_with(".replace"));
-                    if leftover && modified(&entry.metadata()?) < before {
-                        std::fs::remove_file(entry.path())?;
-                        removed += 1;
-                    }
-                }
-            }
-            Ok(removed)
-        })
-        .await?)
+    /// Nothing: the only leftovers of a crash here are temporary files (of writes and of
+    /// repairs), removed when the store opens.
+    async fn collect_orphans(&self, _before: Timestamp) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }
 

@@ -35,17 +35,17 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         2,
         "lifecycle",
-        include_str!("../migrations/postgres/0002_lifecycle.sql"),
+        include_str!("../migrations/common/lifecycle.sql"),
     ),
     (
         3,
         "blob claims",
-        include_str!("../migrations/postgres/0003_blob_claims.sql"),
+        include_str!("../migrations/common/blob_claims.sql"),
     ),
     (
         4,
         "tenant usage",
-        include_str!("../migrations/postgres/0004_tenant_usage.sql"),
+        include_str!("../migrations/common/tenant_usage.sql"),
     ),
 ];
 
@@ -312,52 +312,7 @@ async fn append_event(conn: &mut PgConnection, event: &NewEvent) -> Result<u64, 
     Ok(sequence as u64)
 }
 
-/// The package `id` of `tenant`, its row locked until the transaction ends, or `NotFound`.
-async fn locked_package(
-    conn: &mut PgConnection,
-    tenant: &str,
-    id: PackageId,
-) -> Result<Package, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1 AND tenant = $2 FOR UPDATE"
-    ))
-    .bind(id.to_string())
-    .bind(tenant)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(sql_error)?
-    .ok_or(StoreError::NotFound)?;
-    package_from_row(&row)
-}
-
-/// A tenant's bytes, its usage row locked (after the package's and upload's rows, before the
-/// event counter: the one lock order of every transaction).
-async fn lock_used_bytes(conn: &mut PgConnection, tenant: &str) -> Result<i64, StoreError> {
-    let used: Option<i64> = sqlx::query_scalar(&format!("{USED_BYTES} FOR UPDATE"))
-        .bind(tenant)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(sql_error)?;
-    Ok(used.unwrap_or(0))
-}
-
-async fn add_usage(
-    conn: &mut PgConnection,
-    tenant: &str,
-    bytes: i64,
-    packages: i64,
-    open_uploads: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(ADD_USAGE)
-        .bind(tenant)
-        .bind(bytes)
-        .bind(packages)
-        .bind(open_uploads)
-        .execute(&mut *conn)
-        .await
-        .map_err(sql_error)?;
-    Ok(())
-}
+transaction_steps!(PgConnection, " FOR UPDATE");
 
 /// The event builder of a change, taken once (the transaction's body is not retried).
 fn take_event(event: &mut Option<EventFor>) -> Result<EventFor, StoreError> {
@@ -481,7 +436,7 @@ impl MetadataStore for PgStore {
             // A doom waits for this share lock, and then sees this file; a doom that came
             // first leaves no claim standing here.
             if checks.max_bytes.is_some() && upload.is_none() {
-                let used = lock_used_bytes(conn, &file.tenant).await?;
+                let used = used_bytes(conn, &file.tenant).await?;
                 check_quota(checks.max_bytes, used, file.size as i64)?;
             }
             if let Some(generation) = checks.claim {
@@ -730,18 +685,7 @@ impl MetadataStore for PgStore {
             if package.held {
                 return Err(StoreError::Held);
             }
-            for sql in [
-                "DELETE FROM package_metadata WHERE package_id = $1",
-                "DELETE FROM files WHERE package_id = $1",
-                "DELETE FROM packages WHERE id = $1",
-            ] {
-                sqlx::query(sql)
-                    .bind(id.to_string())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(sql_error)?;
-            }
-            add_usage(conn, tenant, -(package.total_size as i64), -1, 0).await?;
+            delete_package_rows(conn, &package).await?;
             let sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
             Ok((package, Some(sequence)))
         }))
@@ -760,15 +704,7 @@ impl MetadataStore for PgStore {
             if package.held == held {
                 return Ok((package, None));
             }
-            let row = sqlx::query(&format!(
-                "UPDATE packages SET held = $1 WHERE id = $2 RETURNING {PACKAGE_COLUMNS}"
-            ))
-            .bind(held)
-            .bind(id.to_string())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(sql_error)?;
-            let package = package_from_row(&row)?;
+            let package = update_held(conn, id, held).await?;
             let sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
             Ok((package, Some(sequence)))
         }))
@@ -868,7 +804,7 @@ impl MetadataStore for PgStore {
             let grown = hasher.len() as i64 - from_offset as i64;
             // After the upload's row, like `add_file`: one lock order.
             if max_bytes.is_some() {
-                let used = lock_used_bytes(&mut tx, tenant).await?;
+                let used = used_bytes(&mut tx, tenant).await?;
                 check_quota(max_bytes, used, grown)?;
             }
             add_usage(&mut tx, tenant, grown, 0, 0).await?;

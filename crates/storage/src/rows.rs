@@ -399,9 +399,6 @@ pub(crate) const ADD_USAGE: &str = "INSERT INTO tenant_usage (tenant, bytes, pac
      packages = tenant_usage.packages + excluded.packages, \
      open_uploads = tenant_usage.open_uploads + excluded.open_uploads";
 
-/// A tenant's bytes (`$1` tenant); no row is 0.
-pub(crate) const USED_BYTES: &str = "SELECT bytes FROM tenant_usage WHERE tenant = $1";
-
 /// `QuotaExceeded` if `used` + `adding` passes `max_bytes` (adding nothing never does).
 pub(crate) fn check_quota(
     max_bytes: Option<u64>,
@@ -418,6 +415,100 @@ pub(crate) fn check_quota(
         _ => Ok(()),
     }
 }
+
+/// The steps both engines take the same way inside a change's transaction, defined once and
+/// compiled per connection type (as `on_pool!` does for reads). `$lock` ends the statements
+/// that read a row the transaction then relies on: ` FOR UPDATE` on PostgreSQL; nothing on
+/// SQLite, whose single writer changes nothing behind a transaction's back.
+macro_rules! transaction_steps {
+    ($conn:ty, $lock:literal) => {
+        /// The package `id` of `tenant`, locked to the transaction's end, or `NotFound`.
+        async fn locked_package(
+            conn: &mut $conn,
+            tenant: &str,
+            id: PackageId,
+        ) -> Result<Package, StoreError> {
+            let row = sqlx::query(&format!(
+                "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1 AND tenant = $2{}",
+                $lock
+            ))
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(sql_error)?
+            .ok_or(StoreError::NotFound)?;
+            package_from_row(&row)
+        }
+
+        /// A tenant's bytes (no row is 0), its usage row locked (after the package's and
+        /// upload's rows, before the event counter: the one lock order of every transaction).
+        async fn used_bytes(conn: &mut $conn, tenant: &str) -> Result<i64, StoreError> {
+            let sql = concat!("SELECT bytes FROM tenant_usage WHERE tenant = $1", $lock);
+            let used: Option<i64> = sqlx::query_scalar(sql)
+                .bind(tenant)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            Ok(used.unwrap_or(0))
+        }
+
+        async fn add_usage(
+            conn: &mut $conn,
+            tenant: &str,
+            bytes: i64,
+            packages: i64,
+            open_uploads: i64,
+        ) -> Result<(), StoreError> {
+            sqlx::query(ADD_USAGE)
+                .bind(tenant)
+                .bind(bytes)
+                .bind(packages)
+                .bind(open_uploads)
+                .execute(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            Ok(())
+        }
+
+        /// Deletes a (locked) package's rows and takes it off its tenant's usage.
+        async fn delete_package_rows(
+            conn: &mut $conn,
+            package: &Package,
+        ) -> Result<(), StoreError> {
+            for sql in [
+                "DELETE FROM package_metadata WHERE package_id = $1",
+                "DELETE FROM files WHERE package_id = $1",
+                "DELETE FROM packages WHERE id = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(package.id.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+            }
+            add_usage(conn, &package.tenant, -(package.total_size as i64), -1, 0).await
+        }
+
+        /// Sets a (locked) package's hold; the package as changed.
+        async fn update_held(
+            conn: &mut $conn,
+            id: PackageId,
+            held: bool,
+        ) -> Result<Package, StoreError> {
+            let row = sqlx::query(&format!(
+                "UPDATE packages SET held = $1 WHERE id = $2 RETURNING {PACKAGE_COLUMNS}"
+            ))
+            .bind(held)
+            .bind(id.to_string())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+            package_from_row(&row)
+        }
+    };
+}
+pub(crate) use transaction_steps;
 
 /// Expired uploads' `(tenant, id, offset)` rows, and what they took from each tenant's usage:
 /// `(tenant, bytes, uploads)`, in tenant order (so two sweeps lock usage rows in one order).

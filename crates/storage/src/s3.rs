@@ -199,6 +199,41 @@ impl S3BlobStore {
         }
     }
 
+    /// The pointers of `digests` as the bucket has them now, 16 lookups at once; digests
+    /// without one are left out. Never from the cache: a cached pointer may name an object
+    /// that a collection on another replica deleted, and the digest's bytes since live in
+    /// another.
+    async fn fresh_pointers(
+        &self,
+        digests: Vec<Sha256Digest>,
+    ) -> Result<Vec<(Sha256Digest, Pointer)>, StoreError> {
+        let found: Vec<_> = futures::stream::iter(digests)
+            .map(|digest| async move {
+                self.forget(&digest);
+                Ok::<_, StoreError>(self.pointer(&digest).await?.map(|p| (digest, p)))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Deletes `keys` (DeleteObjects, 1,000 a request); keys that are gone already are no
+    /// error.
+    async fn delete_all(
+        &self,
+        keys: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> Result<(), StoreError> {
+        let mut deleted = self.store.delete_stream(keys);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(s3(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes an object no one refers to; failing only costs space (a later sweep finds it).
     async fn delete_quietly(&self, key: &Path) {
         if let Err(e) = self.store.delete(key).await
@@ -517,19 +552,8 @@ impl BlobStore for S3BlobStore {
 
     async fn stage_discard(&self, upload: &UploadId) -> Result<(), StoreError> {
         let prefix = self.upload_prefix(upload);
-        let keys = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| meta.location)
-            .boxed();
-        let mut deleted = self.store.delete_stream(keys);
-        while let Some(result) = deleted.next().await {
-            match result {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(s3(e)),
-            }
-        }
-        Ok(())
+        let keys = self.store.list(Some(&prefix)).map_ok(|meta| meta.location);
+        self.delete_all(keys.boxed()).await
     }
 
     async fn list_blobs(
@@ -558,56 +582,39 @@ impl BlobStore for S3BlobStore {
     /// collection stopped in between leaves objects no pointer names, which
     /// [`collect_orphans`](BlobStore::collect_orphans) finds.
     async fn delete_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
-        let mut data = Vec::new();
-        let pointers = futures::stream::iter(digests.iter().copied())
-            .map(|digest| async move {
-                self.forget(&digest);
-                let pointer = self.pointer(&digest).await;
-                self.forget(&digest);
-                pointer.map(|p| p.map(|p| (digest, p)))
-            })
-            .buffer_unordered(16);
-        let found: Vec<_> = pointers.try_collect().await?;
-        let mut keys = Vec::new();
-        for (digest, pointer) in found.into_iter().flatten() {
-            keys.push(self.pointer_key(&digest));
-            data.push(Path::from(pointer.key));
+        let found = self.fresh_pointers(digests.to_vec()).await?;
+        let (mut keys, mut data) = (Vec::new(), Vec::new());
+        for (digest, pointer) in found {
+            self.forget(&digest);
+            keys.push(Ok(self.pointer_key(&digest)));
+            data.push(Ok(Path::from(pointer.key)));
         }
         for batch in [keys, data] {
-            let stream = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
-            let mut deleted = self.store.delete_stream(stream);
-            while let Some(result) = deleted.next().await {
-                match result {
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(s3(e)),
-                }
-            }
+            self.delete_all(futures::stream::iter(batch).boxed())
+                .await?;
         }
         Ok(())
     }
 
-    async fn list_staged(&self) -> Result<Vec<(UploadId, Timestamp)>, StoreError> {
-        let prefix = self.key("uploads");
+    async fn list_staged(&self) -> Result<Vec<UploadId>, StoreError> {
         let metas: Vec<_> = self
             .store
-            .list(Some(&prefix))
+            .list(Some(&self.key("uploads")))
             .try_collect()
             .await
             .map_err(s3)?;
-        let mut staged = std::collections::BTreeMap::<UploadId, Timestamp>::new();
-        for meta in metas {
-            let parts: Vec<_> = meta.location.parts().collect();
-            let Some(id) = parts
-                .len()
-                .checked_sub(2)
-                .and_then(|i| parts[i].as_ref().parse::<UploadId>().ok())
-            else {
-                continue;
-            };
-            let written = written(&meta);
-            let entry = staged.entry(id).or_insert(written);
-            *entry = (*entry).max(written);
-        }
+        // `uploads/<id>/<offset>-<ulid>`: the id is the segment before the last.
+        let staged: std::collections::BTreeSet<UploadId> = metas
+            .iter()
+            .filter_map(|meta| {
+                let parts: Vec<_> = meta.location.parts().collect();
+                parts
+                    .get(parts.len().checked_sub(2)?)?
+                    .as_ref()
+                    .parse()
+                    .ok()
+            })
+            .collect();
         Ok(staged.into_iter().collect())
     }
 
@@ -634,21 +641,18 @@ impl BlobStore for S3BlobStore {
             let page = self.list_blobs(after, 1000).await?;
             let Some(&(last, _)) = page.last() else { break };
             after = Some(last);
-            for (digest, _) in &page {
-                if let Some(pointer) = self.pointer(digest).await? {
-                    named.insert(pointer.key);
-                }
-            }
+            let digests = page.iter().map(|(digest, _)| *digest).collect();
+            let pointers = self.fresh_pointers(digests).await?;
+            named.extend(pointers.into_iter().map(|(_, p)| p.key));
         }
-        let mut removed = 0;
-        for meta in data {
-            if !named.contains(meta.location.as_ref()) {
-                match self.store.delete(&meta.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
-                    Err(e) => return Err(s3(e)),
-                }
-            }
-        }
+        let orphans: Vec<_> = data
+            .into_iter()
+            .filter(|meta| !named.contains(meta.location.as_ref()))
+            .map(|meta| Ok(meta.location))
+            .collect();
+        let removed = orphans.len() as u64;
+        self.delete_all(futures::stream::iter(orphans).boxed())
+            .await?;
         Ok(removed)
     }
 }

@@ -53,17 +53,17 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         5,
         "lifecycle",
-        include_str!("../migrations/sqlite/0005_lifecycle.sql"),
+        include_str!("../migrations/common/lifecycle.sql"),
     ),
     (
         6,
         "blob claims",
-        include_str!("../migrations/sqlite/0006_blob_claims.sql"),
+        include_str!("../migrations/common/blob_claims.sql"),
     ),
     (
         7,
         "tenant usage",
-        include_str!("../migrations/sqlite/0007_tenant_usage.sql"),
+        include_str!("../migrations/common/tenant_usage.sql"),
     ),
 ];
 
@@ -521,51 +521,7 @@ async fn append_event(conn: &mut SqliteConnection, event: NewEvent) -> Result<Ev
     Ok(committed_event(event, sequence))
 }
 
-async fn used_bytes(conn: &mut SqliteConnection, tenant: &str) -> Result<i64, StoreError> {
-    let used: Option<i64> = sqlx::query_scalar(USED_BYTES)
-        .bind(tenant)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(sql_error)?;
-    Ok(used.unwrap_or(0))
-}
-
-async fn add_usage(
-    conn: &mut SqliteConnection,
-    tenant: &str,
-    bytes: i64,
-    packages: i64,
-    open_uploads: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(ADD_USAGE)
-        .bind(tenant)
-        .bind(bytes)
-        .bind(packages)
-        .bind(open_uploads)
-        .execute(&mut *conn)
-        .await
-        .map_err(sql_error)?;
-    Ok(())
-}
-
-/// The package `id` of `tenant` as the writer's transaction sees it (the only writer: no one
-/// changes it before the transaction ends), or `NotFound`.
-async fn locked_package(
-    conn: &mut SqliteConnection,
-    tenant: &str,
-    id: PackageId,
-) -> Result<Package, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = ? AND tenant = ?"
-    ))
-    .bind(id.to_string())
-    .bind(tenant)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(sql_error)?
-    .ok_or(StoreError::NotFound)?;
-    package_from_row(&row)
-}
+transaction_steps!(SqliteConnection, "");
 
 async fn upload_state(
     conn: &mut SqliteConnection,
@@ -916,19 +872,7 @@ impl MetadataStore for SqliteStore {
                     if package.held {
                         return Err(StoreError::Held);
                     }
-                    let id = id.to_string();
-                    for sql in [
-                        "DELETE FROM package_metadata WHERE package_id = ?",
-                        "DELETE FROM files WHERE package_id = ?",
-                        "DELETE FROM packages WHERE id = ?",
-                    ] {
-                        sqlx::query(sql)
-                            .bind(&id)
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(sql_error)?;
-                    }
-                    add_usage(conn, &tenant, -(package.total_size as i64), -1, 0).await?;
+                    delete_package_rows(conn, &package).await?;
                     let event = append_event(conn, event(&package)).await?;
                     Ok((package, Some(event)))
                 })
@@ -952,15 +896,7 @@ impl MetadataStore for SqliteStore {
                 if package.held == held {
                     return Ok((package, None));
                 }
-                let row = sqlx::query(&format!(
-                    "UPDATE packages SET held = ? WHERE id = ? RETURNING {PACKAGE_COLUMNS}"
-                ))
-                .bind(held)
-                .bind(id.to_string())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(sql_error)?;
-                let package = package_from_row(&row)?;
+                let package = update_held(conn, id, held).await?;
                 let event = append_event(conn, event(&package)).await?;
                 Ok((package, Some(event)))
             })

@@ -665,7 +665,6 @@ async fn an_old_database_learns_where_its_files_live() {
             "DROP TABLE blob_claims",
             "DROP INDEX files_by_sha256",
             "DROP INDEX files_by_package",
-            "DROP INDEX packages_for_retention",
             "DROP INDEX packages_by_class_subject",
             "DROP TABLE leases",
             "ALTER TABLE packages DROP COLUMN held",

@@ -1,3 +1,4 @@
+-- One text for both engines (SQLite's migration 7, PostgreSQL's 4).
 -- What each tenant uses, kept by every change in its own transaction (for quotas and
 -- GET /usage without summing): bytes = sizes of its files + offsets of its open uploads.
 CREATE TABLE tenant_usage (

@@ -1,3 +1,4 @@
+-- One text for both engines (SQLite's migration 6, PostgreSQL's 3).
 -- Garbage collection's coordination with writers (ARCHITECTURE.md, "Garbage collection"): a
 -- writer claims a digest (touched_at, with a generation) before it publishes or dedups onto
 -- its bytes; a collection dooms it (doomed_at) before deleting them, only if no file uses it

@@ -1,8 +1,9 @@
--- Lifecycle: holds, and the indexes deletion, retention and garbage collection read by
--- (the same as SQLite's 0005).
+-- Lifecycle: holds, the leases of background duties, and the indexes deletion, retention and
+-- garbage collection read by. One text for both engines (SQLite's migration 5, PostgreSQL's 2).
 ALTER TABLE packages ADD COLUMN held BOOLEAN NOT NULL DEFAULT FALSE;
-CREATE INDEX packages_for_retention ON packages (retention_class, state, finalized_at);
+-- Retention: a class's finalized packages per tenant and subject, newest first.
 CREATE INDEX packages_by_class_subject ON packages (retention_class, tenant, subject, state, finalized_at);
+-- Deleting a package's files; "does a file use this digest" for garbage collection.
 CREATE INDEX files_by_package ON files (package_id);
 CREATE INDEX files_by_sha256 ON files (sha256, inline);
 -- Background duties that one replica at a time should run (retention, garbage collection):
