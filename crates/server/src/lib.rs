@@ -94,7 +94,16 @@ impl AppState {
         };
         let blobs: Arc<dyn BlobStore> = match &settings.blobs {
             config::Blobs::Dir(dir) => Arc::new(FsBlobStore::open(dir).await?),
-            config::Blobs::S3(url) => Arc::new(S3BlobStore::open(url)?),
+            config::Blobs::S3(url) => {
+                if settings.gc_grace < 2 * S3BlobStore::JOURNAL_REFRESH {
+                    tracing::warn!(
+                        grace_secs = settings.gc_grace.as_secs(),
+                        "a garbage collection grace under {} s may abort S3 multipart uploads still under way",
+                        2 * S3BlobStore::JOURNAL_REFRESH.as_secs()
+                    );
+                }
+                Arc::new(S3BlobStore::open(url)?)
+            }
         };
         let config = RegistryConfig {
             max_file_bytes: settings.max_file_bytes,

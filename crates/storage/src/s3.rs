@@ -16,6 +16,10 @@
 //!   streams the listed objects, re-hashing them, into a new data object, then writes the
 //!   pointer; discard deletes everything under the upload's prefix.
 //!
+//! - `multipart/<ulid>` — the journal of a multipart upload under way (its key and upload
+//!   id), written before its first part, rewritten every minute, deleted once it is complete
+//!   or aborted: a collection aborts the uploads whose journal grew old (a crash left them).
+//!
 //! Objects of at most [`PART`] bytes are one PUT; longer ones a multipart upload of
 //! [`PART`]-byte parts (S3 wants non-last parts of 5 MiB or more; 8 MiB parts fit 64 GiB in
 //! 8,192 parts), two in flight: memory per request stays near three parts, whatever the
@@ -33,10 +37,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
-    PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt,
+    PutMode, PutOptions, PutPayload, RetryConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +69,106 @@ struct Pointer {
     size: u64,
 }
 
+/// What `multipart/<ulid>` holds while a multipart upload is under way: object_store cannot
+/// list the multipart uploads of a bucket, so this is how a collection finds the ones a crash
+/// left, with their parts' bytes, and aborts them.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    key: String,
+    id: MultipartId,
+}
+
+/// The parts of one multipart upload: chunks cut at `PART` bytes, each part a task of its own,
+/// at most `PARTS_IN_FLIGHT` at once. Dropped, it aborts the parts' tasks (the upload itself
+/// is left to its journal).
+struct Parts {
+    store: Arc<AmazonS3>,
+    key: Path,
+    id: MultipartId,
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    next: usize,
+    sent: tokio::task::JoinSet<object_store::Result<(usize, PartId)>>,
+    done: Vec<Option<PartId>>,
+}
+
+impl Parts {
+    fn new(store: Arc<AmazonS3>, key: Path, id: MultipartId) -> Self {
+        Self {
+            store,
+            key,
+            id,
+            pending: Vec::new(),
+            pending_len: 0,
+            next: 0,
+            sent: tokio::task::JoinSet::new(),
+            done: Vec::new(),
+        }
+    }
+
+    async fn push(&mut self, mut chunk: Bytes) -> Result<(), StoreError> {
+        while self.pending_len + chunk.len() >= PART {
+            let cut = chunk.split_to(PART - self.pending_len);
+            self.pending.push(cut);
+            self.send().await?;
+        }
+        if !chunk.is_empty() {
+            self.pending_len += chunk.len();
+            self.pending.push(chunk);
+        }
+        Ok(())
+    }
+
+    /// Sends what is pending as the next part, once fewer than `PARTS_IN_FLIGHT` are.
+    async fn send(&mut self) -> Result<(), StoreError> {
+        while self.sent.len() >= PARTS_IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        let payload = PutPayload::from_iter(std::mem::take(&mut self.pending));
+        self.pending_len = 0;
+        let (store, key, id, index) = (
+            self.store.clone(),
+            self.key.clone(),
+            self.id.clone(),
+            self.next,
+        );
+        self.next += 1;
+        self.sent.spawn(async move {
+            let part = store.put_part(&key, &id, index, payload).await?;
+            Ok((index, part))
+        });
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<(), StoreError> {
+        let Some(joined) = self.sent.join_next().await else {
+            return Ok(());
+        };
+        let (index, part) = joined
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(s3)?;
+        if self.done.len() <= index {
+            self.done.resize(index + 1, None);
+        }
+        self.done[index] = Some(part);
+        Ok(())
+    }
+
+    /// Sends the last part and waits for all: the part ids in order.
+    async fn finish(mut self) -> Result<Vec<PartId>, StoreError> {
+        if self.pending_len > 0 {
+            self.send().await?;
+        }
+        while !self.sent.is_empty() {
+            self.settle_one().await?;
+        }
+        self.done
+            .into_iter()
+            .map(|part| part.ok_or_else(|| StoreError::Corrupt("a part went missing".into())))
+            .collect()
+    }
+}
+
 /// One staged object of an upload: its key under the prefix and its length.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Staged {
@@ -72,6 +177,10 @@ struct Staged {
 }
 
 impl S3BlobStore {
+    /// How often a live multipart upload rewrites its journal. A collection's grace period
+    /// must be well longer, or it may abort uploads still under way (the server warns).
+    pub const JOURNAL_REFRESH: Duration = Duration::from_secs(60);
+
     /// Opens `url` (`s3://bucket/prefix`), with the endpoint, region and keys from the
     /// standard `AWS_*` variables (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, …). Requests are retried twice within 5 s
@@ -281,36 +390,130 @@ impl S3BlobStore {
                 }
             }
         }
-        let upload = self.store.put_multipart(key).await.map_err(s3)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-        for chunk in head {
-            writer.put(chunk);
+        self.write_multipart(key, head, body, |chunk| taken(chunk, &mut hasher))
+            .await?;
+        Ok(hasher)
+    }
+
+    /// Streams `head` and then the rest of `body` into a multipart upload of `PART`-byte
+    /// parts at `key`, `PARTS_IN_FLIGHT` parts in flight; `taken` sees every chunk of the rest
+    /// first. Journaled (see [`Journal`]) from before its first part until it is complete or
+    /// aborted.
+    async fn write_multipart(
+        &self,
+        key: &Path,
+        head: Vec<Bytes>,
+        mut body: ByteStream,
+        mut taken: impl FnMut(&Bytes) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let id = self.store.create_multipart(key).await.map_err(s3)?;
+        let journal = self.key(&format!("multipart/{}", ulid::Ulid::new()));
+        let record = Journal {
+            key: key.to_string(),
+            id: id.clone(),
+        };
+        let record = Bytes::from(
+            serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        if let Err(e) = self.store.put(&journal, record.clone().into()).await {
+            self.abort_multipart(key, &id).await;
+            return Err(s3(e));
         }
+        // Rewritten while the upload lives, so that only a dead writer's journal grows old;
+        // a rewrite that lands after the journal was deleted only costs a needless abort.
+        let refresher = {
+            let (store, journal) = (self.store.clone(), journal.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Self::JOURNAL_REFRESH).await;
+                    if let Err(e) = store.put(&journal, record.clone().into()).await {
+                        tracing::warn!(journal = %journal, error = %e, "could not refresh a multipart journal");
+                    }
+                }
+            })
+        };
+        let mut parts = Parts::new(self.store.clone(), key.clone(), id.clone());
         let streamed = async {
+            for chunk in head {
+                parts.push(chunk).await?;
+            }
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(StoreError::Body)?;
-                taken(&chunk, &mut hasher)?;
-                writer
-                    .wait_for_capacity(PARTS_IN_FLIGHT)
-                    .await
-                    .map_err(s3)?;
-                writer.put(chunk);
+                taken(&chunk)?;
+                parts.push(chunk).await?;
             }
-            Ok(())
+            let done = parts.finish().await?;
+            self.store
+                .complete_multipart(key, &id, done)
+                .await
+                .map_err(s3)
         }
         .await;
-        match streamed {
-            Ok(()) => {
-                writer.finish().await.map_err(s3)?;
-                Ok(hasher)
-            }
-            Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(key = %key, error = %abort, "could not abort a multipart upload");
-                }
-                Err(e)
-            }
+        refresher.abort();
+        if streamed.is_err() {
+            self.abort_multipart(key, &id).await;
         }
+        self.delete_quietly(&journal).await;
+        streamed.map(drop)
+    }
+
+    /// Aborts a multipart upload no one will complete; failing only costs space until a
+    /// collection finds its journal.
+    async fn abort_multipart(&self, key: &Path, id: &MultipartId) {
+        if let Err(e) = self.store.abort_multipart(key, id).await {
+            tracing::warn!(key = %key, error = %e, "could not abort a multipart upload");
+        }
+    }
+
+    /// The objects under `under` last written before `before`.
+    async fn written_before(
+        &self,
+        under: &str,
+        before: Timestamp,
+    ) -> Result<Vec<object_store::ObjectMeta>, StoreError> {
+        self.store
+            .list(Some(&self.key(under)))
+            .try_filter(|meta| futures::future::ready(written(meta) < before))
+            .try_collect()
+            .await
+            .map_err(s3)
+    }
+
+    /// Aborts the multipart uploads whose journal was last written before `before` (their
+    /// writer is gone: a live one rewrites it every [`Self::JOURNAL_REFRESH`]) and deletes the
+    /// journals; returns how many.
+    async fn collect_multipart(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let stale = self.written_before("multipart", before).await?;
+        let aborted: Vec<u64> = futures::stream::iter(stale)
+            .map(|meta| async move {
+                let bytes = match self.store.get(&meta.location).await {
+                    Ok(got) => got.bytes().await.map_err(s3)?,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(0),
+                    Err(e) => return Err(s3(e)),
+                };
+                match serde_json::from_slice::<Journal>(&bytes) {
+                    Ok(journal) => match self
+                        .store
+                        .abort_multipart(&Path::from(journal.key), &journal.id)
+                        .await
+                        .map_err(s3)
+                    {
+                        // Gone already (completed by a writer that died before deleting
+                        // its journal, or aborted): S3 answers 404, some servers 403.
+                        Ok(()) | Err(StoreError::NotFound | StoreError::Io(_)) => {}
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => {
+                        tracing::warn!(journal = %meta.location, error = %e, "unreadable multipart journal");
+                    }
+                }
+                self.delete_quietly(&meta.location).await;
+                Ok(1)
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(aborted.iter().sum())
     }
 
     /// The bytes `range` of the object `key`, streamed.
@@ -620,19 +823,13 @@ impl BlobStore for S3BlobStore {
 
     /// Data objects written before `before` that no pointer names: a writer that crashed
     /// before publishing, a collection stopped between pointer and object, the loser of a
-    /// pointer race that could not delete its own. (An S3 multipart upload that a crash left
-    /// unfinished is not listed by object_store; the bucket's AbortIncompleteMultipartUpload
-    /// rule reclaims those.)
+    /// pointer race that could not delete its own; and multipart uploads a crash left (found
+    /// by their journals).
     async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let data: Vec<_> = self
-            .store
-            .list(Some(&self.key("data")))
-            .try_filter(|meta| futures::future::ready(written(meta) < before))
-            .try_collect()
-            .await
-            .map_err(s3)?;
+        let aborted = self.collect_multipart(before).await?;
+        let data = self.written_before("data", before).await?;
         if data.is_empty() {
-            return Ok(0);
+            return Ok(aborted);
         }
         // Listed after the data objects: a pointer published meanwhile is seen.
         let mut named = std::collections::HashSet::new();
@@ -653,6 +850,6 @@ impl BlobStore for S3BlobStore {
         let removed = orphans.len() as u64;
         self.delete_all(futures::stream::iter(orphans).boxed())
             .await?;
-        Ok(removed)
+        Ok(aborted + removed)
     }
 }

@@ -3,7 +3,8 @@
 //! single-shot files, upload sessions, shared content across packages and tenants, deletions
 //! and collections, checking after every step that every file downloads byte-identical and
 //! after every collection that no unused bytes are left; and writers that dedup onto bytes
-//! while collections run without pause, on two replicas when the stores are shared.
+//! while collections run without pause, on two replicas when the stores are shared; and S3
+//! multipart uploads a crash left.
 
 mod common;
 
@@ -16,7 +17,9 @@ use artifactstore_core::gc::GcOptions;
 use artifactstore_core::registry::{Chunk, CompleteUpload};
 use artifactstore_core::storage::StoreError;
 use artifactstore_core::*;
+use bytes::Bytes;
 use common::*;
+use futures::StreamExt;
 use proptest::prelude::*;
 
 const TENANTS: [&str; 2] = [TENANT, "beta"];
@@ -304,4 +307,58 @@ async fn writes_that_dedup_onto_bytes_being_collected_lose_nothing() {
         let (_, stream) = env.registry.open_file(TENANT, id, None).await.unwrap();
         assert_eq!(&collect(stream).await, &*data, "file {id}");
     }
+}
+
+/// A write cut off in the middle of its multipart upload, as a crash cuts it (its future
+/// dropped: nothing aborts the upload), leaves an upload under way in S3, its parts holding
+/// bytes; the next collection past the grace aborts it. S3 only: a crash leaves the blob
+/// directory nothing but temp files, removed when it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_uploads_a_crash_left_are_aborted() {
+    let env = Env::new().await;
+    if env.blob_url.is_none() {
+        eprintln!("skipped: S3 only (set by tools/with-backends.sh)");
+        return;
+    }
+    let pkg = env.package().await;
+    // More than one part, then a body that never ends: one part sent, the upload open.
+    let head = Bytes::from(bytes(9 * 1024 * 1024, 11));
+    let stalled = futures::stream::iter([Ok(head)])
+        .chain(futures::stream::pending())
+        .boxed();
+    let registry = env.registry.clone();
+    let writer = tokio::spawn(async move {
+        registry
+            .add_file(TENANT, pkg.id, file("big"), stalled)
+            .await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let journals = loop {
+        let journals = env.multipart_journals().await;
+        if !journals.is_empty() {
+            break journals;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no multipart journal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    writer.abort();
+    assert!(writer.await.unwrap_err().is_cancelled());
+    let (key, id) = &journals[0];
+    assert!(
+        env.multipart_upload_exists(key, id).await,
+        "the upload under way"
+    );
+
+    let report = env
+        .registry
+        .collect_garbage(flat_out("collector"))
+        .await
+        .unwrap();
+    assert!(report.orphans >= 1, "{report:?}");
+    assert_eq!(env.multipart_journals().await, Vec::new());
+    assert!(!env.multipart_upload_exists(key, id).await, "aborted");
+    assert_eq!(env.temp_files().await, Vec::<String>::new());
 }

@@ -111,15 +111,11 @@ impl Env {
         match &self.blob_url {
             None => names(files_under(&self.blobs_dir().join("tmp"))),
             Some(url) => {
-                use object_store::ObjectStoreExt;
-                let (s3, _) = s3(url);
-                let mut named = Vec::new();
-                for pointer in objects(url, "blobs").await {
-                    let got = s3.get(&pointer.as_str().into()).await.unwrap();
-                    let json: serde_json::Value =
-                        serde_json::from_slice(&got.bytes().await.unwrap()).unwrap();
-                    named.push(json["key"].as_str().unwrap().to_string());
-                }
+                let named: Vec<_> = json_objects(url, "blobs")
+                    .await
+                    .iter()
+                    .map(|pointer| pointer["key"].as_str().unwrap().to_string())
+                    .collect();
                 objects(url, "data")
                     .await
                     .into_iter()
@@ -136,6 +132,32 @@ impl Env {
             None => names(files_under(&self.blobs_dir().join("uploads"))),
             Some(url) => objects(url, "uploads").await,
         }
+    }
+}
+
+impl Env {
+    /// The multipart uploads the S3 store journals as under way: (key, upload id) each.
+    pub async fn multipart_journals(&self) -> Vec<(String, String)> {
+        let url = self.blob_url.as_deref().expect("an S3 store");
+        json_objects(url, "multipart")
+            .await
+            .iter()
+            .map(|journal| {
+                let field = |name: &str| journal[name].as_str().unwrap().to_string();
+                (field("key"), field("id"))
+            })
+            .collect()
+    }
+
+    /// Whether the S3 server still takes a (last, small) part into the multipart upload `id`
+    /// at `key`: it does until the upload is completed or aborted.
+    pub async fn multipart_upload_exists(&self, key: &str, id: &str) -> bool {
+        use object_store::multipart::MultipartStore;
+        let (s3, _) = s3(self.blob_url.as_deref().expect("an S3 store"));
+        let part = object_store::PutPayload::from_static(b"one more part");
+        s3.put_part(&key.into(), &id.to_string(), 9, part)
+            .await
+            .is_ok()
     }
 }
 
@@ -166,6 +188,18 @@ async fn objects(url: &str, under: &str) -> Vec<String> {
         .try_collect()
         .await
         .unwrap()
+}
+
+/// The JSON of every object under `url`'s prefix and then `under`.
+async fn json_objects(url: &str, under: &str) -> Vec<serde_json::Value> {
+    use object_store::ObjectStoreExt;
+    let (s3, _) = s3(url);
+    let mut values = Vec::new();
+    for key in objects(url, under).await {
+        let got = s3.get(&key.as_str().into()).await.unwrap();
+        values.push(serde_json::from_slice(&got.bytes().await.unwrap()).unwrap());
+    }
+    values
 }
 
 /// A new metadata store's URL: a database of its own on PostgreSQL, or SQLite in `dir`.
