@@ -16,9 +16,12 @@
 //!   streams the listed objects, re-hashing them, into a new data object, then writes the
 //!   pointer; discard deletes everything under the upload's prefix.
 //!
-//! - `multipart/<ulid>` — the journal of a multipart upload under way (its key and upload
-//!   id), written before its first part, rewritten every minute, deleted once it is complete
-//!   or aborted: a collection aborts the uploads whose journal grew old (a crash left them).
+//! - `multipart/<ulid>` — the journal of a blob's multipart upload under way (its key and
+//!   upload id), written before its first part, rewritten every minute, deleted once it is
+//!   complete or aborted: a collection aborts the uploads whose journal grew old (a crash left
+//!   them). An append's journal is `uploads/<upload>/journal-<offset>-<ulid>`, so that whatever
+//!   ends the upload (complete, cancel, expiry, a collection of uploads no longer open) aborts
+//!   its multipart uploads with its other objects.
 //!
 //! Objects of at most [`PART`] bytes are one PUT; longer ones a multipart upload of
 //! [`PART`]-byte parts (S3 wants non-last parts of 5 MiB or more; 8 MiB parts fit 64 GiB in
@@ -49,6 +52,8 @@ use serde::{Deserialize, Serialize};
 const PART: usize = 8 * 1024 * 1024;
 /// Parts of one multipart upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 2;
+/// How the journal of an append's multipart upload begins its name, under the upload's prefix.
+const JOURNAL: &str = "journal-";
 /// Objects one upload session may stage (one per append); S3's own part limit.
 const MAX_STAGED: usize = 10_000;
 /// Pointers kept in memory (they never change once written).
@@ -230,6 +235,11 @@ impl S3BlobStore {
         self.key(&format!("blobs/sha256/{}", digest.hex()))
     }
 
+    /// Where a blob's multipart upload is journaled.
+    fn blob_journal(&self) -> Path {
+        self.key(&format!("multipart/{}", ulid::Ulid::new()))
+    }
+
     fn upload_prefix(&self, upload: &UploadId) -> Path {
         self.key(&format!("uploads/{upload}"))
     }
@@ -357,6 +367,7 @@ impl S3BlobStore {
     async fn write_object(
         &self,
         key: &Path,
+        journal: &Path,
         mut body: ByteStream,
         mut hasher: Sha256Hasher,
         max_len: u64,
@@ -390,7 +401,7 @@ impl S3BlobStore {
                 }
             }
         }
-        self.write_multipart(key, head, body, |chunk| taken(chunk, &mut hasher))
+        self.write_multipart(key, journal, head, body, |chunk| taken(chunk, &mut hasher))
             .await?;
         Ok(hasher)
     }
@@ -402,12 +413,12 @@ impl S3BlobStore {
     async fn write_multipart(
         &self,
         key: &Path,
+        journal: &Path,
         head: Vec<Bytes>,
         mut body: ByteStream,
         mut taken: impl FnMut(&Bytes) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let id = self.store.create_multipart(key).await.map_err(s3)?;
-        let journal = self.key(&format!("multipart/{}", ulid::Ulid::new()));
         let record = Journal {
             key: key.to_string(),
             id: id.clone(),
@@ -415,7 +426,7 @@ impl S3BlobStore {
         let record = Bytes::from(
             serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         );
-        if let Err(e) = self.store.put(&journal, record.clone().into()).await {
+        if let Err(e) = self.store.put(journal, record.clone().into()).await {
             self.abort_multipart(key, &id).await;
             return Err(s3(e));
         }
@@ -453,7 +464,7 @@ impl S3BlobStore {
         if streamed.is_err() {
             self.abort_multipart(key, &id).await;
         }
-        self.delete_quietly(&journal).await;
+        self.delete_quietly(journal).await;
         streamed.map(drop)
     }
 
@@ -479,41 +490,45 @@ impl S3BlobStore {
             .map_err(s3)
     }
 
-    /// Aborts the multipart uploads whose journal was last written before `before` (their
-    /// writer is gone: a live one rewrites it every [`Self::JOURNAL_REFRESH`]) and deletes the
-    /// journals; returns how many.
+    /// Aborts the multipart uploads whose journal under `multipart/` was last written before
+    /// `before` (their writer is gone: a live one rewrites it every
+    /// [`Self::JOURNAL_REFRESH`]) and deletes the journals; returns how many.
     async fn collect_multipart(&self, before: Timestamp) -> Result<u64, StoreError> {
         let stale = self.written_before("multipart", before).await?;
-        let aborted: Vec<u64> = futures::stream::iter(stale)
-            .map(|meta| async move {
-                let bytes = match self.store.get(&meta.location).await {
-                    Ok(got) => got.bytes().await.map_err(s3)?,
-                    Err(object_store::Error::NotFound { .. }) => return Ok(0),
-                    Err(e) => return Err(s3(e)),
-                };
-                match serde_json::from_slice::<Journal>(&bytes) {
-                    Ok(journal) => match self
-                        .store
-                        .abort_multipart(&Path::from(journal.key), &journal.id)
-                        .await
-                        .map_err(s3)
-                    {
-                        // Gone already (completed by a writer that died before deleting
-                        // its journal, or aborted): S3 answers 404, some servers 403.
-                        Ok(()) | Err(StoreError::NotFound | StoreError::Io(_)) => {}
-                        Err(e) => return Err(e),
-                    },
-                    Err(e) => {
-                        tracing::warn!(journal = %meta.location, error = %e, "unreadable multipart journal");
-                    }
-                }
-                self.delete_quietly(&meta.location).await;
-                Ok(1)
-            })
+        let count = stale.len() as u64;
+        futures::stream::iter(stale)
+            .map(|meta| async move { self.abort_journaled(&meta.location).await })
             .buffer_unordered(16)
-            .try_collect()
+            .try_collect::<()>()
             .await?;
-        Ok(aborted.iter().sum())
+        Ok(count)
+    }
+
+    /// Aborts the multipart upload the journal `journal` names, then deletes the journal.
+    async fn abort_journaled(&self, journal: &Path) -> Result<(), StoreError> {
+        let bytes = match self.store.get(journal).await {
+            Ok(got) => got.bytes().await.map_err(s3)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(s3(e)),
+        };
+        match serde_json::from_slice::<Journal>(&bytes) {
+            Ok(record) => match self
+                .store
+                .abort_multipart(&Path::from(record.key), &record.id)
+                .await
+                .map_err(s3)
+            {
+                // Gone already (completed by a writer that died before deleting its
+                // journal, or aborted): S3 answers 404, some servers 403.
+                Ok(()) | Err(StoreError::NotFound | StoreError::Io(_)) => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) => {
+                tracing::warn!(journal = %journal, error = %e, "unreadable multipart journal");
+            }
+        }
+        self.delete_quietly(journal).await;
+        Ok(())
     }
 
     /// The bytes `range` of the object `key`, streamed.
@@ -626,7 +641,13 @@ impl BlobStore for S3BlobStore {
         }
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
         let hasher = self
-            .write_object(&key, body, Sha256Hasher::new(), max_len)
+            .write_object(
+                &key,
+                &self.blob_journal(),
+                body,
+                Sha256Hasher::new(),
+                max_len,
+            )
             .await?;
         let blob = BlobInfo {
             size: hasher.len(),
@@ -684,9 +705,13 @@ impl BlobStore for S3BlobStore {
         if staged.len() >= MAX_STAGED {
             return Err(StoreError::TooLarge { limit: 0 });
         }
-        let rest = format!("uploads/{upload}/{offset:020}-{}", ulid::Ulid::new());
-        let key = self.key(&rest);
-        let hasher = self.write_object(&key, body, hasher, max_len).await?;
+        let name = format!("{offset:020}-{}", ulid::Ulid::new());
+        let key = self.key(&format!("uploads/{upload}/{name}"));
+        // Beside the upload's objects: whatever ends the upload aborts it too.
+        let journal = self.key(&format!("uploads/{upload}/{JOURNAL}{name}"));
+        let hasher = self
+            .write_object(&key, &journal, body, hasher, max_len)
+            .await?;
         let len = hasher.len() - offset;
         if len == 0 {
             self.delete_quietly(&key).await;
@@ -729,7 +754,13 @@ impl BlobStore for S3BlobStore {
             .boxed();
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
         let hasher = match self
-            .write_object(&key, parts, Sha256Hasher::new(), blob.size)
+            .write_object(
+                &key,
+                &self.blob_journal(),
+                parts,
+                Sha256Hasher::new(),
+                blob.size,
+            )
             .await
         {
             Ok(hasher) => hasher,
@@ -753,10 +784,25 @@ impl BlobStore for S3BlobStore {
         self.publish(&key, blob).await
     }
 
+    /// Aborts the upload's multipart uploads (an append under way or cut off by a crash),
+    /// then deletes its objects.
     async fn stage_discard(&self, upload: &UploadId) -> Result<(), StoreError> {
         let prefix = self.upload_prefix(upload);
-        let keys = self.store.list(Some(&prefix)).map_ok(|meta| meta.location);
-        self.delete_all(keys.boxed()).await
+        let keys: Vec<Path> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(s3)?;
+        for journal in keys
+            .iter()
+            .filter(|key| key.filename().is_some_and(|name| name.starts_with(JOURNAL)))
+        {
+            self.abort_journaled(journal).await?;
+        }
+        self.delete_all(futures::stream::iter(keys.into_iter().map(Ok)).boxed())
+            .await
     }
 
     async fn list_blobs(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use artifactstore_core::gc::GcOptions;
 use artifactstore_core::registry::{Chunk, CompleteUpload};
-use artifactstore_core::storage::StoreError;
+use artifactstore_core::storage::{ByteStream, StoreError};
 use artifactstore_core::*;
 use bytes::Bytes;
 use common::*;
@@ -311,8 +311,9 @@ async fn writes_that_dedup_onto_bytes_being_collected_lose_nothing() {
 
 /// A write cut off in the middle of its multipart upload, as a crash cuts it (its future
 /// dropped: nothing aborts the upload), leaves an upload under way in S3, its parts holding
-/// bytes; the next collection past the grace aborts it. S3 only: a crash leaves the blob
-/// directory nothing but temp files, removed when it opens.
+/// bytes; the next collection past the grace aborts it. An append cut off the same way is
+/// aborted by whatever ends its upload. S3 only: a crash leaves the blob directory nothing
+/// but temp files, removed when it opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_uploads_a_crash_left_are_aborted() {
     let env = Env::new().await;
@@ -321,31 +322,14 @@ async fn multipart_uploads_a_crash_left_are_aborted() {
         return;
     }
     let pkg = env.package().await;
-    // More than one part, then a body that never ends: one part sent, the upload open.
-    let head = Bytes::from(bytes(9 * 1024 * 1024, 11));
-    let stalled = futures::stream::iter([Ok(head)])
-        .chain(futures::stream::pending())
-        .boxed();
     let registry = env.registry.clone();
     let writer = tokio::spawn(async move {
+        let stalled = stalled_body(11);
         registry
             .add_file(TENANT, pkg.id, file("big"), stalled)
             .await
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let journals = loop {
-        let journals = env.multipart_journals().await;
-        if !journals.is_empty() {
-            break journals;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no multipart journal"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    writer.abort();
-    assert!(writer.await.unwrap_err().is_cancelled());
+    let journals = cut_off(&env, writer).await;
     let (key, id) = &journals[0];
     assert!(
         env.multipart_upload_exists(key, id).await,
@@ -361,4 +345,58 @@ async fn multipart_uploads_a_crash_left_are_aborted() {
     assert_eq!(env.multipart_journals().await, Vec::new());
     assert!(!env.multipart_upload_exists(key, id).await, "aborted");
     assert_eq!(env.temp_files().await, Vec::<String>::new());
+
+    // An append cut off the same way: whatever ends its upload aborts what it left.
+    let blobs = open_blobs(env.dir.path(), env.blob_url.as_deref()).await;
+    let upload = UploadId::generate();
+    let append = tokio::spawn(async move {
+        let (staging, hasher) = (Staging::default(), Sha256Hasher::new());
+        blobs
+            .stage_append(&upload, &staging, 0, hasher, stalled_body(12), u64::MAX)
+            .await
+            .map(drop)
+    });
+    let (key, id) = cut_off(&env, append).await.remove(0);
+    assert!(key.contains(&format!("/uploads/{upload}/")), "{key}");
+    assert!(
+        env.multipart_upload_exists(&key, &id).await,
+        "the append under way"
+    );
+    open_blobs(env.dir.path(), env.blob_url.as_deref())
+        .await
+        .stage_discard(&upload)
+        .await
+        .unwrap();
+    assert!(!env.multipart_upload_exists(&key, &id).await, "aborted");
+    assert_eq!(env.staged_files().await, Vec::<String>::new());
+}
+
+/// More than one part's bytes, then nothing, ever.
+fn stalled_body(seed: u64) -> ByteStream {
+    let head = Bytes::from(bytes(9 * 1024 * 1024, seed));
+    futures::stream::iter([Ok(head)])
+        .chain(futures::stream::pending())
+        .boxed()
+}
+
+/// Waits until `write` has journaled a multipart upload, then cuts it off: the journals.
+async fn cut_off<T: std::fmt::Debug>(
+    env: &Env,
+    write: tokio::task::JoinHandle<T>,
+) -> Vec<(String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let journals = loop {
+        let journals = env.multipart_journals().await;
+        if !journals.is_empty() {
+            break journals;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no multipart journal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    write.abort();
+    assert!(write.await.unwrap_err().is_cancelled());
+    journals
 }

@@ -111,7 +111,7 @@ impl Env {
         match &self.blob_url {
             None => names(files_under(&self.blobs_dir().join("tmp"))),
             Some(url) => {
-                let named: Vec<_> = json_objects(url, "blobs")
+                let named: Vec<_> = json_objects(url, "blobs", |_| true)
                     .await
                     .iter()
                     .map(|pointer| pointer["key"].as_str().unwrap().to_string())
@@ -136,11 +136,14 @@ impl Env {
 }
 
 impl Env {
-    /// The multipart uploads the S3 store journals as under way: (key, upload id) each.
+    /// The multipart uploads the S3 store journals as under way, of blobs and of appends:
+    /// (key, upload id) each.
     pub async fn multipart_journals(&self) -> Vec<(String, String)> {
         let url = self.blob_url.as_deref().expect("an S3 store");
-        json_objects(url, "multipart")
-            .await
+        let mut journals = json_objects(url, "multipart", |_| true).await;
+        let of_appends = |name: &str| name.starts_with("journal-");
+        journals.extend(json_objects(url, "uploads", of_appends).await);
+        journals
             .iter()
             .map(|journal| {
                 let field = |name: &str| journal[name].as_str().unwrap().to_string();
@@ -190,12 +193,19 @@ async fn objects(url: &str, under: &str) -> Vec<String> {
         .unwrap()
 }
 
-/// The JSON of every object under `url`'s prefix and then `under`.
-async fn json_objects(url: &str, under: &str) -> Vec<serde_json::Value> {
+/// The JSON of every object under `url`'s prefix and then `under` whose name `pick` takes.
+async fn json_objects(
+    url: &str,
+    under: &str,
+    pick: impl Fn(&str) -> bool,
+) -> Vec<serde_json::Value> {
     use object_store::ObjectStoreExt;
     let (s3, _) = s3(url);
     let mut values = Vec::new();
     for key in objects(url, under).await {
+        if !pick(key.rsplit('/').next().unwrap_or_default()) {
+            continue;
+        }
         let got = s3.get(&key.as_str().into()).await.unwrap();
         values.push(serde_json::from_slice(&got.bytes().await.unwrap()).unwrap());
     }
