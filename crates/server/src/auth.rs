@@ -2,6 +2,7 @@
 //! [`Writer`]. Tokens are kept only as SHA-256 hashes and compared in constant time.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -127,8 +128,8 @@ impl Auth {
     }
 
     /// The caller of a request: `Ok(None)` when it carries no credentials.
-    fn caller(&self, parts: &Parts) -> Result<Option<Caller>, ApiError> {
-        let Some(value) = parts.headers.get(AUTHORIZATION) else {
+    fn caller(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+        let Some(value) = headers.get(AUTHORIZATION) else {
             return Ok(None);
         };
         let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
@@ -149,19 +150,21 @@ pub struct Reader(pub Scope);
 /// A caller allowed to change things: a valid token that is not read-only.
 pub struct Writer(pub Caller);
 
+impl Auth {
+    /// What the caller of a request with `headers` may read (see [`Reader`]).
+    pub fn reader(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
+        match self.caller(headers)? {
+            Some(caller) => Ok(Scope::Tenant(caller.tenant)),
+            None => self.anon.clone().ok_or(ApiError::Unauthorized),
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match state.auth.caller(parts)? {
-            Some(caller) => Ok(Reader(Scope::Tenant(caller.tenant))),
-            None => state
-                .auth
-                .anon
-                .clone()
-                .map(Reader)
-                .ok_or(ApiError::Unauthorized),
-        }
+        state.auth.reader(&parts.headers).map(Reader)
     }
 }
 
@@ -169,7 +172,7 @@ impl FromRequestParts<AppState> for Writer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match state.auth.caller(parts)? {
+        match state.auth.caller(&parts.headers)? {
             Some(caller) if caller.read_only => Err(ApiError::Forbidden),
             Some(caller) => Ok(Writer(caller)),
             None => Err(ApiError::Unauthorized),

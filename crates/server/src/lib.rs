@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod multipart;
 pub mod openapi;
+pub mod shortcut;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -152,11 +153,11 @@ pub fn app(state: AppState) -> impl edge::App {
             ApiError::Internal("a handler panicked".into()).into_response()
         }))
         .layer(TraceLayer::new_for_http())
-        .layer(axum::middleware::from_fn_with_state(
-            (state, Arc::new(routes)),
-            metrics::track,
+        .service(metrics::Track::new(
+            state.clone(),
+            routes,
+            shortcut::Shortcut::new(state, router),
         ))
-        .service(router)
 }
 
 /// The routes, and their templates as metric labels. The OpenAPI document is built from the

@@ -8,9 +8,13 @@ use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::AppState;
@@ -92,8 +96,12 @@ fn method_label(method: &Method) -> &'static str {
 
 impl Metrics {
     pub fn record(&self, method: &Method, route: Arc<str>, status: u16, took: Duration) {
+        self.record_labelled(method_label(method), route, status, took);
+    }
+
+    fn record_labelled(&self, method: &'static str, route: Arc<str>, status: u16, took: Duration) {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (method_label(method), route, status);
+        let key = (method, route, status);
         let series = map.entry(key).or_default();
         series.count += 1;
         series.seconds += took.as_secs_f64();
@@ -176,23 +184,76 @@ impl Metrics {
     }
 }
 
-/// Middleware recording every request.
-pub async fn track(
-    State((state, routes)): State<(AppState, Arc<Routes>)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = routes.label(request.uri().path());
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics.record(
-        &method,
-        route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+/// The layer recording every request: a plain service and future, not axum's `from_fn`,
+/// which boxes the inner service and the future on each request.
+#[derive(Clone)]
+pub struct Track<S> {
+    state: AppState,
+    routes: Arc<Routes>,
+    inner: S,
+}
+
+impl<S> Track<S> {
+    pub fn new(state: AppState, routes: Routes, inner: S) -> Self {
+        Self {
+            state,
+            routes: Arc::new(routes),
+            inner,
+        }
+    }
+}
+
+impl<S> tower::Service<Request> for Track<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        Tracked {
+            label: Some((
+                method_label(request.method()),
+                self.routes.label(request.uri().path()),
+            )),
+            started: Instant::now(),
+            state: self.state.clone(),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's response on its way, with what its series is named by.
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        label: Option<(&'static str, Arc<str>)>,
+        started: Instant,
+        state: AppState,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some((method, route))) = (&response, this.label.take()) {
+            let took = this.started.elapsed();
+            let status = response.status().as_u16();
+            this.state
+                .metrics
+                .record_labelled(method, route, status, took);
+        }
+        Poll::Ready(response)
+    }
 }
 
 #[cfg(test)]

@@ -658,6 +658,87 @@ async fn downloads_ranges_and_conditionals() {
     .await;
 }
 
+/// A request: method, token, headers.
+type Case<'a> = (reqwest::Method, Option<&'a str>, Vec<(&'a str, String)>);
+
+/// Downloads are answered ahead of the router when their path is plain (`shortcut`); a path
+/// the router must percent-decode goes through it. Both answer every kind of request alike,
+/// and the metrics label both with the route's template.
+#[tokio::test]
+async fn downloads_answer_alike_with_and_without_the_router() {
+    let app = TestApp::start().await;
+    let pkg = app.create_package().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = bytes(100_000, 3);
+    let file = app.add_file(&pkg, "data.bin", data).await;
+    let id = file["id"].as_str().unwrap();
+    let etag = file["content_address"].as_str().unwrap();
+    let plain = format!("/files/{id}/download");
+    let encoded = format!("/files/{}/download", id.replace('_', "%5F"));
+    let missing = "/files/file_01ARZ3NDEKTSV4RRFFQ69G5FAV/download";
+    let cases: Vec<Case> = vec![
+        (reqwest::Method::GET, Some(ACME), vec![]),
+        (reqwest::Method::HEAD, Some(ACME), vec![]),
+        (
+            reqwest::Method::GET,
+            Some(ACME),
+            vec![("range", "bytes=10-4105".into())],
+        ),
+        (
+            reqwest::Method::GET,
+            Some(ACME),
+            vec![("range", "bytes=100000-".into())],
+        ),
+        (
+            reqwest::Method::GET,
+            Some(ACME),
+            vec![("if-none-match", format!("\"{etag}\""))],
+        ),
+        (reqwest::Method::GET, Some("garbage"), vec![]),
+        (reqwest::Method::GET, None, vec![]),
+        (reqwest::Method::GET, Some(BETA), vec![]),
+    ];
+    let answer = |path: String, (method, token, headers): &Case| {
+        let mut request = app.req(method.clone(), &path, *token);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            let mut headers: Vec<_> = r
+                .headers()
+                .iter()
+                .filter(|(name, _)| *name != "date")
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+                .collect();
+            headers.sort();
+            (r.status(), headers, r.bytes().await.unwrap())
+        }
+    };
+    for case in &cases {
+        let shortcut = answer(plain.clone(), case).await;
+        assert_eq!(shortcut, answer(encoded.clone(), case).await, "{case:?}");
+        let unknown = answer(missing.to_string(), case).await;
+        assert_eq!(
+            unknown,
+            answer(missing.replace('_', "%5F"), case).await,
+            "{case:?}"
+        );
+    }
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = "artifactstore_http_requests_total{method=\"GET\",route=\"/files/{id}/download\",status=\"206\"} 2";
+    assert!(metrics.contains(series), "{metrics}");
+}
+
 #[tokio::test]
 async fn service_endpoints_and_unknown_routes() {
     let app = TestApp::start().await;

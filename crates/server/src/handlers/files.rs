@@ -1,7 +1,7 @@
 //! `/files/{id}` and its download: streamed bytes, strong ETag, `304`, single `Range`.
 
-use artifactstore_core::FileRecord;
 use artifactstore_core::error::Resource;
+use artifactstore_core::{FileRecord, Scope};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -47,9 +47,33 @@ pub async fn download(
     PathId(id): PathId,
     request: Request,
 ) -> ApiResult<Response> {
-    let id = parse_id(&id, Resource::File)?;
-    // The request itself, not its headers extracted: that extractor copies them all.
-    let (headers, method) = (request.headers(), request.method());
+    respond(&state, scope, &id, request.headers(), request.method()).await
+}
+
+/// What [`download`] answers, for a request that [`crate::shortcut`] recognised as one
+/// without the router: the same checks in the same order (the caller, then the id).
+pub async fn download_unrouted(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Response {
+    let answer = async {
+        let scope = state.auth.reader(headers)?;
+        respond(state, scope, id, headers, method).await
+    };
+    answer.await.into_response()
+}
+
+/// The request's headers are read in place: axum's `HeaderMap` extractor copies them all.
+async fn respond(
+    state: &AppState,
+    scope: Scope,
+    id: &str,
+    headers: &HeaderMap,
+    method: &Method,
+) -> ApiResult<Response> {
+    let id = parse_id(id, Resource::File)?;
     let file = state.registry.file(scope, id).await?;
     let etag = format!("\"{}\"", file.content_address);
     let not_modified = if_none_match(headers, &etag);
@@ -77,7 +101,7 @@ pub async fn download(
         HeaderValue::from_static(DOWNLOAD_CSP),
     );
     if not_modified {
-        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+        return Ok(answer(StatusCode::NOT_MODIFIED, out, Body::empty()));
     }
     let (status, range) = match range {
         RangeRequest::Full => (StatusCode::OK, 0..file.size),
@@ -96,10 +120,19 @@ pub async fn download(
         HeaderValue::from(range.end - range.start),
     );
     if method == Method::HEAD {
-        return Ok((status, out).into_response());
+        return Ok(answer(status, out, Body::empty()));
     }
     let stream = state.registry.read_file(&file, range).await?;
-    Ok((status, out, Body::from_stream(stream)).into_response())
+    Ok(answer(status, out, Body::from_stream(stream)))
+}
+
+/// A response with `headers` as they are: the tuple form inserts them one by one into the
+/// response's own map.
+fn answer(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// A header value that takes the string's buffer instead of copying it.
