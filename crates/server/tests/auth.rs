@@ -15,19 +15,13 @@ struct Fixture {
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let file = app.add_file(&pkg, "a.txt", b"hello".to_vec()).await["id"]
         .as_str()
         .unwrap()
         .to_string();
     app.finalize(&pkg).await;
-    let open_pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let open_pkg = app.package_id().await;
     let r = app.post("/uploads").json(&json!({})).send().await.unwrap();
     let upload = r.json::<Value>().await.unwrap()["id"]
         .as_str()

@@ -74,10 +74,7 @@ async fn cbor_by_default_json_on_request() {
 #[tokio::test]
 async fn fifty_file_package_end_to_end() {
     let app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let mut expected = std::collections::BTreeMap::new();
     for i in 0..50u64 {
         let size = match i {
@@ -157,10 +154,7 @@ async fn a_tail_sees_every_event_once_while_eight_writers_commit() {
             let app = app.clone();
             tokio::spawn(async move {
                 for p in 0..3 {
-                    let pkg = app.create_package().await["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_string();
+                    let pkg = app.package_id().await;
                     for f in 0..4 {
                         app.add_file(
                             &pkg,
@@ -253,10 +247,7 @@ async fn long_poll_answers_soon_after_the_event() {
 #[tokio::test]
 async fn shutdown_ends_long_polls_and_keeps_acknowledged_data() {
     let mut app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     app.add_file(&pkg, "kept", b"acknowledged".to_vec()).await;
     let poll = {
         let request = app

@@ -14,10 +14,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn anonymous_reads_alone_see_every_tenant_and_write_nothing() {
     let app = TestApp::builder().anon_read_all().start().await;
-    let acme = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let acme = app.package_id().await;
     let r = app
         .req(Method::POST, "/packages", Some(BETA))
         .json(&json!({"producer": "p", "subject": "s", "retention_class": "standard"}))
@@ -75,10 +72,7 @@ async fn anonymous_reads_alone_see_every_tenant_and_write_nothing() {
 #[tokio::test]
 async fn multipart_heads_are_bounded() {
     let app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let url = format!("/packages/{pkg}/files");
     let flood = app
         .post(&url)
@@ -195,10 +189,7 @@ async fn waiting_long_polls_are_capped_per_tenant_and_in_all() {
 async fn numbers_past_any_integer_are_clamped_or_refused_never_500() {
     let app = TestApp::start().await;
     let huge = "9".repeat(40);
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let file = app.add_file(&pkg, "a.txt", b"0123456789".to_vec()).await["id"]
         .as_str()
         .unwrap()
@@ -269,10 +260,7 @@ async fn undecodable_ids_answer_a_problem() {
 #[tokio::test]
 async fn downloads_are_sandboxed_and_manifest_json_is_validated() {
     let app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let html = b"<html><script>alert(document.cookie)</script></html>".to_vec();
     let form = reqwest::multipart::Form::new()
         .text("path", "evil.html")

@@ -30,10 +30,7 @@ async fn an_unreachable_object_store_answers_503_and_the_server_recovers() {
         .args(|a| a.blob_url = Some(blobs))
         .start()
         .await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let big = bytes(200_000, 5);
     let file = app.add_file(&pkg, "big.bin", big.clone()).await["id"]
         .as_str()

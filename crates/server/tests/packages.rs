@@ -232,10 +232,7 @@ async fn list_filters_and_cursor() {
 #[tokio::test]
 async fn multipart_ingest_rules() {
     let app = TestApp::builder().max_file_bytes(1000).start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let url = format!("/packages/{pkg}/files");
     let r = app.upload_file(&pkg, "bin/app", b"binary".to_vec()).await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -414,10 +411,7 @@ async fn multipart_ingest_rules() {
 #[tokio::test]
 async fn finalize_and_manifest() {
     let app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     app.add_file(&pkg, "z.txt", b"zed".to_vec()).await;
     app.add_file(&pkg, "a/b.bin", bytes(5000, 1)).await;
     let manifest_url = format!("/packages/{pkg}/manifest");
@@ -527,10 +521,7 @@ async fn finalize_and_manifest() {
 #[tokio::test]
 async fn downloads_ranges_and_conditionals() {
     let app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let data = bytes(1_000_000, 7);
     let file = app.add_file(&pkg, "data.bin", data.clone()).await;
     let id = file["id"].as_str().unwrap();
@@ -667,10 +658,7 @@ type Case<'a> = (reqwest::Method, Option<&'a str>, Vec<(&'a str, String)>);
 #[tokio::test]
 async fn downloads_answer_alike_with_and_without_the_router() {
     let app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let data = bytes(100_000, 3);
     let file = app.add_file(&pkg, "data.bin", data).await;
     let id = file["id"].as_str().unwrap();
@@ -727,14 +715,7 @@ async fn downloads_answer_alike_with_and_without_the_router() {
             "{case:?}"
         );
     }
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.text("/metrics").await;
     let series = "artifactstore_http_requests_total{method=\"GET\",route=\"/files/{id}/download\",status=\"206\"} 2";
     assert!(metrics.contains(series), "{metrics}");
 }

@@ -52,7 +52,7 @@ async fn an_upload_moves_between_replicas_chunk_by_chunk() {
     let Some((a, b)) = two_replicas().await else {
         return;
     };
-    let pkg = a.create_package().await["id"].as_str().unwrap().to_string();
+    let pkg = a.package_id().await;
     let created: Value = json_of(a.post("/uploads").json(&json!({}))).await;
     let id = created["id"].as_str().unwrap().to_string();
     // 1 byte, then a chunk past the 5 MiB part minimum, small ones, and a multi-part one.
@@ -116,7 +116,7 @@ async fn racing_patches_on_two_replicas_have_one_winner() {
     let Some((a, b)) = two_replicas().await else {
         return;
     };
-    let pkg = a.create_package().await["id"].as_str().unwrap().to_string();
+    let pkg = a.package_id().await;
     for round in 0..4u64 {
         let created: Value = json_of(a.post("/uploads").json(&json!({}))).await;
         let id = created["id"].as_str().unwrap().to_string();

@@ -49,10 +49,7 @@ async fn complete(app: &TestApp, id: &str, body: Value) -> reqwest::Response {
 #[tokio::test]
 async fn session_statuses_and_headers() {
     let app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let data = bytes(300_000, 3);
     let id = create(&app, Some(300_000)).await;
     // An empty POST body is fine too.
@@ -266,10 +263,7 @@ async fn oversize_and_expiry() {
 #[tokio::test]
 async fn an_upload_resumes_after_a_server_restart() {
     let mut app = TestApp::start().await;
-    let pkg = app.create_package().await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pkg = app.package_id().await;
     let data = bytes(2_000_000, 9);
     let id = create(&app, Some(2_000_000)).await;
     let r = patch(
@@ -350,7 +344,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
             let app = TestApp::start().await;
-            let pkg = app.create_package().await["id"].as_str().unwrap().to_string();
+            let pkg = app.package_id().await;
             let id = create(&app, declared).await;
             let source = bytes(20_000, seed);
             let mut model: Vec<u8> = Vec::new();

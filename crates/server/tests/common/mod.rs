@@ -161,6 +161,17 @@ impl TestApp {
         .await
     }
 
+    /// The id of a new package made by [`create_package`](Self::create_package).
+    pub async fn package_id(&self) -> String {
+        let package = self.create_package().await;
+        package["id"].as_str().unwrap().to_string()
+    }
+
+    /// The text of a `GET` of `path` (with the acme token).
+    pub async fn text(&self, path: &str) -> String {
+        self.get(path).send().await.unwrap().text().await.unwrap()
+    }
+
     pub async fn create_package_with(&self, body: Value) -> Value {
         let r = self.post("/packages").json(&body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
