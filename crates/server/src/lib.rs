@@ -9,6 +9,7 @@ pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod multipart;
+pub mod observe;
 pub mod openapi;
 pub mod shortcut;
 
@@ -28,8 +29,6 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -141,23 +140,15 @@ impl AppState {
 const DOCS: &str = "/docs";
 const OPENAPI_JSON: &str = "/openapi.json";
 
-/// The whole HTTP surface: the router, and around it, once per request, panic catching,
-/// tracing and metrics. Around, not inside: `Router::layer` wraps every route on its own, and
-/// its boxing and cloning per request and layer cost 3.5 of 16.5 µs of server CPU per 4 KiB
-/// range read (measured with wrk; BENCHMARKS.md, "Read path").
+/// The whole HTTP surface: the router, downloads answered ahead of it (`shortcut`), and
+/// around both, once per request, panic catching, tracing and metrics (`observe`). Around,
+/// not inside: `Router::layer` wraps every route on its own, and its boxing and cloning per
+/// request and layer cost 3.5 of 16.5 µs of server CPU per 4 KiB range read (measured with
+/// wrk; BENCHMARKS.md, "Read path").
 pub fn app(state: AppState) -> impl edge::App {
     let (router, routes) = router(state.clone());
-    tower::ServiceBuilder::new()
-        .map_response(IntoResponse::into_response)
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("a handler panicked".into()).into_response()
-        }))
-        .layer(TraceLayer::new_for_http())
-        .service(metrics::Track::new(
-            state.clone(),
-            routes,
-            shortcut::Shortcut::new(state, router),
-        ))
+    let router = shortcut::Shortcut::new(state.clone(), router);
+    observe::Observe::new(state, routes, router)
 }
 
 /// The routes, and their templates as metric labels. The OpenAPI document is built from the

@@ -6,18 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use axum::extract::Request;
 use axum::http::Method;
-use axum::response::Response;
-
-use crate::AppState;
 
 /// The route templates, matched against each request's path to label it. This runs once per
 /// request around the router rather than inside it (axum's `MatchedPath`): a layer inside the
@@ -42,7 +33,7 @@ impl Routes {
         }
     }
 
-    fn label(&self, path: &str) -> Arc<str> {
+    pub(crate) fn label(&self, path: &str) -> Arc<str> {
         self.matcher
             .at(path)
             .map_or_else(|_| self.unmatched.clone(), |m| m.value.clone())
@@ -76,7 +67,7 @@ struct Lifecycle {
 }
 
 /// The method as a label: one of the standard methods, or `other`.
-fn method_label(method: &Method) -> &'static str {
+pub(crate) fn method_label(method: &Method) -> &'static str {
     const STANDARD: [Method; 9] = [
         Method::GET,
         Method::HEAD,
@@ -99,7 +90,13 @@ impl Metrics {
         self.record_labelled(method_label(method), route, status, took);
     }
 
-    fn record_labelled(&self, method: &'static str, route: Arc<str>, status: u16, took: Duration) {
+    pub(crate) fn record_labelled(
+        &self,
+        method: &'static str,
+        route: Arc<str>,
+        status: u16,
+        took: Duration,
+    ) {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let key = (method, route, status);
         let series = map.entry(key).or_default();
@@ -181,78 +178,6 @@ impl Metrics {
             );
         }
         out
-    }
-}
-
-/// The layer recording every request: a plain service and future, not axum's `from_fn`,
-/// which boxes the inner service and the future on each request.
-#[derive(Clone)]
-pub struct Track<S> {
-    state: AppState,
-    routes: Arc<Routes>,
-    inner: S,
-}
-
-impl<S> Track<S> {
-    pub fn new(state: AppState, routes: Routes, inner: S) -> Self {
-        Self {
-            state,
-            routes: Arc::new(routes),
-            inner,
-        }
-    }
-}
-
-impl<S> tower::Service<Request> for Track<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Tracked<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        Tracked {
-            label: Some((
-                method_label(request.method()),
-                self.routes.label(request.uri().path()),
-            )),
-            started: Instant::now(),
-            state: self.state.clone(),
-            inner: self.inner.call(request),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request's response on its way, with what its series is named by.
-    pub struct Tracked<F> {
-        #[pin]
-        inner: F,
-        label: Option<(&'static str, Arc<str>)>,
-        started: Instant,
-        state: AppState,
-    }
-}
-
-impl<F: Future<Output = Result<Response, Infallible>>> Future for Tracked<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = std::task::ready!(this.inner.poll(cx));
-        if let (Ok(response), Some((method, route))) = (&response, this.label.take()) {
-            let took = this.started.elapsed();
-            let status = response.status().as_u16();
-            this.state
-                .metrics
-                .record_labelled(method, route, status, took);
-        }
-        Poll::Ready(response)
     }
 }
 

@@ -107,14 +107,17 @@ impl OpenBlobs {
 #[cfg(target_os = "linux")]
 fn read_cached(file: &File, range: &Range<u64>) -> Option<Bytes> {
     use std::os::fd::AsRawFd;
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    let len = (range.end - range.start) as usize;
+    // Not zeroed first: the read fills it, and only what it filled is ever exposed.
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
     let mut done = 0;
-    while done < buf.len() {
+    while done < len {
         let iov = libc::iovec {
-            iov_base: buf[done..].as_mut_ptr().cast(),
-            iov_len: buf.len() - done,
+            iov_base: buf.spare_capacity_mut()[done..].as_mut_ptr().cast(),
+            iov_len: len - done,
         };
-        // SAFETY: `iov` points into `buf`, which outlives the call; the fd is open.
+        // SAFETY: `iov` points into `buf`'s allocation, which outlives the call; the fd is
+        // open.
         let n = unsafe {
             libc::preadv2(
                 file.as_raw_fd(),
@@ -130,6 +133,8 @@ fn read_cached(file: &File, range: &Range<u64>) -> Option<Bytes> {
         }
         done += n as usize;
     }
+    // SAFETY: the reads above initialised all `len` bytes.
+    unsafe { buf.set_len(len) };
     Some(Bytes::from(buf))
 }
 

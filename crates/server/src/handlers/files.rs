@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
 
 use super::{PathId, parse_id};
 use crate::AppState;
@@ -123,6 +124,11 @@ async fn respond(
         return Ok(answer(status, out, Body::empty()));
     }
     let stream = state.registry.read_file(&file, range).await?;
+    // Past the head an error can only cut the connection: the log is where it shows.
+    let id = file.id;
+    let stream = stream.inspect_err(move |e| {
+        tracing::error!(file = %id, error = %e, "a download failed while streaming");
+    });
     Ok(answer(status, out, Body::from_stream(stream)))
 }
 
