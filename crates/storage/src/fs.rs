@@ -106,9 +106,24 @@ impl OpenBlobs {
 /// without blocking (`RWF_NOWAIT`); `None` means "ask the blocking pool".
 #[cfg(target_os = "linux")]
 fn read_cached(file: &File, range: &Range<u64>) -> Option<Bytes> {
+    pread_fresh(file, range, libc::RWF_NOWAIT)
+        .ok()
+        .map(Bytes::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &File, _range: &Range<u64>) -> Option<Bytes> {
+    None
+}
+
+/// Reads `range` of `file` (`preadv2` with `flags`) into a new buffer that is not zeroed
+/// first: the read fills it, and only what it filled is ever exposed. Zeroing cost a pass
+/// over every byte a download sends. A read that stops short is an error (with
+/// `RWF_NOWAIT`, also any byte the page cache lacks).
+#[cfg(target_os = "linux")]
+fn pread_fresh(file: &File, range: &Range<u64>, flags: libc::c_int) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let len = (range.end - range.start) as usize;
-    // Not zeroed first: the read fills it, and only what it filled is ever exposed.
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     let mut done = 0;
     while done < len {
@@ -124,23 +139,30 @@ fn read_cached(file: &File, range: &Range<u64>) -> Option<Bytes> {
                 &iov,
                 1,
                 (range.start + done as u64) as libc::off_t,
-                libc::RWF_NOWAIT,
+                flags,
             )
         };
-        if n <= 0 {
-            // EAGAIN (not cached), EOPNOTSUPP, or an end earlier than expected.
-            return None;
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => done += n as usize,
         }
-        done += n as usize;
     }
     // SAFETY: the reads above initialised all `len` bytes.
     unsafe { buf.set_len(len) };
-    Some(Bytes::from(buf))
+    Ok(buf)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_cached(_file: &File, _range: &Range<u64>) -> Option<Bytes> {
-    None
+fn pread_fresh(file: &File, range: &Range<u64>, _flags: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, range.start)?;
+    Ok(buf)
 }
 
 struct Dirs {
@@ -313,6 +335,7 @@ impl BlobStore for FsBlobStore {
         // Open, check and (for a small range) read in one trip to the blocking pool: small
         // range reads are the hot path of random access. Larger ones are read ahead, within
         // the shared budget.
+        let small = range.clone();
         let opened = blocking(move || {
             let file = File::open(&path)?;
             let len = file.metadata()?.len();
@@ -322,8 +345,7 @@ impl BlobStore for FsBlobStore {
             if wanted > CACHED_READ as u64 {
                 return Ok(Opened::File(file));
             }
-            let mut buf = vec![0u8; wanted as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, range.start)?;
+            let buf = pread_fresh(&file, &small, 0)?;
             Ok(Opened::Read(Bytes::from(buf), Arc::new(file), len))
         })
         .await
@@ -887,8 +909,7 @@ fn read_block(
 ) -> futures::future::BoxFuture<'static, io::Result<Bytes>> {
     let file = file.clone();
     let task = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, range.start)?;
+        let buf = pread_fresh(&file, &range, 0)?;
         Ok(match permit {
             Some(permit) => Bytes::from_owner(Budgeted {
                 bytes: buf,
