@@ -127,6 +127,14 @@ impl Auth {
         found
     }
 
+    /// What the caller of a request with `headers` may read (see [`Reader`]).
+    pub fn reader(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
+        match self.caller(headers)? {
+            Some(caller) => Ok(Scope::Tenant(caller.tenant)),
+            None => self.anon.clone().ok_or(ApiError::Unauthorized),
+        }
+    }
+
     /// The caller of a request: `Ok(None)` when it carries no credentials.
     fn caller(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
         let Some(value) = headers.get(AUTHORIZATION) else {
@@ -149,16 +157,6 @@ pub struct Reader(pub Scope);
 
 /// A caller allowed to change things: a valid token that is not read-only.
 pub struct Writer(pub Caller);
-
-impl Auth {
-    /// What the caller of a request with `headers` may read (see [`Reader`]).
-    pub fn reader(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
-        match self.caller(headers)? {
-            Some(caller) => Ok(Scope::Tenant(caller.tenant)),
-            None => self.anon.clone().ok_or(ApiError::Unauthorized),
-        }
-    }
-}
 
 impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;

@@ -335,7 +335,6 @@ impl BlobStore for FsBlobStore {
         // Open, check and (for a small range) read in one trip to the blocking pool: small
         // range reads are the hot path of random access. Larger ones are read ahead, within
         // the shared budget.
-        let small = range.clone();
         let opened = blocking(move || {
             let file = File::open(&path)?;
             let len = file.metadata()?.len();
@@ -345,7 +344,7 @@ impl BlobStore for FsBlobStore {
             if wanted > CACHED_READ as u64 {
                 return Ok(Opened::File(file));
             }
-            let buf = pread_fresh(&file, &small, 0)?;
+            let buf = pread_fresh(&file, &(range.start..range.end), 0)?;
             Ok(Opened::Read(Bytes::from(buf), Arc::new(file), len))
         })
         .await

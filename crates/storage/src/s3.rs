@@ -94,7 +94,7 @@ struct Parts {
     pending_len: usize,
     next: usize,
     sent: tokio::task::JoinSet<object_store::Result<(usize, PartId)>>,
-    done: Vec<Option<PartId>>,
+    done: Vec<(usize, PartId)>,
 }
 
 impl Parts {
@@ -149,13 +149,10 @@ impl Parts {
         let Some(joined) = self.sent.join_next().await else {
             return Ok(());
         };
-        let (index, part) = joined
+        let part = joined
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
             .map_err(s3)?;
-        if self.done.len() <= index {
-            self.done.resize(index + 1, None);
-        }
-        self.done[index] = Some(part);
+        self.done.push(part);
         Ok(())
     }
 
@@ -167,10 +164,8 @@ impl Parts {
         while !self.sent.is_empty() {
             self.settle_one().await?;
         }
-        self.done
-            .into_iter()
-            .map(|part| part.ok_or_else(|| StoreError::Corrupt("a part went missing".into())))
-            .collect()
+        self.done.sort_unstable_by_key(|(index, _)| *index);
+        Ok(self.done.into_iter().map(|(_, part)| part).collect())
     }
 }
 
@@ -430,19 +425,22 @@ impl S3BlobStore {
             self.abort_multipart(key, &id).await;
             return Err(s3(e));
         }
-        // Rewritten while the upload lives, so that only a dead writer's journal grows old;
-        // a rewrite that lands after the journal was deleted only costs a needless abort.
-        let refresher = {
+        // Rewritten while the upload lives, so that only a dead writer's journal grows old: in
+        // a set of its own, which aborts it also when this write is dropped unfinished (its
+        // upload is then the collection's). A rewrite that lands after the journal was
+        // deleted only costs a needless abort.
+        let mut refresher = tokio::task::JoinSet::new();
+        {
             let (store, journal) = (self.store.clone(), journal.clone());
-            tokio::spawn(async move {
+            refresher.spawn(async move {
                 loop {
                     tokio::time::sleep(Self::JOURNAL_REFRESH).await;
                     if let Err(e) = store.put(&journal, record.clone().into()).await {
                         tracing::warn!(journal = %journal, error = %e, "could not refresh a multipart journal");
                     }
                 }
-            })
-        };
+            });
+        }
         let mut parts = Parts::new(self.store.clone(), key.clone(), id.clone());
         let streamed = async {
             for chunk in head {
@@ -460,7 +458,7 @@ impl S3BlobStore {
                 .map_err(s3)
         }
         .await;
-        refresher.abort();
+        refresher.abort_all();
         if streamed.is_err() {
             self.abort_multipart(key, &id).await;
         }
