@@ -151,6 +151,9 @@ AS_W1_RSS=$(awk '/VmHWM/{print $2}' /proc/$AS_PID/status); REG_W1_RSS=$(awk '/Vm
 AS_PATH=$($AS place --system as-multipart --file "$WORK/big.bin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 REG_PATH=$($REG place --system registry-monolithic --file "$WORK/big.bin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 cp "$WORK/big.bin" "$WORK/nginx/big.bin"
+# Three fresh copies wait to be written back: flushed now, that writeback does not fall into
+# some system's read rounds (it starts ~30 s after the writes, in the middle of W5).
+sync
 # The peak RSS of the reads alone: reset the high-water mark that the uploads left.
 for p in $AS_PID $REG_PID; do echo 5 > /proc/$p/clear_refs 2>/dev/null || true; done
 download() {  # URL [TOKEN] -> {"mbps": ...}; the whole file or a failure
