@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -80,10 +80,17 @@ const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 /// beyond them a new connection is answered `503` at once.
 const MAX_WAITING: usize = 256;
 
-/// Milliseconds since the process's first call, never 0 (0 means "not set" below).
+/// Milliseconds of the monotonic clock, never 0 (0 means "not set" below). The coarse clock
+/// is the kernel's last tick, read without the TSC: a few milliseconds of granularity are
+/// nothing beside timeouts of seconds, and a request reads this clock several times.
 fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call writes nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + 1
 }
 
 /// What the watchdog, the I/O wrapper and the request guard share about one connection.
