@@ -303,7 +303,7 @@ impl Registry {
         Ok(file)
     }
 
-    pub async fn file(&self, scope: impl Into<Scope>, id: FileId) -> Result<FileRecord> {
+    pub async fn file(&self, scope: impl Into<Scope>, id: FileId) -> Result<Arc<FileRecord>> {
         self.meta
             .file(&scope.into(), id)
             .await?
@@ -340,7 +340,7 @@ impl Registry {
         scope: impl Into<Scope>,
         id: FileId,
         range: Option<Range<u64>>,
-    ) -> Result<(FileRecord, ByteStream)> {
+    ) -> Result<(Arc<FileRecord>, ByteStream)> {
         let file = self.file(scope, id).await?;
         let stream = self.read_file(&file, range.unwrap_or(0..file.size)).await?;
         Ok((file, stream))

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -319,7 +320,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Bytes kept by [`add_file`](Self::add_file) with `inline`, by their digest.
     async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError>;
 
-    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError>;
+    /// Shared, not copied: a download looks its file up on every request, and a record never
+    /// changes once added.
+    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError>;
 
     /// Files of a package in UTF-8 byte order of their paths, after `after`, at most `limit`.
     async fn list_files(

@@ -94,7 +94,7 @@ impl Reads {
         &self,
         scope: &Scope,
         id: FileId,
-    ) -> Result<Option<FileRecord>, StoreError> {
+    ) -> Result<Option<Arc<FileRecord>>, StoreError> {
         if let Some(file) = self.files.get(&id) {
             return Ok(scope.admits(&file.tenant).then_some(file));
         }
@@ -109,6 +109,7 @@ impl Reads {
             row.as_ref().map(file_from_row).transpose()?
         });
         let Some(file) = file else { return Ok(None) };
+        let file = Arc::new(file);
         self.files.insert(&file, generation);
         Ok(scope.admits(&file.tenant).then_some(file))
     }

@@ -7,6 +7,7 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Postgres, QueryBuilder, Sqlite};
@@ -281,7 +282,7 @@ pub(crate) fn migrator(list: &[(i64, &'static str, &'static str)]) -> Migrator {
 /// that commit) removes it. A record read from the database while an eviction ran is not
 /// kept: the generation tells (see [`generation`](Self::generation)).
 pub(crate) struct FileCache {
-    files: std::sync::Mutex<(u64, std::collections::HashMap<FileId, FileRecord>)>,
+    files: std::sync::Mutex<(u64, std::collections::HashMap<FileId, Arc<FileRecord>>)>,
     capacity: usize,
 }
 
@@ -303,11 +304,11 @@ impl FileCache {
 
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<FileId, FileRecord>)> {
+    ) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<FileId, Arc<FileRecord>>)> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn get(&self, id: &FileId) -> Option<FileRecord> {
+    pub(crate) fn get(&self, id: &FileId) -> Option<Arc<FileRecord>> {
         self.lock().1.get(id).cloned()
     }
 
@@ -317,7 +318,7 @@ impl FileCache {
     }
 
     /// Keeps `file`, read when the cache was at `generation`, unless an eviction ran since.
-    pub(crate) fn insert(&self, file: &FileRecord, generation: u64) {
+    pub(crate) fn insert(&self, file: &Arc<FileRecord>, generation: u64) {
         if self.capacity == 0 {
             return;
         }

@@ -796,7 +796,7 @@ impl MetadataStore for SqliteStore {
         self.reads.inline_blob(digest).await
     }
 
-    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<FileRecord>, StoreError> {
+    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError> {
         self.reads.file(scope, id).await
     }
 

@@ -1,13 +1,19 @@
 //! `/files/{id}` and its download: streamed bytes, strong ETag, `304`, single `Range`.
 
+use artifactstore_core::FileId;
 use artifactstore_core::error::Resource;
+use artifactstore_core::storage::ByteStream;
 use artifactstore_core::{FileRecord, Scope};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use super::{PathId, parse_id};
 use crate::AppState;
@@ -28,7 +34,9 @@ pub async fn get_file(
     PathId(id): PathId,
 ) -> ApiResult<Json<FileRecord>> {
     let id = parse_id(&id, Resource::File)?;
-    Ok(Json(state.registry.file(&scope, id).await?))
+    Ok(Json(FileRecord::clone(
+        &*state.registry.file(&scope, id).await?,
+    )))
 }
 
 #[utoipa::path(method(get, head), path = "/files/{id}/download", tag = "files", security(("bearer" = [])),
@@ -76,15 +84,16 @@ async fn respond(
 ) -> ApiResult<Response> {
     let id = parse_id(id, Resource::File)?;
     let file = state.registry.file(scope, id).await?;
-    let etag = format!("\"{}\"", file.content_address);
-    let not_modified = if_none_match(headers, &etag);
+    let etag = header_value(format_args!("\"{}\"", file.content_address))?;
+    let etag_text = etag.to_str().unwrap_or_default();
+    let not_modified = if_none_match(headers, etag_text);
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if if_range_allows(headers, &etag) => parse_range(value, file.size),
+        Some(value) if if_range_allows(headers, etag_text) => parse_range(value, file.size),
         _ => RangeRequest::Full,
     };
     // Sized for every header below: growing the map costs reallocations on each request.
     let mut out = HeaderMap::with_capacity(16);
-    out.insert(header::ETAG, header_value(etag)?);
+    out.insert(header::ETAG, etag);
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // Content never changes under a content address.
     out.insert(
@@ -107,29 +116,77 @@ async fn respond(
     let (status, range) = match range {
         RangeRequest::Full => (StatusCode::OK, 0..file.size),
         RangeRequest::Partial(r) => {
-            let content_range = format!("bytes {}-{}/{}", r.start, r.end - 1, file.size);
-            out.insert(header::CONTENT_RANGE, header_value(content_range)?);
+            let content_range = header_value(format_args!(
+                "bytes {}-{}/{}",
+                r.start,
+                r.end - 1,
+                file.size
+            ))?;
+            out.insert(header::CONTENT_RANGE, content_range);
             (StatusCode::PARTIAL_CONTENT, r)
         }
         RangeRequest::Unsatisfiable => {
             return Err(ApiError::RangeNotSatisfiable { size: file.size });
         }
     };
-    out.insert(header::CONTENT_TYPE, header_value(file.media_type.clone())?);
-    out.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(range.end - range.start),
-    );
+    // Most artifacts are bytes: a static value costs nothing per request.
+    const BYTES: &str = "application/octet-stream";
+    let media_type = match file.media_type.as_str() {
+        BYTES => HeaderValue::from_static(BYTES),
+        other => header_value(format_args!("{other}"))?,
+    };
+    out.insert(header::CONTENT_TYPE, media_type);
+    let length = range.end - range.start;
     if method == Method::HEAD {
+        out.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         return Ok(answer(status, out, Body::empty()));
     }
     let stream = state.registry.read_file(&file, range).await?;
-    // Past the head an error can only cut the connection: the log is where it shows.
-    let id = file.id;
-    let stream = stream.inspect_err(move |e| {
-        tracing::error!(file = %id, error = %e, "a download failed while streaming");
-    });
-    Ok(answer(status, out, Body::from_stream(stream)))
+    let body = Download {
+        stream,
+        remaining: length,
+        file: file.id,
+    };
+    Ok(answer(status, out, Body::new(body)))
+}
+
+/// A download's bytes as a body of known length: hyper writes `Content-Length` from it
+/// (nothing to allocate for the header) and so ends the response where the stream must end.
+struct Download {
+    stream: ByteStream,
+    remaining: u64,
+    file: FileId,
+}
+
+impl http_body::Body for Download {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match ready!(self.stream.poll_next_unpin(cx)) {
+            Some(Ok(bytes)) => {
+                self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Some(Err(e)) => {
+                // Past the head an error can only cut the connection: the log is where it shows.
+                tracing::error!(file = %self.file, error = %e, "a download failed while streaming");
+                Poll::Ready(Some(Err(e)))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// A response with `headers` as they are: the tuple form inserts them one by one into the
@@ -141,8 +198,19 @@ fn answer(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     response
 }
 
-/// A header value that takes the string's buffer instead of copying it.
-fn header_value(text: String) -> ApiResult<HeaderValue> {
-    HeaderValue::try_from(text)
-        .map_err(|e| ApiError::BadRequest(format!("cannot send header: {e}")))
+/// A header value formatted on the stack and copied once into its own exact buffer (a
+/// `format!` string grows, and a `String` with room to spare costs `Bytes` a second
+/// allocation).
+fn header_value(text: std::fmt::Arguments<'_>) -> ApiResult<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 128];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let value = match cursor.write_fmt(text) {
+        Ok(()) => {
+            let n = cursor.position() as usize;
+            HeaderValue::from_bytes(&buf[..n])
+        }
+        Err(_) => HeaderValue::try_from(text.to_string()),
+    };
+    value.map_err(|e| ApiError::BadRequest(format!("cannot send header: {e}")))
 }
