@@ -23,7 +23,7 @@ end
 function request()
   local first = math.random(0, blocks - 1) * block
   local headers = { Range = "bytes=" .. first .. "-" .. (first + block - 1) }
-  if token then
+  if token and token ~= "" then
     headers["Authorization"] = "Bearer " .. token
   end
   return wrk.format("GET", nil, headers)
