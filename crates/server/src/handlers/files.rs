@@ -129,12 +129,7 @@ async fn respond(
             return Err(ApiError::RangeNotSatisfiable { size: file.size });
         }
     };
-    // Most artifacts are bytes: a static value costs nothing per request.
-    const BYTES: &str = "application/octet-stream";
-    let media_type = match file.media_type.as_str() {
-        BYTES => HeaderValue::from_static(BYTES),
-        other => header_value(format_args!("{other}"))?,
-    };
+    let media_type = HeaderValue::from_str(&file.media_type).map_err(cannot_send)?;
     out.insert(header::CONTENT_TYPE, media_type);
     let length = range.end - range.start;
     if method == Method::HEAD {
@@ -212,5 +207,9 @@ fn header_value(text: std::fmt::Arguments<'_>) -> ApiResult<HeaderValue> {
         }
         Err(_) => HeaderValue::try_from(text.to_string()),
     };
-    value.map_err(|e| ApiError::BadRequest(format!("cannot send header: {e}")))
+    value.map_err(cannot_send)
+}
+
+fn cannot_send(e: axum::http::header::InvalidHeaderValue) -> ApiError {
+    ApiError::BadRequest(format!("cannot send header: {e}"))
 }
