@@ -62,8 +62,9 @@ http: {addr: 127.0.0.1:$REG_PORT}
 YML
 docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 & REG_PID=$!; PIDS+=($REG_PID)
 mkdir -p "$WORK/nginx/dav" "$WORK/nginx/tmp" "$WORK/nginx/logs"
+# Each nginx worker held to its own core, as artifactstore holds its connection threads.
 cat > "$WORK/nginx.conf" <<NGX
-daemon off; worker_processes 2; $( [ "$(id -u)" = 0 ] && echo "user root;" ) pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
+daemon off; worker_processes 2; worker_cpu_affinity auto; $( [ "$(id -u)" = 0 ] && echo "user root;" ) pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
 events { worker_connections 4096; }
 http {
   access_log off; client_body_temp_path $WORK/nginx/tmp; client_max_body_size 0;

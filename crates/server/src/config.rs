@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// durable with their record in one commit; 0 to 65536 [default: 65536].
     #[arg(long, env = "ARTIFACTSTORE_INLINE_MAX_BYTES")]
     pub inline_max_bytes: Option<u64>,
+    /// Pin each connection thread to its own CPU when there is one thread per allowed CPU
+    /// [default: true]; turn off on a host whose cores other busy processes share.
+    #[arg(long, env = "ARTIFACTSTORE_PIN_THREADS")]
+    pub pin_threads: Option<bool>,
 }
 
 /// Never prints the tokens: the only place they could leak from into a log.
@@ -166,6 +170,7 @@ pub struct FileConfig {
     pub max_pollers: Option<usize>,
     pub max_pollers_per_tenant: Option<usize>,
     pub inline_max_bytes: Option<u64>,
+    pub pin_threads: Option<bool>,
     #[serde(default)]
     pub tokens: Vec<FileToken>,
 }
@@ -255,6 +260,8 @@ pub struct Settings {
     pub max_pollers: usize,
     pub max_pollers_per_tenant: usize,
     pub inline_max_bytes: u64,
+    /// Connection threads pinned one per CPU ([`crate::edge::Workers::start`]).
+    pub pin_threads: bool,
 }
 
 /// Default caps on waiting long-polls.
@@ -530,6 +537,7 @@ impl ServeArgs {
                 Some(n) => n,
                 None => INLINE_FILE_BYTES,
             },
+            pin_threads: self.pin_threads.or(file.pin_threads).unwrap_or(true),
         })
     }
 }
@@ -890,6 +898,24 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(e.0.contains("empty token"), "{e}");
+    }
+
+    #[test]
+    fn threads_are_pinned_unless_turned_off() {
+        assert!(args(Some("a:b")).resolve().unwrap().pin_threads);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "pin_threads = false\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..args(Some("a:b"))
+        };
+        assert!(!from_file.resolve().unwrap().pin_threads);
+        let flag = ServeArgs {
+            pin_threads: Some(false),
+            ..args(Some("a:b"))
+        };
+        assert!(!flag.resolve().unwrap().pin_threads);
     }
 
     #[test]

