@@ -513,24 +513,16 @@ pub struct Workers {
 
 impl Workers {
     /// One runtime per available core (at least one). With `pin`, and as many threads as
-    /// the process may run on CPUs, each thread is held to its own CPU: left to the
-    /// scheduler, both would now and then share one core while the other ran something else
-    /// (measured with wrk on two cores: 4 KiB range reads' p99 1.8-3.4 ms unpinned, 0.8-0.9
-    /// ms pinned, 10 % more requests a second).
+    /// CPUs the process may run on, each thread is held to its own CPU: left to the scheduler,
+    /// both would now and then share one core while the other ran something else (measured on
+    /// one two-core host with wrk: 4 KiB range reads' p99 1.8-3.4 ms unpinned, 0.8-0.9 ms
+    /// pinned; on another, no difference either way).
     pub fn start(pin: bool) -> io::Result<Self> {
         let count = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let allowed = affinity::allowed();
-        let cpus = match &allowed {
-            Some(set) if pin && count > 1 => affinity::cpus(set),
-            _ => Vec::new(),
-        };
         // A cgroup quota below the CPUs allowed gives fewer threads than CPUs: no pinning.
-        let cpus = if cpus.len() == count {
-            cpus
-        } else {
-            Vec::new()
-        };
-        if !cpus.is_empty() {
+        let pinning =
+            affinity::allowed().filter(|(_, cpus)| pin && count > 1 && cpus.len() == count);
+        if let Some((_, cpus)) = &pinning {
             tracing::info!(?cpus, "connection threads pinned one per CPU");
         }
         let mut runtimes = Vec::with_capacity(count);
@@ -538,16 +530,17 @@ impl Workers {
         for i in 0..count {
             let mut builder = tokio::runtime::Builder::new_current_thread();
             builder.enable_all().thread_name("artifactstore-blocking");
-            if let (Some(set), false) = (allowed, cpus.is_empty()) {
+            if let Some((all, _)) = &pinning {
                 // A blocking thread (file I/O, SQLite) inherits the pinned thread's one CPU;
                 // it gets back every CPU the process may use.
-                builder.on_thread_start(move || affinity::set(&set));
+                let all = *all;
+                builder.on_thread_start(move || affinity::set(&all));
             }
             let runtime = builder.build()?;
             runtimes.push(runtime.handle().clone());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             stop.push(tx);
-            let cpu = cpus.get(i).copied();
+            let cpu = pinning.as_ref().map(|(_, cpus)| cpus[i]);
             std::thread::Builder::new()
                 .name(format!("artifactstore-http-{i}"))
                 .spawn(move || {
@@ -582,22 +575,19 @@ mod affinity {
     #[cfg(not(target_os = "linux"))]
     pub type Set = ();
 
-    /// The CPUs the calling thread may run on.
+    /// The set of CPUs the calling thread may run on, and those CPUs in order.
     #[cfg(target_os = "linux")]
-    pub fn allowed() -> Option<Set> {
+    pub fn allowed() -> Option<(Set, Vec<usize>)> {
         // SAFETY: an all-zero cpu_set_t is a valid empty set; the call writes at most
-        // `size_of::<Set>()` bytes into it.
+        // `size_of::<Set>()` bytes into it, and CPU_ISSET only reads it below its capacity.
         let mut set: Set = unsafe { std::mem::zeroed() };
-        let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<Set>(), &mut set) };
-        (ok == 0).then_some(set)
-    }
-
-    #[cfg(target_os = "linux")]
-    pub fn cpus(set: &Set) -> Vec<usize> {
-        // SAFETY: CPU_ISSET only reads the set, for an index below its capacity.
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, set) })
-            .collect()
+        if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<Set>(), &mut set) } != 0 {
+            return None;
+        }
+        let cpus = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect();
+        Some((set, cpus))
     }
 
     #[cfg(target_os = "linux")]
@@ -620,12 +610,8 @@ mod affinity {
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub fn allowed() -> Option<Set> {
+    pub fn allowed() -> Option<(Set, Vec<usize>)> {
         None
-    }
-    #[cfg(not(target_os = "linux"))]
-    pub fn cpus(_: &Set) -> Vec<usize> {
-        Vec::new()
     }
     #[cfg(not(target_os = "linux"))]
     pub fn only(_: usize) -> Set {}
@@ -952,7 +938,7 @@ mod tests {
 
     /// CPUs the calling thread may run on (empty where affinity is not read).
     fn my_cpus() -> Vec<usize> {
-        affinity::allowed().map_or_else(Vec::new, |set| affinity::cpus(&set))
+        affinity::allowed().map_or_else(Vec::new, |(_, cpus)| cpus)
     }
 
     /// What `task` returns, run on `runtime`'s own thread.
