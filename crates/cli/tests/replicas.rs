@@ -23,13 +23,10 @@ impl IntoJson for reqwest::RequestBuilder {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and S3 (make test starts both)"]
 async fn a_replica_killed_mid_patch_loses_nothing_acknowledged() {
-    let Some(database) = artifactstore_testkit::fresh_postgres().await else {
-        return;
-    };
-    let Some(blobs) = artifactstore_testkit::fresh_s3() else {
-        return;
-    };
+    let database = artifactstore_testkit::require_postgres().await;
+    let blobs = artifactstore_testkit::require_s3();
     let dir = tempfile::tempdir().unwrap();
     let args = ["--database-url", &database, "--blob-url", &blobs];
     let mut a = Server::start_with(&dir.path().join("a"), &args);

@@ -30,6 +30,11 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 /// Default lifetime of an upload session without activity.
 pub const DEFAULT_UPLOAD_TTL_SECS: u64 = 24 * 60 * 60;
 
+/// How many times finalize builds a package's manifest again because a file landed while it
+/// was being built; past that the request is answered `Unavailable` (`503` + `Retry-After`)
+/// instead of spinning while a producer keeps adding files.
+pub const FINALIZE_ATTEMPTS: usize = 32;
+
 /// Clamps a requested page size to `1..=max`, using `default` when none was asked for.
 pub fn clamp_limit(requested: Option<u32>, default: u32, max: u32) -> u32 {
     requested.unwrap_or(default).clamp(1, max)

@@ -27,6 +27,10 @@ use crate::storage::{
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
 
+/// What a finalize answers once [`FINALIZE_ATTEMPTS`] manifests were outdated by files that
+/// landed while each was built.
+const FINALIZE_CONTENDED: &str = "finalizing (files kept arriving while the manifest was built)";
+
 /// What the registry enforces beyond the fixed limits of [`limits`].
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
@@ -200,7 +204,7 @@ impl Registry {
     /// Freezes the package and stores its manifest. Idempotent: finalizing a finalized
     /// package returns it as it is.
     pub async fn finalize(&self, tenant: &str, id: PackageId) -> Result<Package> {
-        loop {
+        for _ in 0..limits::FINALIZE_ATTEMPTS {
             let package = self.package(tenant, id).await?;
             if package.state == PackageState::Finalized {
                 return Ok(package);
@@ -237,6 +241,7 @@ impl Registry {
                 Err(e) => return Err(e.into()),
             }
         }
+        Err(StoreError::Unavailable(FINALIZE_CONTENDED).into())
     }
 
     /// The stored manifest of a finalized package.

@@ -218,30 +218,13 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Where blobs live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Blobs {
-    /// A local content-addressed directory: the embedded default.
-    Dir(PathBuf),
-    /// `s3://bucket/prefix`, with the endpoint and keys from the `AWS_*` variables.
-    S3(String),
-}
-
-impl std::fmt::Display for Blobs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Dir(dir) => write!(f, "{}", dir.display()),
-            Self::S3(url) => f.write_str(url),
-        }
-    }
-}
-
 /// Everything the server runs with, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
-    pub blobs: Blobs,
+    /// `file://PATH` or `s3://BUCKET/PREFIX` (checked by `artifactstore_storage::Locations`).
+    pub blob_url: String,
     pub auth: Auth,
     pub max_file_bytes: u64,
     pub max_json_bytes: usize,
@@ -298,33 +281,17 @@ impl ServeArgs {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| "artifactstore-data".into());
-        let database_url = match self.database_url.or(file.database_url) {
-            Some(url)
-                if url.starts_with("sqlite:")
-                    || url.starts_with("postgres://")
-                    || url.starts_with("postgresql://") =>
-            {
-                url
-            }
-            Some(url) => {
-                return Err(err(format!(
-                    "database url {url:?}: expected sqlite://PATH or postgres://…"
-                )));
-            }
-            None => format!("sqlite://{}", data_dir.join("meta.db").display()),
-        };
-        let blobs = match self.blob_url.or(file.blob_url) {
-            Some(url) => match url.strip_prefix("file://") {
-                Some(path) => Blobs::Dir(PathBuf::from(path)),
-                None if url.starts_with("s3://") && url.len() > "s3://".len() => Blobs::S3(url),
-                None => {
-                    return Err(err(format!(
-                        "blob url {url:?}: expected file://PATH or s3://BUCKET/PREFIX"
-                    )));
-                }
-            },
-            None => Blobs::Dir(data_dir.join("blobs")),
-        };
+        let database_url = self
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("meta.db").display()));
+        let blob_url = self
+            .blob_url
+            .or(file.blob_url)
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("blobs").display()));
+        // Checked now, opened later: a wrong URL stops the start before anything is bound.
+        artifactstore_storage::Locations::parse(&database_url, &blob_url)
+            .map_err(|e| err(e.to_string()))?;
 
         let mut tokens = Vec::new();
         if let Some(list) = &self.tokens {
@@ -447,7 +414,7 @@ impl ServeArgs {
         Ok(Settings {
             listen,
             database_url,
-            blobs,
+            blob_url,
             auth: Auth::new(tokens, anon),
             max_file_bytes: self
                 .max_file_bytes

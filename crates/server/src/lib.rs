@@ -19,9 +19,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactstore_core::storage::{BlobStore, MetadataStore};
+use artifactstore_core::storage::MetadataStore;
 use artifactstore_core::{Registry, RegistryConfig};
-use artifactstore_storage::{FsBlobStore, PgStore, S3BlobStore, SqliteStore};
+use artifactstore_storage::{OpenOptions, Stores};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::Method;
@@ -67,7 +67,7 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("opening the stores failed: {0}")]
-    Store(#[from] artifactstore_core::storage::StoreError),
+    Store(#[from] artifactstore_storage::OpenError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -82,29 +82,13 @@ pub enum ServeError {
 impl AppState {
     /// Opens the stores the settings name.
     pub async fn open(settings: Settings) -> Result<Self, ServeError> {
-        if let Some(path) = settings.database_url.strip_prefix("sqlite://")
-            && let Some(parent) = std::path::Path::new(path).parent()
-        {
-            std::fs::create_dir_all(parent)?;
-        }
-        let meta: Arc<dyn MetadataStore> = if settings.database_url.starts_with("postgres") {
-            Arc::new(PgStore::open(&settings.database_url).await?)
-        } else {
-            Arc::new(SqliteStore::open(&settings.database_url).await?)
+        let options = OpenOptions {
+            gc_grace: settings.gc_grace,
+            ..OpenOptions::default()
         };
-        let blobs: Arc<dyn BlobStore> = match &settings.blobs {
-            config::Blobs::Dir(dir) => Arc::new(FsBlobStore::open(dir).await?),
-            config::Blobs::S3(url) => {
-                if settings.gc_grace < 2 * S3BlobStore::JOURNAL_REFRESH {
-                    tracing::warn!(
-                        grace_secs = settings.gc_grace.as_secs(),
-                        "a garbage collection grace under {} s may abort S3 multipart uploads still under way",
-                        2 * S3BlobStore::JOURNAL_REFRESH.as_secs()
-                    );
-                }
-                Arc::new(S3BlobStore::open(url)?)
-            }
-        };
+        let Stores { meta, blobs } =
+            artifactstore_storage::open(&settings.database_url, &settings.blob_url, &options)
+                .await?;
         let config = RegistryConfig {
             max_file_bytes: settings.max_file_bytes,
             upload_ttl: settings.upload_ttl,
@@ -421,7 +405,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         addr = %bound,
         scheme = if state.settings.tls.is_some() { "https" } else { "http" },
         database = %config::redact_url(&state.settings.database_url),
-        blobs = %state.settings.blobs,
+        blobs = %config::redact_url(&state.settings.blob_url),
         "artifactstore listening"
     );
     tracing::info!("anonymous reads: {}", state.auth.describe_anonymous());

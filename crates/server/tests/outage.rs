@@ -12,10 +12,9 @@ use common::*;
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (make test starts it)"]
 async fn an_unreachable_database_answers_503_and_the_server_recovers() {
-    let Some(url) = artifactstore_testkit::fresh_postgres().await else {
-        return;
-    };
+    let url = artifactstore_testkit::require_postgres().await;
     let (head, rest) = url.rsplit_once('@').unwrap();
     let (host, db) = rest.split_once('/').unwrap();
     let target: SocketAddr = host.parse().unwrap();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use artifactstore_core::storage::StoreError;
 use artifactstore_core::*;
 use bytes::Bytes;
+#[cfg(feature = "postgres")]
 use sqlx::postgres::PgPool;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::SqlitePool;
 
 use crate::rows::*;
@@ -15,7 +17,9 @@ use crate::tail::EventTail;
 
 /// The pool reads go to.
 pub(crate) enum Pool {
+    #[cfg(feature = "sqlite")]
     Sqlite(SqlitePool),
+    #[cfg(feature = "postgres")]
     Postgres(PgPool),
 }
 
@@ -24,7 +28,9 @@ pub(crate) enum Pool {
 macro_rules! on_pool {
     ($pool:expr, |$p:ident| $body:expr) => {
         match $pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite($p) => $body,
+            #[cfg(feature = "postgres")]
             Pool::Postgres($p) => $body,
         }
     };

@@ -3,43 +3,62 @@
 
 use artifactstore_core::storage::StoreError;
 use artifactstore_core::*;
+#[cfg(feature = "postgres")]
+use sqlx::Postgres;
+#[cfg(feature = "sqlite")]
+use sqlx::Sqlite;
+#[cfg(feature = "postgres")]
 use sqlx::postgres::PgRow;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::SqliteRow;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use sqlx::QueryBuilder;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{Postgres, QueryBuilder, Sqlite};
 
-/// A column type both engines decode.
-pub(crate) trait Value:
-    for<'r> sqlx::Decode<'r, Sqlite>
-    + sqlx::Type<Sqlite>
-    + for<'r> sqlx::Decode<'r, Postgres>
-    + sqlx::Type<Postgres>
+/// A column type every engine of this build decodes.
+pub(crate) trait Value: SqliteValue + PostgresValue {}
+
+impl<T: SqliteValue + PostgresValue> Value for T {}
+
+/// A column type SQLite decodes (anything, when the build leaves SQLite out).
+#[cfg(feature = "sqlite")]
+pub(crate) trait SqliteValue: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> {}
+#[cfg(feature = "sqlite")]
+impl<T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>> SqliteValue for T {}
+#[cfg(not(feature = "sqlite"))]
+pub(crate) trait SqliteValue {}
+#[cfg(not(feature = "sqlite"))]
+impl<T> SqliteValue for T {}
+
+/// A column type PostgreSQL decodes (anything, when the build leaves PostgreSQL out).
+#[cfg(feature = "postgres")]
+pub(crate) trait PostgresValue:
+    for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>
 {
 }
-
-impl<T> Value for T where
-    T: for<'r> sqlx::Decode<'r, Sqlite>
-        + sqlx::Type<Sqlite>
-        + for<'r> sqlx::Decode<'r, Postgres>
-        + sqlx::Type<Postgres>
-{
-}
+#[cfg(feature = "postgres")]
+impl<T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>> PostgresValue for T {}
+#[cfg(not(feature = "postgres"))]
+pub(crate) trait PostgresValue {}
+#[cfg(not(feature = "postgres"))]
+impl<T> PostgresValue for T {}
 
 /// A row of either engine, read by column name.
 pub(crate) trait Fields {
     fn field<T: Value>(&self, name: &str) -> Result<T, ()>;
 }
 
+#[cfg(feature = "sqlite")]
 impl Fields for SqliteRow {
     fn field<T: Value>(&self, name: &str) -> Result<T, ()> {
         sqlx::Row::try_get(self, name).map_err(drop)
     }
 }
 
+#[cfg(feature = "postgres")]
 impl Fields for PgRow {
     fn field<T: Value>(&self, name: &str) -> Result<T, ()> {
         sqlx::Row::try_get(self, name).map_err(drop)

@@ -108,16 +108,19 @@ enum Message {
     Close(oneshot::Sender<()>),
 }
 
-enum Outcome {
-    /// Done in the transaction; `deliver` answers the caller once the commit is known.
-    Staged {
-        event: Option<Event>,
-        deliver: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
-    },
-    /// Refused (not found, conflict, …) before changing anything; the caller has its answer.
-    Refused,
-    /// The database failed mid-change: the whole group's transaction must be rolled back.
-    Broken(String),
+/// What a job did, and how to answer its caller.
+struct Outcome {
+    /// The event of its change, if it made one.
+    event: Option<Event>,
+    /// It failed, at whatever step: the writer undoes whatever it changed (its savepoint)
+    /// while the rest of the group goes on.
+    failed: bool,
+    /// Answers the caller once the group's fate is known: with the job's own result if the
+    /// group committed, with the group's error if not. A refusal waits for the commit too:
+    /// it may have been decided on changes of the same group (a file added just before, say)
+    /// that are not visible to readers until then, and a caller answered earlier would look
+    /// again, see none of them, and be refused again by the same open group.
+    deliver: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
 impl SqliteStore {
@@ -214,8 +217,8 @@ impl SqliteStore {
     }
 
     /// Runs `change` on the writer task and answers once it is committed (or refused). A
-    /// change that returns any error but [`StoreError::Database`] must have changed nothing:
-    /// it shares its transaction with the rest of its group.
+    /// change that returns an error, after any number of its statements, leaves no trace:
+    /// the writer rolls back to the savepoint it took before the change (see [`run_writer`]).
     ///
     /// Once queued, a change is carried out even if the caller stops waiting, like a request
     /// a server received in full.
@@ -230,21 +233,16 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
-                match change(conn).await {
-                    Ok((value, event)) => Outcome::Staged {
-                        event,
-                        deliver: Box::new(move |committed: Result<(), StoreError>| {
-                            let _ = reply.send(committed.map(|()| value));
-                        }),
-                    },
-                    Err(StoreError::Database(e)) => {
-                        let _ = reply.send(Err(StoreError::Database(e.clone())));
-                        Outcome::Broken(e)
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        Outcome::Refused
-                    }
+                let (result, event) = match change(conn).await {
+                    Ok((value, event)) => (Ok(value), event),
+                    Err(e) => (Err(e), None),
+                };
+                Outcome {
+                    event,
+                    failed: result.is_err(),
+                    deliver: Box::new(move |committed: Result<(), StoreError>| {
+                        let _ = reply.send(committed.and(result));
+                    }),
                 }
             })
         });
@@ -270,7 +268,7 @@ async fn run_writer(
 ) {
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
-        let mut staged = Vec::new();
+        let mut staged: Staged = Vec::new();
         let mut broken: Option<String> = None;
         let mut closing = None;
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
@@ -295,13 +293,9 @@ async fn run_writer(
                 }
                 Message::Job(job) => {
                     taken += 1;
-                    match job(&mut conn).await {
-                        Outcome::Staged { event, deliver } => staged.push((event, deliver)),
-                        Outcome::Refused => {}
-                        Outcome::Broken(e) => {
-                            broken = Some(e);
-                            break;
-                        }
+                    if let Err(e) = run_job(&mut conn, job, &mut staged).await {
+                        broken = Some(e);
+                        break;
                     }
                 }
             }
@@ -342,6 +336,38 @@ async fn run_writer(
             return;
         }
     }
+}
+
+/// What the writer keeps of each job of a group until the commit: its event and its answer.
+type Staged = Vec<(
+    Option<Event>,
+    Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+)>;
+
+/// Runs one job of a group inside a savepoint of the group's transaction, so that a job
+/// failing after some of its writes undoes exactly those and the rest of the group still
+/// commits; its caller is answered with the others, after the commit. Savepoints are not released: the commit releases
+/// them all, and a job's `ROLLBACK TO` names the newest savepoint of that name, its own. An
+/// error here means the transaction itself is gone (SQLite rolls back the whole of it on some
+/// failures, such as a full disk): the group must not commit.
+async fn run_job(conn: &mut SqliteConnection, job: Job, staged: &mut Staged) -> Result<(), String> {
+    sqlx::query("SAVEPOINT job")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Outcome {
+        event,
+        failed,
+        deliver,
+    } = job(conn).await;
+    staged.push((event, deliver));
+    if failed {
+        sqlx::query("ROLLBACK TO job")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| format!("a change failed and could not be undone: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Starts the WAL over from its beginning, on the writer's connection between two groups.
@@ -1082,5 +1108,61 @@ impl MetadataStore for SqliteStore {
 
     fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
         self.reads.tail.watch(scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change that adds the lease `name`, then fails with `fail` if given.
+    fn add_lease<'s>(
+        store: &'s SqliteStore,
+        name: &'static str,
+        fail: Option<StoreError>,
+    ) -> impl Future<Output = Result<(), StoreError>> + 's {
+        store.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO leases (name, holder, expires_at) VALUES (?, 'test', 0)")
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                match fail {
+                    Some(e) => Err(e),
+                    None => Ok(((), None)),
+                }
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_job_failing_after_its_writes_leaves_no_trace_and_its_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        // On this current-thread runtime the writer task runs only once all four wait, so it
+        // takes them as one group, in this order, into one transaction.
+        let (a, refused, broken, c) = tokio::join!(
+            add_lease(&store, "a", None),
+            add_lease(&store, "b", Some(StoreError::Stale)),
+            // A database error (the name is taken) after nothing written.
+            add_lease(&store, "a", None),
+            add_lease(&store, "c", None),
+        );
+        assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+        assert!(matches!(refused, Err(StoreError::Stale)), "{refused:?}");
+        assert!(matches!(broken, Err(StoreError::Database(_))), "{broken:?}");
+        let mut reader = SqliteConnection::connect(&url).await.unwrap();
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM leases ORDER BY name")
+            .fetch_all(&mut reader)
+            .await
+            .unwrap();
+        assert_eq!(
+            names,
+            ["a", "c"],
+            "b was written, then refused: no trace of it"
+        );
+        store.close().await;
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use artifactstore_core::*;
-use artifactstore_storage::FsBlobStore;
 use common::*;
 
 fn file(path: &str) -> NewFile {
@@ -67,8 +66,11 @@ async fn package_lifecycle_and_manifest() {
 
     // Finalized packages take no more files, and the attempt stores nothing.
     let blobs_before = env.blob_files().await.len();
+    // Past the inline limit: bytes the blob store would keep if the state were not checked
+    // before the body is stored.
+    let late = bytes(INLINE_FILE_BYTES as usize + 1000, 6);
     let err = r
-        .add_file(TENANT, pkg.id, file("late"), body(b"new bytes", 4))
+        .add_file(TENANT, pkg.id, file("late"), body(&late, 4096))
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::PackageFinalized), "{err:?}");
@@ -433,8 +435,10 @@ async fn expected_digest_mismatch_stores_nothing() {
         media_type: None,
         sha256: Some(Sha256Digest::of(b"other").hex()),
     };
+    // Past the inline limit, so that the bytes reach the blob store (which must keep none).
+    let actual = bytes(INLINE_FILE_BYTES as usize + 1000, 5);
     let err = r
-        .add_file(TENANT, pkg.id, wrong, body(b"actual", 2))
+        .add_file(TENANT, pkg.id, wrong, body(&actual, 4096))
         .await
         .unwrap_err();
     assert!(
@@ -957,7 +961,7 @@ async fn events_from_memory_match_the_database() {
     let url = &database_url(dir.path()).await;
     // A tail of 8 events: most reads below fall before it and go to the database.
     let meta = open_meta(url, 8).await;
-    let blobs = Arc::new(FsBlobStore::open(dir.path().join("b")).await.unwrap());
+    let blobs = open_blobs(dir.path(), None).await;
     let r = Registry::new(meta.clone(), blobs, RegistryConfig::default());
     for i in 0..30 {
         let tenant = if i % 3 == 0 { "beta" } else { TENANT };

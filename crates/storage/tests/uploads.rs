@@ -217,8 +217,10 @@ async fn failed_complete_leaves_the_upload_open() {
     )
     .await
     .unwrap();
+    // Past the inline limit, so that the same bytes added below are read from the blob.
+    let hello = bytes(INLINE_FILE_BYTES as usize + 1000, 3);
     let up = r.create_upload(TENANT, None).await.unwrap();
-    r.append_upload(TENANT, up.id, Chunk::default(), body(b"hello ", 2))
+    r.append_upload(TENANT, up.id, Chunk::default(), body(&hello, 4096))
         .await
         .unwrap();
 
@@ -259,12 +261,15 @@ async fn failed_complete_leaves_the_upload_open() {
 
     // The path-taken attempt got as far as the blob store; appending more must not change
     // what it stored there.
-    let hello = Sha256Digest::of(b"hello ");
+    let len = hello.len() as u64;
     let up_state = r.upload(TENANT, up.id).await.unwrap();
-    assert_eq!((up_state.state, up_state.offset), (UploadState::Open, 6));
-    r.append_upload(TENANT, up.id, at(6, 5), body(b"world", 5))
+    assert_eq!((up_state.state, up_state.offset), (UploadState::Open, len));
+    r.append_upload(TENANT, up.id, at(len, 5), body(b"world", 5))
         .await
         .unwrap();
+    let blobs = open_blobs(env.dir.path(), env.blob_url.as_deref()).await;
+    let stored = blobs.size(&Sha256Digest::of(&hello)).await.unwrap();
+    assert_eq!(stored, Some(len), "the append wrote into the stored blob");
     let other = r.create_package(TENANT, new_package()).await.unwrap();
     let g = r
         .add_file(
@@ -274,20 +279,24 @@ async fn failed_complete_leaves_the_upload_open() {
                 path: "h".into(),
                 ..Default::default()
             },
-            body(b"hello ", 6),
+            body(&hello, 4096),
         )
         .await
         .unwrap();
-    assert_eq!(g.sha256(), hello);
+    assert!(!g.inline, "read from the blob the failed complete stored");
+    assert_eq!(g.sha256(), Sha256Digest::of(&hello));
     let (_, stream) = r.open_file(TENANT, g.id, None).await.unwrap();
-    assert_eq!(collect(stream).await, b"hello ");
+    assert!(
+        collect(stream).await == hello,
+        "the blob changed after it was stored"
+    );
 
     let f = r
         .complete_upload(TENANT, up.id, complete(pkg.id, "x", None))
         .await
         .unwrap();
     let (_, stream) = r.open_file(TENANT, f.id, None).await.unwrap();
-    assert_eq!(collect(stream).await, b"hello world");
+    assert!(collect(stream).await == [&hello[..], b"world"].concat());
 }
 
 #[tokio::test]

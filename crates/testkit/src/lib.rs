@@ -107,3 +107,22 @@ pub fn fresh_s3() -> Option<String> {
         unique_name('-')
     ))
 }
+
+/// What an `#[ignore]` says of a test that needs both shared stores; `make test` runs such
+/// tests with `--include-ignored` under `tools/with-backends.sh`, which starts them.
+pub const NEEDS_BACKENDS: &str = "needs PostgreSQL and S3 (make test starts both)";
+
+/// [`fresh_postgres`] for a test that cannot run without PostgreSQL: it fails, saying so,
+/// where none is named (such a test is `#[ignore]`d, so only a run that asks for it gets here).
+pub async fn require_postgres() -> String {
+    fresh_postgres().await.unwrap_or_else(|| {
+        panic!("this test needs {POSTGRES_ENV} (run it through tools/with-backends.sh)")
+    })
+}
+
+/// [`fresh_s3`] for a test that cannot run without S3 (see [`require_postgres`]).
+pub fn require_s3() -> String {
+    fresh_s3().unwrap_or_else(|| {
+        panic!("this test needs {S3_ENV} (run it through tools/with-backends.sh)")
+    })
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use artifactstore_core::storage::ByteStream;
 use artifactstore_core::storage::{BlobStore, MetadataStore};
 use artifactstore_core::{NewPackage, Package, Registry, RegistryConfig};
-use artifactstore_storage::{FsBlobStore, PgStore, S3BlobStore, SqliteStore};
+use artifactstore_storage::{OpenOptions, Stores};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -55,12 +55,14 @@ impl Env {
         blob_url: Option<String>,
         config: RegistryConfig,
     ) -> Self {
-        let meta = open_meta(&database_url, 4096).await;
-        let registry = Arc::new(Registry::new(
-            meta.clone(),
-            open_blobs(dir.path(), blob_url.as_deref()).await,
-            config,
-        ));
+        let Stores { meta, blobs } = artifactstore_storage::open(
+            &database_url,
+            &self::blob_url(dir.path(), blob_url.as_deref()),
+            &options(4096),
+        )
+        .await
+        .unwrap();
+        let registry = Arc::new(Registry::new(meta.clone(), blobs, config));
         Self {
             dir,
             registry,
@@ -220,21 +222,34 @@ pub async fn database_url(dir: &Path) -> String {
     }
 }
 
+/// The options tests open stores with, keeping `tail` events in memory.
+pub fn options(tail: usize) -> OpenOptions {
+    OpenOptions {
+        tail_events: tail,
+        ..OpenOptions::default()
+    }
+}
+
 /// The metadata store at `url`, keeping `tail` events in memory.
 pub async fn open_meta(url: &str, tail: usize) -> Arc<dyn MetadataStore> {
-    if url.starts_with("postgres") {
-        Arc::new(PgStore::open_with_tail(url, tail).await.unwrap())
-    } else {
-        Arc::new(SqliteStore::open_with_tail(url, tail).await.unwrap())
-    }
+    artifactstore_storage::open_metadata(url, &options(tail))
+        .await
+        .unwrap()
+}
+
+/// The blob URL of a test: `url` (S3), or the directory `blobs/` in `dir`.
+pub fn blob_url(dir: &Path, url: Option<&str>) -> String {
+    url.map_or_else(
+        || format!("file://{}", dir.join("blobs").display()),
+        str::to_string,
+    )
 }
 
 /// The blob store at `url` (S3), or the directory `blobs/` in `dir`.
 pub async fn open_blobs(dir: &Path, url: Option<&str>) -> Arc<dyn BlobStore> {
-    match url {
-        Some(url) => Arc::new(S3BlobStore::open(url).unwrap()),
-        None => Arc::new(FsBlobStore::open(dir.join("blobs")).await.unwrap()),
-    }
+    artifactstore_storage::open_blobs(&blob_url(dir, url))
+        .await
+        .unwrap()
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
