@@ -6,74 +6,18 @@
 //! in the metadata store, which succeeds only if no file uses it and no claim is younger
 //! than the grace period. A file is recorded only if its claim still stands undoomed.
 
-use std::sync::OnceLock;
 use std::time::Duration;
-
-use async_trait::async_trait;
 
 use crate::digest::Sha256Digest;
 use crate::error::Result;
-use crate::registry::Registry;
-use crate::storage::{BlobInfo, Claim, MetadataStore, StoreError};
+use crate::lease;
+use crate::storage::Stores;
 use crate::timestamp::Timestamp;
 
-/// What a writer answers when a collection took the bytes it was about to record.
-pub(crate) const GC_TOOK_THE_BYTES: &str =
-    "the blob store (a garbage collection took these bytes meanwhile; send them again)";
-/// How long a writer waits for a collection that is deleting the digest it wants.
-const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// Blobs, uploads and digests handled per step.
 const PAGE: usize = 1000;
 /// Digests doomed per metadata-store call.
 const DOOM_BATCH: usize = 100;
-
-/// The registry's [`Claim`]: claims a digest for one write and keeps the generation that
-/// [`MetadataStore::add_file`] checks.
-pub(crate) struct BlobClaimer<'a> {
-    meta: &'a dyn MetadataStore,
-    generation: OnceLock<i64>,
-}
-
-impl<'a> BlobClaimer<'a> {
-    pub(crate) fn new(meta: &'a dyn MetadataStore) -> Self {
-        Self {
-            meta,
-            generation: OnceLock::new(),
-        }
-    }
-
-    /// The claim's generation, once [`claim`](Claim::claim) has run.
-    pub(crate) fn generation(&self) -> Option<i64> {
-        self.generation.get().copied()
-    }
-}
-
-#[async_trait]
-impl Claim for BlobClaimer<'_> {
-    async fn claim(&self, blob: &BlobInfo) -> Result<(), StoreError> {
-        let candidate = (ulid::Ulid::new().random() as i64) & i64::MAX;
-        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
-        loop {
-            let claimed = self
-                .meta
-                .claim_blob(&blob.digest, candidate, Timestamp::now())
-                .await?;
-            if let Some(generation) = claimed {
-                // Each write claims once, after hashing.
-                let _ = self.generation.set(generation);
-                return Ok(());
-            }
-            // A collection is deleting these bytes right now: once it is done, they are
-            // written anew.
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Unavailable(
-                    "the blob store (a garbage collection is deleting these bytes)",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 /// What one collection reclaimed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,11 +51,22 @@ pub struct GcOptions<'a> {
     pub duty: f64,
 }
 
-impl Registry {
+/// Garbage collection over a pair of stores: a service of its own beside the registry,
+/// sharing nothing with it but the stores.
+pub struct Collector {
+    stores: Stores,
+}
+
+impl Collector {
+    pub fn new(stores: Stores) -> Self {
+        Self { stores }
+    }
+
     /// One garbage collection: bytes no file uses and that no write claimed within the grace
     /// period are deleted. Renews its lease as it goes and stops if it is lost. Safe at any
     /// moment beside any traffic, on any number of replicas.
-    pub async fn collect_garbage(&self, options: GcOptions<'_>) -> Result<GcReport> {
+    pub async fn collect(&self, options: GcOptions<'_>) -> Result<GcReport> {
+        let (meta, blobs) = (&*self.stores.meta, &*self.stores.blobs);
         let GcOptions {
             grace,
             holder,
@@ -119,7 +74,7 @@ impl Registry {
             duty,
         } = options;
         let mut report = GcReport::default();
-        let lease = || self.lease("gc", holder, lease_ttl);
+        let lease = || lease::take(meta, "gc", holder, lease_ttl);
         if !lease().await? {
             report.interrupted = true;
             return Ok(report);
@@ -129,7 +84,7 @@ impl Registry {
         // One collection at a time holds the lease: a digest doomed before this one started
         // belongs to one that stopped mid-way (killed, or its lease lapsed). Finish it.
         loop {
-            let stale = self.meta().doomed_blobs(now).await?;
+            let stale = meta.reads().doomed_blobs(now).await?;
             let (found, deleted) = (stale.len(), self.delete_doomed(stale).await?);
             report.blobs += deleted;
             if found < PAGE || deleted == 0 {
@@ -146,7 +101,7 @@ impl Registry {
                 report.interrupted = true;
                 return Ok(report);
             }
-            let page = self.blobs().list_blobs(after, PAGE).await?;
+            let page = blobs.list_blobs(after, PAGE).await?;
             let Some(&(last, _)) = page.last() else { break };
             after = Some(last);
             report.scanned += page.len() as u64;
@@ -155,13 +110,13 @@ impl Registry {
                 .filter(|(_, written)| *written < cutoff)
                 .map(|(digest, _)| *digest)
                 .collect();
-            let unused = self.meta().unreferenced(&old).await?;
+            let unused = meta.reads().unreferenced(&old).await?;
             let before = report.blobs;
             // Small batches: on SQLite a batch is one job of the only writer, which writes
             // wait behind.
             for batch in unused.chunks(DOOM_BATCH) {
                 let now = Timestamp::now();
-                let doomed = self.meta().doom_blobs(batch, cutoff, now).await?;
+                let doomed = meta.doom_blobs(batch, cutoff, now).await?;
                 report.blobs += self.delete_doomed(doomed).await?;
             }
             report.kept += page.len() as u64 - (report.blobs - before);
@@ -176,7 +131,7 @@ impl Registry {
         }
 
         loop {
-            let deleted = self.meta().collect_inline(PAGE as u32).await?;
+            let deleted = meta.collect_inline(PAGE as u32).await?;
             report.inline += deleted;
             if deleted < PAGE as u64 {
                 break;
@@ -186,11 +141,11 @@ impl Registry {
         // An upload's row is written before anything is staged for it, so staged bytes of
         // an upload that is not open are no one's (expired, cancelled, or completed and
         // recorded before its leftovers could be removed).
-        let staged = self.blobs().list_staged().await?;
+        let staged = blobs.list_staged().await?;
         for ids in staged.chunks(PAGE) {
-            let open = self.meta().open_uploads(ids).await?;
+            let open = meta.reads().open_uploads(ids).await?;
             for id in ids.iter().filter(|id| !open.contains(id)) {
-                match self.blobs().stage_discard(id).await {
+                match blobs.stage_discard(id).await {
                     Ok(()) => report.staged += 1,
                     Err(e) => {
                         tracing::warn!(upload = %id, error = %e, "could not discard staged bytes")
@@ -199,21 +154,22 @@ impl Registry {
             }
         }
 
-        report.orphans = self.blobs().collect_orphans(cutoff).await?;
+        report.orphans = blobs.collect_orphans(cutoff).await?;
         Ok(report)
     }
 
     /// Deletes the bytes of doomed digests, then releases them; if the blob store fails, they
     /// stay doomed for the next collection (deleting is idempotent).
     async fn delete_doomed(&self, doomed: Vec<Sha256Digest>) -> Result<u64> {
+        let (meta, blobs) = (&*self.stores.meta, &*self.stores.blobs);
         if doomed.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = self.blobs().delete_blobs(&doomed).await {
+        if let Err(e) = blobs.delete_blobs(&doomed).await {
             tracing::warn!(blobs = doomed.len(), error = %e, "could not delete unused blobs");
             return Ok(0);
         }
-        self.meta().release_blobs(&doomed).await?;
+        meta.release_blobs(&doomed).await?;
         Ok(doomed.len() as u64)
     }
 }

@@ -1,17 +1,22 @@
 //! Core of artifactstore: domain model, validation, manifest codec, storage traits and the
 //! [`Registry`] facade. Nothing here knows about HTTP; the server and the CLI sit on top.
 
+pub mod blob_write;
+pub mod claim;
 pub mod digest;
 pub mod error;
 pub mod gc;
 pub mod ids;
+pub mod lease;
 pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod model;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod quota;
 pub mod registry;
+pub mod retention;
 pub mod storage;
 pub mod timestamp;
 pub mod validate;

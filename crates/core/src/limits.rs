@@ -30,6 +30,11 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 /// Default lifetime of an upload session without activity.
 pub const DEFAULT_UPLOAD_TTL_SECS: u64 = 24 * 60 * 60;
 
+/// Bodies of at most this many bytes are gathered whole, hashed in memory and handed to the
+/// blob store in one piece (`BlobStore::store_small`): for small files the trips between
+/// threads, not the bytes, are the cost.
+pub const SMALL_BLOB_BYTES: u64 = 128 * 1024;
+
 /// How many times finalize builds a package's manifest again because a file landed while it
 /// was being built; past that the request is answered `Unavailable` (`503` + `Retry-After`)
 /// instead of spinning while a producer keeps adding files.

@@ -405,3 +405,20 @@ impl From<&Scope> for Scope {
         scope.clone()
     }
 }
+
+/// An event of `kind` about `resource` (its JSON is the event's data), happening now.
+pub(crate) fn new_event<T: serde::Serialize>(
+    kind: EventType,
+    tenant: &str,
+    package_id: PackageId,
+    resource: &T,
+) -> NewEvent {
+    NewEvent {
+        kind,
+        occurred_at: Timestamp::now(),
+        tenant: tenant.to_string(),
+        package_id,
+        // Serializing our own resource types to JSON cannot fail (string keys only).
+        data: serde_json::to_value(resource).unwrap_or(serde_json::Value::Null),
+    }
+}

@@ -12,17 +12,20 @@ use futures::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
+use crate::blob_write::{hash_alongside, write_blob};
+use crate::claim::{BlobClaimer, GC_TOOK_THE_BYTES};
 use crate::digest::{Sha256Digest, Sha256Hasher};
 use crate::error::{FieldError, RegistryError, Resource, Result};
-use crate::gc::{BlobClaimer, GC_TOOK_THE_BYTES};
 use crate::ids::{FileId, PackageId, UploadId};
-use crate::lifecycle::{ByteRoom, Quotas, RetentionRules};
+use crate::lifecycle;
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
+use crate::quota::{ByteRoom, Quota, QuotaCheck, Quotas};
+use crate::retention::{RetentionRules, present_with};
 use crate::storage::{
-    AddChecks, BlobInfo, BlobStore, ByteStream, Claim, Head, MetadataStore, StoreError,
-    check_digest, read_head,
+    AddChecks, Advance, BlobInfo, BlobStore, ByteStream, Claim, Freeze, Head, MetadataStore,
+    StoreError, Stores, check_digest, read_head,
 };
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
@@ -94,11 +97,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(
-        meta: Arc<dyn MetadataStore>,
-        blobs: Arc<dyn BlobStore>,
-        config: RegistryConfig,
-    ) -> Self {
+    pub fn new(stores: Stores, config: RegistryConfig) -> Self {
+        let Stores { meta, blobs } = stores;
         Self {
             meta,
             blobs,
@@ -112,17 +112,22 @@ impl Registry {
         &self.config
     }
 
-    pub(crate) fn meta(&self) -> &dyn MetadataStore {
-        &*self.meta
+    /// The quota checks of one request.
+    fn quota(&self) -> QuotaCheck<'_> {
+        QuotaCheck {
+            reads: self.meta.reads(),
+            quotas: &self.config.quotas,
+        }
     }
 
-    pub(crate) fn blobs(&self) -> &dyn BlobStore {
-        &*self.blobs
+    /// The package as clients see it: with `expires_at` from the retention rules.
+    fn present(&self, package: Package) -> Package {
+        present_with(&self.config.retention, package)
     }
 
     /// Both stores answer.
     pub async fn ready(&self) -> Result<()> {
-        self.meta.ping().await?;
+        self.meta.reads().ping().await?;
         self.blobs.ping().await?;
         Ok(())
     }
@@ -175,7 +180,7 @@ impl Registry {
     }
 
     pub async fn package(&self, scope: impl Into<Scope>, id: PackageId) -> Result<Package> {
-        let package = self.meta.package(&scope.into(), id).await?;
+        let package = self.meta.reads().package(&scope.into(), id).await?;
         Ok(self.present(package.ok_or(RegistryError::NotFound(Resource::Package))?))
     }
 
@@ -194,6 +199,7 @@ impl Registry {
         let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
         let mut items = self
             .meta
+            .reads()
             .list_packages(&scope.into(), query, before, limit + 1)
             .await?;
         let next_cursor = next_page(&mut items, limit, |p| p.id.to_string());
@@ -229,7 +235,16 @@ impl Registry {
             };
             match self
                 .meta
-                .finalize(tenant, id, file_count, finalized_at, &manifest, event)
+                .finalize(
+                    Freeze {
+                        tenant,
+                        package: id,
+                        file_count,
+                        finalized_at,
+                        manifest: &manifest,
+                    },
+                    event,
+                )
                 .await
             {
                 Ok((package, _)) => return Ok(self.present(package)),
@@ -247,7 +262,7 @@ impl Registry {
     /// The stored manifest of a finalized package.
     pub async fn manifest(&self, scope: impl Into<Scope>, id: PackageId) -> Result<StoredManifest> {
         let scope = scope.into();
-        match self.meta.manifest(&scope, id).await? {
+        match self.meta.reads().manifest(&scope, id).await? {
             Some(m) => Ok(m),
             None => {
                 self.package(scope, id).await?;
@@ -268,7 +283,7 @@ impl Registry {
     ) -> Result<FileRecord> {
         let (media_type, expected) = self.check_new_file(&new)?;
         let max_file = self.config.max_file_bytes;
-        let quota = ByteRoom::binding(self.byte_room(tenant).await?, max_file);
+        let quota = ByteRoom::binding(self.quota().byte_room(tenant).await?, max_file);
         let max_len = quota.map_or(max_file, |q| q.left());
         let explain = |e: StoreError| match (quota, e) {
             (Some(quota), StoreError::TooLarge { .. }) => quota.exceeded(),
@@ -290,7 +305,7 @@ impl Registry {
             }
             Head::Partial(body) => {
                 self.open_package(tenant, package_id).await?;
-                let put = self.blobs.put(body, expected, max_len, &claim).await;
+                let put = write_blob(&*self.blobs, body, expected, max_len, &claim).await;
                 (put.map_err(explain)?, None)
             }
         };
@@ -310,6 +325,7 @@ impl Registry {
 
     pub async fn file(&self, scope: impl Into<Scope>, id: FileId) -> Result<Arc<FileRecord>> {
         self.meta
+            .reads()
             .file(&scope.into(), id)
             .await?
             .ok_or(RegistryError::NotFound(Resource::File))
@@ -332,6 +348,7 @@ impl Registry {
         let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
         let mut items = self
             .meta
+            .reads()
             .list_files(&scope, package_id, after.as_deref(), limit + 1)
             .await?;
         let next_cursor = next_page(&mut items, limit, |f| hex::encode(f.path.as_bytes()));
@@ -357,7 +374,7 @@ impl Registry {
             return Err(RegistryError::invalid("range", "outside the file"));
         }
         if file.inline {
-            let bytes = match self.meta.inline_blob(&file.sha256()).await? {
+            let bytes = match self.meta.reads().inline_blob(&file.sha256()).await? {
                 Some(bytes) if bytes.len() as u64 == file.size => bytes,
                 _ => {
                     return Err(StoreError::Corrupt(format!("inline bytes of {}", file.id)).into());
@@ -379,7 +396,7 @@ impl Registry {
                 limit: self.config.max_file_bytes,
             });
         }
-        self.check_new_upload(tenant, size).await?;
+        self.quota().check_new_upload(tenant, size).await?;
         let now = Timestamp::now();
         let record = UploadRecord {
             upload: Upload {
@@ -415,81 +432,41 @@ impl Registry {
         let guard = self.upload_locks.lock(id).await;
         let record = self.open_upload(tenant, id).await?;
         let offset = record.upload.offset;
-        if let Some(start) = chunk.start
-            && start != offset
-        {
-            return Err(RegistryError::OffsetMismatch { offset, start });
-        }
-        let size = match (record.upload.size, chunk.total) {
-            (Some(size), Some(declared)) if size != declared => {
-                return Err(RegistryError::SizeMismatch { declared, size });
-            }
-            (size, declared) => size.or(declared),
-        };
-        if let Some(size) = size
-            && size > self.config.max_file_bytes
-        {
-            return Err(RegistryError::TooLarge {
-                limit: self.config.max_file_bytes,
-            });
-        }
-        // The declared size bounds the chunk, and so does the file-size limit.
-        let room = match size {
-            Some(size) if size < offset => {
-                return Err(RegistryError::BeyondDeclaredSize { size, offset });
-            }
-            Some(size) => size - offset,
-            None => self.config.max_file_bytes.saturating_sub(offset),
-        };
-        if let Some(len) = chunk.len
-            && len > room
-        {
-            return Err(match size {
-                Some(size) => RegistryError::BeyondDeclaredSize { size, offset },
-                None => RegistryError::TooLarge {
-                    limit: self.config.max_file_bytes,
-                },
-            });
-        }
-        // The byte quota bounds the chunk too (a chunk of a declared length past it is
-        // refused before a byte is written).
-        let quota = ByteRoom::binding(self.byte_room(tenant).await?, room);
-        if let (Some(quota), Some(len)) = (quota, chunk.len)
-            && len > quota.left()
-        {
-            return Err(quota.exceeded());
-        }
-        let room = quota.map_or(room, |q| q.left());
-        let max_len = chunk.len.unwrap_or(room);
+        let max_file = self.config.max_file_bytes;
+        let (size, room) = append_room(offset, record.upload.size, &chunk, max_file)?;
+        let quota = ByteRoom::binding(self.quota().byte_room(tenant).await?, room);
+        let max_len = chunk_limit(room, quota, chunk.len)?;
         let hasher = restore_hasher(&record)?;
         // Writing the staged bytes and moving the offset run to their end under the lock even
         // if the request goes away: a half-finished append must not overlap the next one.
         let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
         let (owned_tenant, ttl) = (tenant.to_string(), self.config.upload_ttl.as_secs());
         let declared_len = chunk.len;
-        let max_bytes = self.max_bytes(tenant);
+        let max_bytes = self.quota().max_bytes(tenant);
         let appended = tokio::spawn(async move {
             let _guard = guard;
-            let (hasher, staging) = blobs
-                .stage_append(&id, &record.staging, offset, hasher, body, max_len)
-                .await
-                .map_err(Append::Stage)?;
+            let (body, hashed) = hash_alongside(body, hasher);
+            let staged = blobs
+                .stage_append(&id, &record.staging, offset, body, max_len)
+                .await;
+            let hasher = hashed.await.map_err(Append::Stage)?;
+            let staging = staged.map_err(Append::Stage)?;
             if let Some(len) = declared_len
                 && hasher.len() - offset != len
             {
                 return Err(Append::Length(len));
             }
             let expires_at = Timestamp::now().plus_secs(ttl);
-            meta.advance_upload(
-                &owned_tenant,
+            meta.advance_upload(Advance {
+                tenant: &owned_tenant,
                 id,
-                offset,
-                &hasher,
-                &staging,
+                from_offset: offset,
+                hasher: &hasher,
+                staging: &staging,
                 size,
                 expires_at,
                 max_bytes,
-            )
+            })
             .await
             .map_err(Append::Advance)
         })
@@ -500,17 +477,9 @@ impl Registry {
             Err(Append::Length(declared)) => Err(RegistryError::LengthMismatch { declared }),
             Err(Append::Advance(StoreError::Stale)) => Err(RegistryError::ConcurrentUpdate),
             Err(Append::Advance(e)) => Err(self.upload_error(e)),
-            Err(Append::Stage(StoreError::TooLarge { .. })) => Err(if declared_len.is_some() {
-                RegistryError::LengthMismatch { declared: max_len }
-            } else if let Some(quota) = quota {
-                quota.exceeded()
-            } else if let Some(size) = size {
-                RegistryError::BeyondDeclaredSize { size, offset }
-            } else {
-                RegistryError::TooLarge {
-                    limit: self.config.max_file_bytes,
-                }
-            }),
+            Err(Append::Stage(StoreError::TooLarge { .. })) => {
+                Err(too_large(declared_len, quota, size, offset, max_file))
+            }
             Err(Append::Stage(e)) => Err(e.into()),
         }
     }
@@ -606,6 +575,37 @@ impl Registry {
         }
     }
 
+    // ---- lifecycle -----------------------------------------------------------------------
+
+    /// What `tenant` uses, and its quotas.
+    pub async fn usage(&self, tenant: &str) -> Result<(Usage, Quota)> {
+        self.quota().usage(tenant).await
+    }
+
+    /// Deletes a package (open or finalized) that is not held; its files answer `404` from
+    /// then on, and bytes no remaining file references are left to garbage collection.
+    pub async fn delete_package(&self, tenant: &str, id: PackageId) -> Result<()> {
+        lifecycle::delete(&*self.meta, tenant, id, DeleteReason::Request).await
+    }
+
+    /// Holds (`true`) or releases a package. Idempotent: only a change has an event.
+    pub async fn set_hold(&self, tenant: &str, id: PackageId, held: bool) -> Result<Package> {
+        let kind = if held {
+            EventType::PackageHeld
+        } else {
+            EventType::PackageReleased
+        };
+        let rules = self.config.retention.clone();
+        let present = move |p: &Package| present_with(&rules, p.clone());
+        let event: EventFor =
+            Box::new(move |p: &Package| new_event(kind, &p.tenant, p.id, &present(p)));
+        match self.meta.set_hold(tenant, id, held, event).await {
+            Ok(package) => Ok(self.present(package)),
+            Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Package)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     // ---- events ------------------------------------------------------------------------
 
     /// The events in `scope` after `since`, oldest first; if there are none yet, waits up to
@@ -623,7 +623,7 @@ impl Registry {
         let scope = scope.into();
         let limit = limits::clamp_limit(limit, DEFAULT_EVENT_LIMIT, MAX_EVENT_LIMIT);
         let deadline = Instant::now() + wait;
-        let mut watch = self.meta.event_watch(&scope);
+        let mut watch = self.meta.reads().event_watch(&scope);
         let mut from = since;
         let mut waiting = None;
         loop {
@@ -631,7 +631,7 @@ impl Registry {
             // wakes us: no event can slip between the query and the wait.
             let mark = *watch.borrow_and_update();
             if mark > from {
-                let events = self.meta.events_since(&scope, from, limit).await?;
+                let events = self.meta.reads().events_since(&scope, from, limit).await?;
                 if !events.is_empty() {
                     return Ok(events);
                 }
@@ -702,7 +702,7 @@ impl Registry {
         let event = new_event(EventType::FileAdded, &file.tenant, file.package_id, file);
         let checks = AddChecks {
             claim,
-            max_bytes: self.max_bytes(&file.tenant),
+            max_bytes: self.quota().max_bytes(&file.tenant),
         };
         match self
             .meta
@@ -725,6 +725,7 @@ impl Registry {
             let after = files.last().map(|f: &FileRecord| f.path.clone());
             let page = self
                 .meta
+                .reads()
                 .list_files(&tenant.into(), id, after.as_deref(), MAX_PAGE_LIMIT)
                 .await?;
             let done = page.len() < MAX_PAGE_LIMIT as usize;
@@ -737,7 +738,12 @@ impl Registry {
 
     async fn live_upload(&self, scope: &Scope, id: UploadId) -> Result<UploadRecord> {
         let not_found = RegistryError::NotFound(Resource::Upload);
-        let record = self.meta.upload(scope, id).await?.ok_or(not_found)?;
+        let record = self
+            .meta
+            .reads()
+            .upload(scope, id)
+            .await?
+            .ok_or(not_found)?;
         let expired =
             record.upload.state == UploadState::Open && record.upload.expires_at < Timestamp::now();
         if record.upload.state == UploadState::Cancelled || expired {
@@ -828,27 +834,85 @@ fn concat(chunks: Vec<Bytes>) -> Bytes {
     }
 }
 
+/// The size an upload will have and the room its next chunk has (bounded by that size and by
+/// the file-size limit), or why the chunk is refused before a byte of it is read.
+fn append_room(
+    offset: u64,
+    size: Option<u64>,
+    chunk: &Chunk,
+    max_file: u64,
+) -> Result<(Option<u64>, u64)> {
+    if let Some(start) = chunk.start
+        && start != offset
+    {
+        return Err(RegistryError::OffsetMismatch { offset, start });
+    }
+    let size = match (size, chunk.total) {
+        (Some(size), Some(declared)) if size != declared => {
+            return Err(RegistryError::SizeMismatch { declared, size });
+        }
+        (size, declared) => size.or(declared),
+    };
+    if let Some(size) = size
+        && size > max_file
+    {
+        return Err(RegistryError::TooLarge { limit: max_file });
+    }
+    let room = match size {
+        Some(size) if size < offset => {
+            return Err(RegistryError::BeyondDeclaredSize { size, offset });
+        }
+        Some(size) => size - offset,
+        None => max_file.saturating_sub(offset),
+    };
+    if let Some(len) = chunk.len
+        && len > room
+    {
+        return Err(match size {
+            Some(size) => RegistryError::BeyondDeclaredSize { size, offset },
+            None => RegistryError::TooLarge { limit: max_file },
+        });
+    }
+    Ok((size, room))
+}
+
+/// The most bytes a chunk may bring: its declared length, else the room left, which the byte
+/// quota narrows when it binds (a chunk of a declared length past it is refused at once).
+fn chunk_limit(room: u64, quota: Option<ByteRoom>, len: Option<u64>) -> Result<u64> {
+    if let (Some(quota), Some(len)) = (quota, len)
+        && len > quota.left()
+    {
+        return Err(quota.exceeded());
+    }
+    let room = quota.map_or(room, |q| q.left());
+    Ok(len.unwrap_or(room))
+}
+
+/// Why a chunk that ran past its limit was refused: longer than its declared length, past the
+/// quota, past the upload's declared size, or past the file-size limit.
+fn too_large(
+    declared_len: Option<u64>,
+    quota: Option<ByteRoom>,
+    size: Option<u64>,
+    offset: u64,
+    max_file: u64,
+) -> RegistryError {
+    if let Some(declared) = declared_len {
+        RegistryError::LengthMismatch { declared }
+    } else if let Some(quota) = quota {
+        quota.exceeded()
+    } else if let Some(size) = size {
+        RegistryError::BeyondDeclaredSize { size, offset }
+    } else {
+        RegistryError::TooLarge { limit: max_file }
+    }
+}
+
 /// Where an append stopped, for [`Registry::append_upload`] to explain.
 enum Append {
     Stage(StoreError),
     Length(u64),
     Advance(StoreError),
-}
-
-pub(crate) fn new_event<T: serde::Serialize>(
-    kind: EventType,
-    tenant: &str,
-    package_id: PackageId,
-    resource: &T,
-) -> NewEvent {
-    NewEvent {
-        kind,
-        occurred_at: Timestamp::now(),
-        tenant: tenant.to_string(),
-        package_id,
-        // Serializing our own resource types to JSON cannot fail (string keys only).
-        data: serde_json::to_value(resource).unwrap_or(serde_json::Value::Null),
-    }
 }
 
 fn restore_hasher(record: &UploadRecord) -> Result<Sha256Hasher> {
@@ -926,5 +990,122 @@ impl Drop for KeyedGuard {
         {
             map.remove(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: u64 = 1000;
+
+    fn chunk(start: Option<u64>, len: Option<u64>, total: Option<u64>) -> Chunk {
+        Chunk { start, len, total }
+    }
+
+    #[test]
+    fn a_chunk_is_placed_against_the_offset_and_the_sizes() {
+        let room = |offset, size, c: Chunk| append_room(offset, size, &c, MAX);
+        // The room is what the declared size leaves, else what the file limit leaves.
+        assert_eq!(
+            room(10, None, chunk(None, None, None)).unwrap(),
+            (None, 990)
+        );
+        assert_eq!(
+            room(10, Some(50), chunk(Some(10), None, None)).unwrap(),
+            (Some(50), 40)
+        );
+        assert_eq!(
+            room(10, None, chunk(None, None, Some(30))).unwrap(),
+            (Some(30), 20)
+        );
+        assert!(matches!(
+            room(10, None, chunk(Some(9), None, None)),
+            Err(RegistryError::OffsetMismatch {
+                offset: 10,
+                start: 9
+            })
+        ));
+        assert!(matches!(
+            room(10, Some(50), chunk(None, None, Some(60))),
+            Err(RegistryError::SizeMismatch {
+                declared: 60,
+                size: 50
+            })
+        ));
+        assert!(matches!(
+            room(0, None, chunk(None, None, Some(MAX + 1))),
+            Err(RegistryError::TooLarge { limit: MAX })
+        ));
+        assert!(matches!(
+            room(40, Some(30), chunk(None, None, None)),
+            Err(RegistryError::BeyondDeclaredSize {
+                size: 30,
+                offset: 40
+            })
+        ));
+        assert!(matches!(
+            room(10, Some(50), chunk(None, Some(41), None)),
+            Err(RegistryError::BeyondDeclaredSize {
+                size: 50,
+                offset: 10
+            })
+        ));
+        assert!(matches!(
+            room(10, None, chunk(None, Some(991), None)),
+            Err(RegistryError::TooLarge { limit: MAX })
+        ));
+        assert_eq!(
+            room(10, None, chunk(None, Some(990), None)).unwrap(),
+            (None, 990)
+        );
+    }
+
+    #[test]
+    fn the_quota_narrows_a_chunk_and_refuses_a_declared_one_past_it() {
+        let quota = Some(ByteRoom {
+            limit: 100,
+            used: 70,
+        });
+        assert_eq!(chunk_limit(500, None, None).unwrap(), 500);
+        assert_eq!(chunk_limit(500, None, Some(20)).unwrap(), 20);
+        assert_eq!(chunk_limit(500, quota, None).unwrap(), 30);
+        assert_eq!(chunk_limit(500, quota, Some(30)).unwrap(), 30);
+        assert!(matches!(
+            chunk_limit(500, quota, Some(31)),
+            Err(RegistryError::QuotaExceeded {
+                quota: "max_bytes",
+                limit: 100,
+                used: 70
+            })
+        ));
+    }
+
+    #[test]
+    fn a_chunk_cut_off_is_explained_by_what_bound_it() {
+        let quota = Some(ByteRoom {
+            limit: 100,
+            used: 70,
+        });
+        let why = |declared, quota, size| too_large(declared, quota, size, 10, MAX);
+        assert!(matches!(
+            why(Some(5), quota, Some(50)),
+            RegistryError::LengthMismatch { declared: 5 }
+        ));
+        assert!(matches!(
+            why(None, quota, Some(50)),
+            RegistryError::QuotaExceeded { .. }
+        ));
+        assert!(matches!(
+            why(None, None, Some(50)),
+            RegistryError::BeyondDeclaredSize {
+                size: 50,
+                offset: 10
+            }
+        ));
+        assert!(matches!(
+            why(None, None, None),
+            RegistryError::TooLarge { limit: MAX }
+        ));
     }
 }

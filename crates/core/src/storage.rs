@@ -114,7 +114,12 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
-/// Called by a blob store once a blob's bytes are hashed, before it makes them visible or
+/// Bytes a blob store wrote where no reader looks ([`BlobStore::stage`]): the store's own
+/// handle, published or discarded by the blob-write protocol (`blob_write`). A store removes
+/// them when the handle is dropped unpublished, or leaves them to its collection of leftovers.
+pub struct Staged(pub Box<dyn std::any::Any + Send + Sync>);
+
+/// Called once a blob's bytes are hashed and checked, before the store makes them visible or
 /// finds them stored already: the registry claims the digest there (in the metadata store),
 /// so garbage collection cannot delete those bytes before the file that records them commits.
 #[async_trait]
@@ -142,19 +147,24 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Answers when the store can be used (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Streams `body` into the store, hashing in the same pass that writes. Fails with
-    /// [`StoreError::TooLarge`] past `max_len` bytes and [`StoreError::DigestMismatch`] when
-    /// `expected` is given and differs; on any failure nothing becomes visible. Storing bytes
-    /// that are already present is not an error (the content is kept once). `claim` is called
-    /// after hashing and before the bytes are published or found present; a blob found
-    /// present must be looked up anew after it (a cached answer may predate a collection).
-    async fn put(
-        &self,
-        body: ByteStream,
-        expected: Option<Sha256Digest>,
-        max_len: u64,
-        claim: &dyn Claim,
-    ) -> Result<BlobInfo, StoreError>;
+    /// Writes `body` durably where no reader looks: at most `max_len` bytes
+    /// ([`StoreError::TooLarge`] past that). Nothing is hashed here: the caller hashes the
+    /// stream as the store takes it (`blob_write::write_blob`). On failure, and when the
+    /// [`Staged`] is dropped unpublished, the store removes what it wrote (or its collection
+    /// of leftovers does).
+    async fn stage(&self, body: ByteStream, max_len: u64) -> Result<Staged, StoreError>;
+
+    /// Makes staged bytes the blob `blob` — hashed, checked and claimed by the caller — or,
+    /// when that blob is present already, drops them. Whether it is present is looked up
+    /// anew, never from a cache: the claim may postdate a collection.
+    async fn publish(&self, staged: Staged, blob: BlobInfo) -> Result<(), StoreError>;
+
+    /// Removes staged bytes that will not be published.
+    async fn discard(&self, staged: Staged);
+
+    /// [`stage`](Self::stage) and [`publish`](Self::publish) at once for a small blob whose
+    /// bytes are all in `chunks` (hashed, checked and claimed by the caller).
+    async fn store_small(&self, blob: BlobInfo, chunks: Vec<Bytes>) -> Result<(), StoreError>;
 
     /// The size of a stored blob, or `None`.
     async fn size(&self, digest: &Sha256Digest) -> Result<Option<u64>, StoreError>;
@@ -168,21 +178,22 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Writes `body` into the staging area of `upload` at `offset`, after the bytes `staging`
     /// describes (anything else staged past `offset` — the leftovers of a failed append — is
-    /// not part of the upload). `hasher` holds the state of the bytes before `offset` and is
-    /// returned advanced over the new ones, with the new staging state; the caller saves both
-    /// with the offset in one compare-and-set. At most `max_len` bytes are taken
-    /// ([`StoreError::TooLarge`] past that). On success the new bytes are durable. Two
-    /// appends racing on one upload may both succeed here: only the compare-and-set decides,
-    /// so what one writes never changes what the other's staging state describes.
+    /// not part of the upload), and returns the new staging state, which the caller saves
+    /// with the offset and the hash state (the caller hashes the stream as the store takes
+    /// it) in one compare-and-set. At most `max_len` bytes are taken ([`StoreError::TooLarge`]
+    /// past that). On success the new bytes are durable. A store shared by replicas (S3)
+    /// must let two appends racing on one upload both succeed here, each writing what only
+    /// its own staging state describes: only the compare-and-set then decides. A store of
+    /// one process (the blob directory) may instead rely on the caller never running two
+    /// appends to one upload at once (the registry's upload lock).
     async fn stage_append(
         &self,
         upload: &UploadId,
         staging: &Staging,
         offset: u64,
-        hasher: Sha256Hasher,
         body: ByteStream,
         max_len: u64,
-    ) -> Result<(Sha256Hasher, Staging), StoreError>;
+    ) -> Result<Staging, StoreError>;
 
     /// Makes the first `blob.size` staged bytes of `upload` (as `staging` describes them) the
     /// blob `blob.digest`, leaving the staged bytes in place (so a complete that fails later
@@ -231,21 +242,40 @@ pub struct AddChecks {
     pub max_bytes: Option<u64>,
 }
 
-/// Packages, files, upload sessions and the event log.
-///
-/// Architecture invariant: each call that changes a package, file or upload and emits an
-/// event does both in one transaction; the event's sequence is assigned inside it, and
-/// sequences become visible in the order they were assigned with no gaps.
+/// An upload's move to a new offset ([`MetadataStore::advance_upload`]).
+#[derive(Clone, Copy)]
+pub struct Advance<'a> {
+    pub tenant: &'a str,
+    pub id: UploadId,
+    /// The offset the caller read; the move is refused (`Stale`) if it is no longer that.
+    pub from_offset: u64,
+    /// The state of every byte up to the new offset (its length is the new offset).
+    pub hasher: &'a Sha256Hasher,
+    /// The blob store's staging state after the new bytes.
+    pub staging: &'a Staging,
+    /// The upload's size, saved when it was unknown.
+    pub size: Option<u64>,
+    pub expires_at: Timestamp,
+    /// The tenant's byte quota: `QuotaExceeded` if the new bytes would pass it.
+    pub max_bytes: Option<u64>,
+}
+
+/// A package's freeze ([`MetadataStore::finalize`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Freeze<'a> {
+    pub tenant: &'a str,
+    pub package: PackageId,
+    /// The number of files the manifest lists: `Stale` if the package has another.
+    pub file_count: u64,
+    pub finalized_at: Timestamp,
+    pub manifest: &'a StoredManifest,
+}
+
+/// The reads of the metadata store: written once for every SQL engine (`Reads` in the
+/// storage crate), reached through [`MetadataStore::reads`].
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataReads: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Finishes queued changes and closes connections (at shutdown).
-    async fn close(&self) {}
-
-    /// Inserts a new package and its `package.created` event.
-    async fn create_package(&self, package: &Package, event: NewEvent)
-    -> Result<Event, StoreError>;
 
     async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError>;
 
@@ -258,6 +288,85 @@ pub trait MetadataStore: Send + Sync + 'static {
         before: Option<PackageId>,
         limit: u32,
     ) -> Result<Vec<Package>, StoreError>;
+
+    /// Digests doomed before `before` and never released (a collection that stopped), at
+    /// most 1,000.
+    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError>;
+
+    /// Which of `digests` no file stored in the blob store uses.
+    async fn unreferenced(&self, digests: &[Sha256Digest])
+    -> Result<Vec<Sha256Digest>, StoreError>;
+
+    /// What `tenant` uses now (every change keeps it, in its own transaction).
+    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError>;
+
+    /// Which of `ids` are open uploads.
+    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError>;
+
+    /// Bytes kept by [`MetadataStore::add_file`] with `inline`, by their digest.
+    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError>;
+
+    /// Shared, not copied: a download looks its file up on every request, and a record never
+    /// changes once added.
+    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError>;
+
+    /// Files of a package in UTF-8 byte order of their paths, after `after`, at most `limit`.
+    async fn list_files(
+        &self,
+        scope: &Scope,
+        package: PackageId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FileRecord>, StoreError>;
+
+    async fn manifest(
+        &self,
+        scope: &Scope,
+        package: PackageId,
+    ) -> Result<Option<StoredManifest>, StoreError>;
+
+    /// Packages of retention class `rule.class` that are not held and that one of the rule's
+    /// parts would delete, at most `limit` (tenant and id).
+    async fn retention_candidates(
+        &self,
+        rule: &RetentionQuery,
+        limit: u32,
+    ) -> Result<Vec<(String, PackageId)>, StoreError>;
+
+    async fn upload(&self, scope: &Scope, id: UploadId)
+    -> Result<Option<UploadRecord>, StoreError>;
+
+    /// The events in `scope` with sequence above `since`, oldest first, at most `limit`.
+    async fn events_since(
+        &self,
+        scope: &Scope,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Changes after each commit of an event visible in `scope` (and only then); its value is
+    /// the highest sequence committed in the whole store at that moment, so every event up to
+    /// it is visible. [`EventWatches`] keeps such watches for a store.
+    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64>;
+}
+
+/// Packages, files, upload sessions and the event log: the changes, each atomic, and the
+/// [`MetadataReads`].
+///
+/// Architecture invariant: each call that changes a package, file or upload and emits an
+/// event does both in one transaction; the event's sequence is assigned inside it, and
+/// sequences become visible in the order they were assigned with no gaps.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Every read.
+    fn reads(&self) -> &dyn MetadataReads;
+
+    /// Finishes queued changes and closes connections (at shutdown).
+    async fn close(&self) {}
+
+    /// Inserts a new package and its `package.created` event.
+    async fn create_package(&self, package: &Package, event: NewEvent)
+    -> Result<Event, StoreError>;
 
     /// Adds a file to its (open) package, updates the package's counts and appends the
     /// `file.added` event. With `upload`, also marks that open upload completed. Fails with
@@ -300,57 +409,18 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// again.
     async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError>;
 
-    /// Digests doomed before `before` and never released (a collection that stopped), at
-    /// most 1,000.
-    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError>;
-
-    /// Which of `digests` no file stored in the blob store uses.
-    async fn unreferenced(&self, digests: &[Sha256Digest])
-    -> Result<Vec<Sha256Digest>, StoreError>;
-
     /// Deletes inline bytes no file uses, at most `limit`; returns how many.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;
 
-    /// What `tenant` uses now (every change keeps it, in its own transaction).
-    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError>;
-
-    /// Which of `ids` are open uploads.
-    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError>;
-
-    /// Bytes kept by [`add_file`](Self::add_file) with `inline`, by their digest.
-    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError>;
-
-    /// Shared, not copied: a download looks its file up on every request, and a record never
-    /// changes once added.
-    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError>;
-
-    /// Files of a package in UTF-8 byte order of their paths, after `after`, at most `limit`.
-    async fn list_files(
-        &self,
-        scope: &Scope,
-        package: PackageId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<FileRecord>, StoreError>;
-
-    /// Freezes an open package that still has `file_count` files, storing its manifest and
-    /// appending the `package.finalized` event. If the package is already finalized, returns
-    /// it unchanged with no event. `Stale` if files were added since the manifest was built.
+    /// Freezes an open package that still has `freeze.file_count` files, storing its
+    /// manifest and appending `event` (`package.finalized`). If the package is already
+    /// finalized, returns it unchanged with no event. `Stale` if files were added since the
+    /// manifest was built.
     async fn finalize(
         &self,
-        tenant: &str,
-        package: PackageId,
-        file_count: u64,
-        finalized_at: Timestamp,
-        manifest: &StoredManifest,
+        freeze: Freeze<'_>,
         event: NewEvent,
     ) -> Result<(Package, Option<Event>), StoreError>;
-
-    async fn manifest(
-        &self,
-        scope: &Scope,
-        package: PackageId,
-    ) -> Result<Option<StoredManifest>, StoreError>;
 
     /// Deletes a package that is not held — its files, metadata and manifest — and appends
     /// the event `event` builds from it, in one transaction; returns the package as it was.
@@ -373,14 +443,6 @@ pub trait MetadataStore: Send + Sync + 'static {
         event: EventFor,
     ) -> Result<Package, StoreError>;
 
-    /// Packages of retention class `rule.class` that are not held and that one of the rule's
-    /// parts would delete, at most `limit` (tenant and id).
-    async fn retention_candidates(
-        &self,
-        rule: &RetentionQuery,
-        limit: u32,
-    ) -> Result<Vec<(String, PackageId)>, StoreError>;
-
     /// Takes or renews the lease `name` for `holder` until `until`; `false` while another
     /// holder's lease on it has not expired at `now`. One replica at a time runs a duty.
     async fn lease(
@@ -393,26 +455,11 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
 
-    async fn upload(&self, scope: &Scope, id: UploadId)
-    -> Result<Option<UploadRecord>, StoreError>;
-
-    /// Moves an open upload from `from_offset` to `hasher.len()` bytes, saving the hasher's
-    /// state, the blob store's `staging` state and a new expiry, all in one compare-and-set;
-    /// `size` is set when it was unknown. `Stale` if the offset is no longer `from_offset`,
-    /// `UploadNotOpen` if it is not open, `QuotaExceeded` if the new bytes would pass
-    /// `max_bytes` (the tenant's byte quota).
-    #[allow(clippy::too_many_arguments)]
-    async fn advance_upload(
-        &self,
-        tenant: &str,
-        id: UploadId,
-        from_offset: u64,
-        hasher: &Sha256Hasher,
-        staging: &Staging,
-        size: Option<u64>,
-        expires_at: Timestamp,
-        max_bytes: Option<u64>,
-    ) -> Result<UploadRecord, StoreError>;
+    /// Moves an open upload as `advance` says — offset, hash state, staging state, expiry,
+    /// and size when it was unknown — in one compare-and-set. `Stale` if the offset is no
+    /// longer `from_offset`, `UploadNotOpen` if it is not open, `QuotaExceeded` if the new
+    /// bytes would pass `max_bytes`.
+    async fn advance_upload(&self, advance: Advance<'_>) -> Result<UploadRecord, StoreError>;
 
     /// Deletes an open upload's record. `UploadNotOpen` if it is completed.
     async fn delete_upload(&self, tenant: &str, id: UploadId) -> Result<(), StoreError>;
@@ -425,19 +472,13 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(String, UploadId)>, StoreError>;
+}
 
-    /// The events in `scope` with sequence above `since`, oldest first, at most `limit`.
-    async fn events_since(
-        &self,
-        scope: &Scope,
-        since: u64,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError>;
-
-    /// Changes after each commit of an event visible in `scope` (and only then); its value is
-    /// the highest sequence committed in the whole store at that moment, so every event up to
-    /// it is visible. [`EventWatches`] keeps such watches for a store.
-    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64>;
+/// The two stores a registry runs on (`artifactstore_storage::open` opens them).
+#[derive(Clone)]
+pub struct Stores {
+    pub meta: Arc<dyn MetadataStore>,
+    pub blobs: Arc<dyn BlobStore>,
 }
 
 /// The watches behind [`MetadataStore::event_watch`]: one for the whole store and one per

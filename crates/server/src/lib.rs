@@ -19,9 +19,12 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use artifactstore_core::gc::Collector;
+use artifactstore_core::lease;
+use artifactstore_core::retention::Retention;
 use artifactstore_core::storage::MetadataStore;
 use artifactstore_core::{Registry, RegistryConfig};
-use artifactstore_storage::{OpenOptions, Stores};
+use artifactstore_storage::OpenOptions;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::Method;
@@ -47,6 +50,9 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub registry: Registry,
+    /// Garbage collection and retention: services beside the registry, on the same stores.
+    pub collector: Collector,
+    pub retention: Retention,
     pub settings: Settings,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
@@ -86,7 +92,7 @@ impl AppState {
             gc_grace: settings.gc_grace,
             ..OpenOptions::default()
         };
-        let Stores { meta, blobs } =
+        let stores =
             artifactstore_storage::open(&settings.database_url, &settings.blob_url, &options)
                 .await?;
         let config = RegistryConfig {
@@ -99,12 +105,17 @@ impl AppState {
             retention: settings.retention.clone(),
             quotas: settings.quotas.clone(),
         };
-        let registry = Registry::new(meta.clone(), blobs, config);
+        let meta = stores.meta.clone();
+        let collector = Collector::new(stores.clone());
+        let retention = Retention::new(meta.clone(), settings.retention.clone());
+        let registry = Registry::new(stores, config);
         let auth = settings.auth.clone();
         let stopping = watch::Sender::new(false);
         let metrics = Default::default();
         Ok(Self(Arc::new(Inner {
             registry,
+            collector,
+            retention,
             settings,
             auth,
             metrics,
@@ -317,7 +328,7 @@ async fn under_lease<F: Future<Output = ()>>(
     let mut every = tokio::time::interval(interval);
     loop {
         every.tick().await;
-        match state.registry.lease(name, holder, interval * 3).await {
+        match lease::take(&*state.meta, name, holder, interval * 3).await {
             Ok(true) => duty().await,
             Ok(false) => {}
             Err(e) => tracing::warn!(lease = name, error = %e, "could not take a lease"),
@@ -327,12 +338,12 @@ async fn under_lease<F: Future<Output = ()>>(
 
 /// Applies the retention rules every `retention_interval`, on one replica at a time.
 async fn retention(state: AppState) {
-    if state.registry.config().retention.is_empty() {
+    if state.settings.retention.is_empty() {
         return;
     }
     let interval = state.settings.retention_interval;
     under_lease(&state, "retention", interval, || async {
-        match state.registry.sweep_retention().await {
+        match state.retention.sweep().await {
             Ok(n) => {
                 state.metrics.record_retention(n);
                 if n > 0 {
@@ -360,7 +371,7 @@ async fn collect_garbage(state: AppState) {
             lease_ttl: interval * 3,
             duty: GC_DUTY,
         };
-        match state.registry.collect_garbage(options).await {
+        match state.collector.collect(options).await {
             Ok(r) => {
                 state.metrics.record_gc(&r);
                 if r.blobs + r.inline + r.staged + r.orphans > 0 {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use artifactstore_core::*;
-use artifactstore_storage::{FsBlobStore, SqliteStore};
+use artifactstore_storage::{FsBlobStore, SqliteStore, Stores};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -128,7 +128,7 @@ async fn ingest_once(data: &Bytes, dir: &std::path::Path, blob_dir: &std::path::
     let db = dir.join(format!("m{}.db", ulid::Ulid::new()));
     let meta = Arc::new(SqliteStore::open(db.to_str().unwrap()).await.unwrap());
     let blobs = Arc::new(FsBlobStore::open(blob_dir).await.unwrap());
-    let registry = Registry::new(meta, blobs, RegistryConfig::default());
+    let registry = Registry::new(Stores { meta, blobs }, RegistryConfig::default());
     let new_package = NewPackage {
         producer: "bench".into(),
         subject: "ingest".into(),

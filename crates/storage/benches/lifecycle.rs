@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use artifactstore_core::gc::GcOptions;
-use artifactstore_core::lifecycle::RetentionRule;
-use artifactstore_core::storage::{BlobStore, MetadataStore};
+use artifactstore_core::gc::{Collector, GcOptions};
+use artifactstore_core::retention::{Retention, RetentionRule};
 use artifactstore_core::*;
-use artifactstore_storage::{FsBlobStore, PgStore, S3BlobStore, SqliteStore};
+use artifactstore_storage::{OpenOptions, Stores, open};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -58,14 +57,13 @@ fn distinct(i: u64, len: usize) -> Bytes {
     Bytes::from(data)
 }
 
-struct Stores {
+struct Bench {
     name: &'static str,
     _dir: tempfile::TempDir,
-    meta: Arc<dyn MetadataStore>,
-    blobs: Arc<dyn BlobStore>,
+    stores: Stores,
 }
 
-async fn stores() -> Stores {
+async fn stores() -> Bench {
     let root = std::env::var("BENCH_DIR").unwrap_or_else(|_| "target".into());
     std::fs::create_dir_all(&root).unwrap();
     let dir = tempfile::tempdir_in(root).unwrap();
@@ -74,18 +72,17 @@ async fn stores() -> Stores {
         artifactstore_testkit::fresh_s3(),
     );
     match shared {
-        (Some(pg), Some(s3)) => Stores {
+        (Some(pg), Some(s3)) => Bench {
             name: "PostgreSQL + S3 (s3s-fs)",
             _dir: dir,
-            meta: Arc::new(PgStore::open(&pg).await.unwrap()),
-            blobs: Arc::new(S3BlobStore::open(&s3).unwrap()),
+            stores: open(&pg, &s3, &OpenOptions::default()).await.unwrap(),
         },
         _ => {
             let url = format!("sqlite://{}", dir.path().join("meta.db").display());
-            Stores {
+            let blobs = format!("file://{}", dir.path().join("blobs").display());
+            Bench {
                 name: "SQLite + blob directory",
-                meta: Arc::new(SqliteStore::open(&url).await.unwrap()),
-                blobs: Arc::new(FsBlobStore::open(dir.path().join("blobs")).await.unwrap()),
+                stores: open(&url, &blobs, &OpenOptions::default()).await.unwrap(),
                 _dir: dir,
             }
         }
@@ -139,13 +136,13 @@ where
 }
 
 /// Collections back to back until `stop`; how many ran.
-fn collecting(r: Arc<Registry>, stop: Arc<AtomicBool>, duty: f64) -> tokio::task::JoinHandle<u32> {
+fn collecting(r: Arc<Collector>, stop: Arc<AtomicBool>, duty: f64) -> tokio::task::JoinHandle<u32> {
     tokio::spawn(async move {
         let mut runs = 0;
         while !stop.load(Ordering::Relaxed) {
             // Back to back, at the same duty between collections as within one.
             let started = Instant::now();
-            r.collect_garbage(options(duty)).await.unwrap();
+            r.collect(options(duty)).await.unwrap();
             runs += 1;
             let rest = started.elapsed().as_secs_f64() * (1.0 - duty) / duty;
             tokio::time::sleep(Duration::from_secs_f64(rest)).await;
@@ -185,13 +182,14 @@ fn main() {
             inline_max_bytes: 0,
             ..Default::default()
         };
-        let r = Arc::new(Registry::new(s.meta.clone(), s.blobs.clone(), config));
+        let r = Arc::new(Registry::new(s.stores.clone(), config));
+        let gc = Arc::new(Collector::new(s.stores.clone()));
 
         // 1. Throughput, and the time from a deletion to its bytes reclaimed.
         let pkg = fill(&r, blobs, 1024, 0).await;
         let deleted = Instant::now();
         r.delete_package(TENANT, pkg).await.unwrap();
-        let report = r.collect_garbage(options(1.0)).await.unwrap();
+        let report = gc.collect(options(1.0)).await.unwrap();
         let took = deleted.elapsed();
         println!(
             "gc: {} unused blobs (1 KiB) reclaimed in {:.2} s = {:.0} blobs/s (scanned {}); \
@@ -253,7 +251,7 @@ fn main() {
             let collector = if let Some(duty) = duty {
                 let pkg = fill(&r, blobs, 1024, (seed as u64 + 1) << 30).await;
                 r.delete_package(TENANT, pkg).await.unwrap();
-                Some(collecting(r.clone(), stop.clone(), duty))
+                Some(collecting(gc.clone(), stop.clone(), duty))
             } else {
                 None
             };
@@ -285,7 +283,8 @@ fn main() {
             ..Default::default()
         };
         config.retention.insert("ci".into(), rule);
-        let r = Arc::new(Registry::new(s.meta.clone(), s.blobs.clone(), config));
+        let retention = Retention::new(s.stores.meta.clone(), config.retention.clone());
+        let r = Arc::new(Registry::new(s.stores.clone(), config));
         let made = Instant::now();
         futures::stream::iter(0..packages)
             .for_each_concurrent(64, |i| {
@@ -326,7 +325,7 @@ fn main() {
             took
         };
         let swept = Instant::now();
-        let deleted = r.sweep_retention().await.unwrap();
+        let deleted = retention.sweep().await.unwrap();
         let wall = swept.elapsed();
         stop.store(true, Ordering::Relaxed);
         let during = lister.await.unwrap();
@@ -339,6 +338,6 @@ fn main() {
             during.len(),
             p99(quiet).as_secs_f64() * 1e3,
         );
-        s.meta.close().await;
+        s.stores.meta.close().await;
     });
 }

@@ -11,10 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use artifactstore_core::storage::{
-    BlobInfo, BlobStore, ByteStream, Claim, Head, StoreError, check_digest, read_head,
-};
-use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, Timestamp, UploadId};
+use artifactstore_core::storage::{BlobInfo, BlobStore, ByteStream, Staged, StoreError};
+use artifactstore_core::{Sha256Digest, Staging, Timestamp, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -31,8 +29,6 @@ const READ_BUDGET: usize = 32 * 1024 * 1024;
 const SMALL_READ_BLOCK: usize = 16 * 1024;
 /// Bytes gathered before one `write` call.
 const WRITE_BLOCK: usize = 128 * 1024;
-/// Bodies up to this size are gathered in memory and stored in one blocking call.
-const SMALL_BLOB: u64 = WRITE_BLOCK as u64;
 /// Bytes written before their writeback is started (see [`WriteBehind`]). The final fsync
 /// waits for about one window, and a chunked upload waits for it on every chunk (measured
 /// here: 8 MiB ~4 ms, 2 MiB ~1 ms); smaller windows cost a little ingest throughput.
@@ -214,46 +210,6 @@ impl FsBlobStore {
         self.inner.tmp.join(ulid::Ulid::new().to_string())
     }
 
-    /// Stores a body that is all in `chunks`: hash, write, fsync, rename, all in one
-    /// blocking call, and no write at all when the blob is already there.
-    async fn put_small(
-        &self,
-        chunks: Vec<Bytes>,
-        expected: Option<Sha256Digest>,
-        claim: &dyn Claim,
-    ) -> Result<BlobInfo, StoreError> {
-        let mut hasher = Sha256Hasher::new();
-        for chunk in &chunks {
-            hasher.update(chunk);
-        }
-        let info = BlobInfo {
-            size: hasher.len(),
-            digest: hasher.finish(),
-        };
-        check_digest(expected, info.digest)?;
-        claim.claim(&info).await?;
-        let target = self.blob_path(&info.digest);
-        let temp_path = self.temp_path();
-        blocking(move || {
-            if present(&target, info.size) {
-                return sync_dir(parent(&target));
-            }
-            if let Some(linked) = store_unnamed(&target, info.size, &chunks) {
-                return linked;
-            }
-            let temp = TempFile::new(temp_path);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp.path)?;
-            write_chunks(&mut file, &chunks)?;
-            place(&temp, &target, info.size)
-        })
-        .await?;
-        self.open.stored(&info.digest);
-        Ok(info)
-    }
-
     fn staging_path(&self, upload: &UploadId) -> PathBuf {
         self.inner.uploads.join(upload.to_string())
     }
@@ -270,36 +226,64 @@ impl BlobStore for FsBlobStore {
         }
     }
 
-    async fn put(
-        &self,
-        body: ByteStream,
-        expected: Option<Sha256Digest>,
-        max_len: u64,
-        claim: &dyn Claim,
-    ) -> Result<BlobInfo, StoreError> {
-        // A small body is gathered whole (at most SMALL_BLOB bytes) and stored in one trip to
-        // the blocking pool: for small files the trips, not the bytes, are the cost.
-        let body = match read_head(body, SMALL_BLOB, max_len).await? {
-            Head::Whole(chunks) => return self.put_small(chunks, expected, claim).await,
-            Head::Partial(body) => body,
-        };
+    /// A temp file, written through the write-behind pipeline; removed when dropped
+    /// unpublished.
+    async fn stage(&self, body: ByteStream, max_len: u64) -> Result<Staged, StoreError> {
         let temp = TempFile::new(self.temp_path());
         let file = blocking({
             let path = temp.path.clone();
             move || OpenOptions::new().write(true).create_new(true).open(path)
         })
         .await?;
-        let hasher = write_stream(file, Sha256Hasher::new(), body, max_len).await?;
-        let info = BlobInfo {
-            size: hasher.len(),
-            digest: hasher.finish(),
-        };
-        check_digest(expected, info.digest)?;
-        claim.claim(&info).await?;
-        let target = self.blob_path(&info.digest);
-        blocking(move || place(&temp, &target, info.size)).await?;
-        self.open.stored(&info.digest);
-        Ok(info)
+        write_stream(file, body, max_len).await?;
+        Ok(Staged(Box::new(temp)))
+    }
+
+    /// Renamed to its name (kept as is if that blob is there: same digest, same bytes), the
+    /// directory fsynced.
+    async fn publish(&self, staged: Staged, blob: BlobInfo) -> Result<(), StoreError> {
+        let temp = own_staged(staged)?;
+        let target = self.blob_path(&blob.digest);
+        blocking(move || place(&temp, &target, blob.size)).await?;
+        self.open.stored(&blob.digest);
+        Ok(())
+    }
+
+    async fn discard(&self, staged: Staged) {
+        if let Ok(temp) = own_staged(staged) {
+            // Its drop removes the file; on the blocking pool, as every file operation.
+            let _ = blocking(move || {
+                drop(temp);
+                Ok(())
+            })
+            .await;
+        }
+    }
+
+    /// Written, fsynced and linked under its name in one trip to the blocking pool (an
+    /// unnamed file where `O_TMPFILE` works), and not at all when the blob is there: for
+    /// small files the trips, not the bytes, are the cost.
+    async fn store_small(&self, blob: BlobInfo, chunks: Vec<Bytes>) -> Result<(), StoreError> {
+        let target = self.blob_path(&blob.digest);
+        let temp_path = self.temp_path();
+        blocking(move || {
+            if present(&target, blob.size) {
+                return sync_dir(parent(&target));
+            }
+            if let Some(linked) = store_unnamed(&target, blob.size, &chunks) {
+                return linked;
+            }
+            let temp = TempFile::new(temp_path);
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp.path)?;
+            write_chunks(&mut file, &chunks)?;
+            place(&temp, &target, blob.size)
+        })
+        .await?;
+        self.open.stored(&blob.digest);
+        Ok(())
     }
 
     async fn size(&self, digest: &Sha256Digest) -> Result<Option<u64>, StoreError> {
@@ -369,15 +353,14 @@ impl BlobStore for FsBlobStore {
         upload: &UploadId,
         _staging: &Staging,
         offset: u64,
-        hasher: Sha256Hasher,
         body: ByteStream,
         max_len: u64,
-    ) -> Result<(Sha256Hasher, Staging), StoreError> {
+    ) -> Result<Staging, StoreError> {
         let path = self.staging_path(upload);
         let tmp = self.inner.tmp.clone();
         let file = blocking(move || open_staging(&path, &tmp, offset)).await?;
-        let hasher = write_stream(file, hasher, body, max_len).await?;
-        Ok((hasher, Staging::default()))
+        write_stream(file, body, max_len).await?;
+        Ok(Staging::default())
     }
 
     async fn stage_commit(
@@ -572,15 +555,9 @@ fn open_staging(path: &Path, tmp: &Path, offset: u64) -> io::Result<File> {
 /// Streams `body` into `file` at its current position and advances `hasher` over the same
 /// bytes: one pass, with hashing and writing on two blocking threads so they overlap. Returns
 /// once the bytes are durable. At most `max_len` bytes are taken.
-async fn write_stream(
-    file: File,
-    hasher: Sha256Hasher,
-    mut body: ByteStream,
-    max_len: u64,
-) -> Result<Sha256Hasher, StoreError> {
+async fn write_stream(file: File, mut body: ByteStream, max_len: u64) -> Result<(), StoreError> {
     // `None` says "that was all": a channel closed without it means the write was abandoned.
     let (to_writer, mut writer_rx) = mpsc::channel::<Option<Bytes>>(PIPELINE_DEPTH);
-    let (to_hasher, mut hasher_rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<()> {
         let mut out = WriteBehind::new(file)?;
         while let Some(message) = writer_rx.blocking_recv() {
@@ -590,13 +567,6 @@ async fn write_stream(
             }
         }
         Err(io::Error::other("write abandoned"))
-    });
-    let hashing = tokio::task::spawn_blocking(move || {
-        let mut hasher = hasher;
-        while let Some(chunk) = hasher_rx.blocking_recv() {
-            hasher.update(&chunk);
-        }
-        hasher
     });
 
     let mut taken: u64 = 0;
@@ -611,9 +581,7 @@ async fn write_stream(
                 continue;
             }
             // A closed channel means the writer failed; its error is reported below.
-            if to_writer.send(Some(chunk.clone())).await.is_err()
-                || to_hasher.send(chunk).await.is_err()
-            {
+            if to_writer.send(Some(chunk)).await.is_err() {
                 break;
             }
         }
@@ -624,12 +592,22 @@ async fn write_stream(
         let _ = to_writer.send(None).await;
     }
     drop(to_writer);
-    drop(to_hasher);
+    // The body is done with: whoever hashes it alongside sees its end now, not after the
+    // fsync.
+    drop(body);
     let written = writer.await.map_err(join_error)?;
-    let hasher = hashing.await.map_err(join_error)?;
     received?;
     written?;
-    Ok(hasher)
+    Ok(())
+}
+
+/// The temp file behind a [`Staged`] of this store.
+fn own_staged(staged: Staged) -> Result<TempFile, StoreError> {
+    staged
+        .0
+        .downcast::<TempFile>()
+        .map(|temp| *temp)
+        .map_err(|_| StoreError::Corrupt("a staged blob of another store".into()))
 }
 
 /// Writes a file from its current position with write-behind: small chunks are gathered into
@@ -951,7 +929,18 @@ fn join_error(e: tokio::task::JoinError) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use artifactstore_core::limits::SMALL_BLOB_BYTES;
     use artifactstore_core::storage::NoClaim;
+
+    /// A blob written the way the registry writes one (`write_blob`), with no collector.
+    async fn put(
+        store: &FsBlobStore,
+        body: ByteStream,
+        expected: Option<Sha256Digest>,
+        max_len: u64,
+    ) -> Result<BlobInfo, StoreError> {
+        artifactstore_core::blob_write::write_blob(store, body, expected, max_len, &NoClaim).await
+    }
 
     fn body(data: &[u8]) -> ByteStream {
         let chunks: Vec<io::Result<Bytes>> = data
@@ -987,10 +976,7 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         for len in [300_000, 5_000] {
             let data = artifactstore_testkit::bytes(len, len as u64);
-            let info = store
-                .put(body(&data), None, u64::MAX, &NoClaim)
-                .await
-                .unwrap();
+            let info = put(&store, body(&data), None, u64::MAX).await.unwrap();
             assert_eq!(read_range(&store, &info, 10..4106).await, data[10..4106]);
             assert_eq!(
                 read_range(&store, &info, 10..4106).await,
@@ -1005,10 +991,7 @@ mod tests {
             std::fs::write(&path, &damaged).unwrap();
             assert_eq!(read_range(&store, &info, 10..4106).await, damaged[10..4106]);
             // A store of the same bytes replaces the damaged file.
-            store
-                .put(body(&data), None, u64::MAX, &NoClaim)
-                .await
-                .unwrap();
+            put(&store, body(&data), None, u64::MAX).await.unwrap();
             assert_eq!(
                 read_range(&store, &info, 10..4106).await,
                 data[10..4106],
@@ -1026,10 +1009,7 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         let block = READ_BLOCK as u64;
         let data = artifactstore_testkit::bytes(3 * READ_BLOCK + 17, 9);
-        let info = store
-            .put(body(&data), None, u64::MAX, &NoClaim)
-            .await
-            .unwrap();
+        let info = put(&store, body(&data), None, u64::MAX).await.unwrap();
         let len = data.len() as u64;
         for range in [
             0..len,
@@ -1064,26 +1044,23 @@ mod tests {
     async fn small_and_large_bodies_store_and_repair() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).await.unwrap();
-        for len in [0, 1, SMALL_BLOB as usize, SMALL_BLOB as usize + 1, 3 << 20] {
+        for len in [
+            0,
+            1,
+            SMALL_BLOB_BYTES as usize,
+            SMALL_BLOB_BYTES as usize + 1,
+            3 << 20,
+        ] {
             let data = artifactstore_testkit::bytes(len, len as u64);
-            let info = store
-                .put(body(&data), None, u64::MAX, &NoClaim)
-                .await
-                .unwrap();
+            let info = put(&store, body(&data), None, u64::MAX).await.unwrap();
             assert_eq!(info.size, len as u64);
             assert_eq!(info.digest, Sha256Digest::of(&data));
             assert_eq!(read_all(&store, &info).await, data, "{len} bytes");
             // Stored again: same blob, nothing new.
-            store
-                .put(body(&data), None, u64::MAX, &NoClaim)
-                .await
-                .unwrap();
+            put(&store, body(&data), None, u64::MAX).await.unwrap();
             // A damaged copy (wrong size) is replaced by the next put of the content.
             std::fs::write(store.blob_path(&info.digest), b"damaged!!").unwrap();
-            store
-                .put(body(&data), None, u64::MAX, &NoClaim)
-                .await
-                .unwrap();
+            put(&store, body(&data), None, u64::MAX).await.unwrap();
             assert_eq!(read_all(&store, &info).await, data, "{len} bytes, repaired");
         }
         let leftovers = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
@@ -1096,11 +1073,9 @@ mod tests {
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         let data = b"four score".to_vec();
         let wrong = Sha256Digest::of(b"other");
-        let err = store
-            .put(body(&data), Some(wrong), u64::MAX, &NoClaim)
-            .await;
+        let err = put(&store, body(&data), Some(wrong), u64::MAX).await;
         assert!(matches!(err, Err(StoreError::DigestMismatch { .. })));
-        let err = store.put(body(&data), None, 3, &NoClaim).await;
+        let err = put(&store, body(&data), None, 3).await;
         assert!(matches!(err, Err(StoreError::TooLarge { limit: 3 })));
         assert_eq!(store.size(&Sha256Digest::of(&data)).await.unwrap(), None);
     }

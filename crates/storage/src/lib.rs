@@ -22,9 +22,10 @@ mod s3;
 mod sqlite;
 mod tail;
 
+pub use artifactstore_core::storage::Stores;
 #[cfg(feature = "fs")]
 pub use fs::FsBlobStore;
-pub use open::{Locations, OpenError, OpenOptions, Stores, open, open_blobs, open_metadata};
+pub use open::{Locations, OpenError, OpenOptions, open, open_blobs, open_metadata};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "s3")]

@@ -1,17 +1,10 @@
 //! `open`: the one place where a URL picks a storage engine, and where pairings are judged.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactstore_core::storage::{BlobStore, MetadataStore, StoreError};
-
-/// The two stores a registry runs on.
-#[derive(Clone)]
-pub struct Stores {
-    pub meta: Arc<dyn MetadataStore>,
-    pub blobs: Arc<dyn BlobStore>,
-}
+use artifactstore_core::storage::{BlobStore, MetadataStore, StoreError, Stores};
 
 /// How to open the stores, beyond their URLs.
 #[derive(Clone, Debug)]
@@ -217,7 +210,7 @@ async fn open_meta(meta: &Meta, tail: usize) -> Result<Arc<dyn MetadataStore>, O
         Meta::Sqlite(url) => {
             let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
             let path = path.split('?').next().unwrap_or(path);
-            if let Some(parent) = Path::new(path).parent()
+            if let Some(parent) = std::path::Path::new(path).parent()
                 && !parent.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(parent).map_err(|source| OpenError::Directory {

@@ -14,7 +14,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactstore_core::storage::{AddChecks, MetadataStore, StoreError};
+use artifactstore_core::storage::{
+    AddChecks, Advance, Freeze, MetadataReads, MetadataStore, StoreError,
+};
 use artifactstore_core::*;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -341,8 +343,8 @@ async fn lock_state(
 
 #[async_trait]
 impl MetadataStore for PgStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.reads.ping().await
+    fn reads(&self) -> &dyn MetadataReads {
+        &self.reads
     }
 
     async fn close(&self) {
@@ -392,20 +394,6 @@ impl MetadataStore for PgStore {
             Ok((sequence, Some(sequence)))
         });
         Ok(committed_event(event, sequence as i64))
-    }
-
-    async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError> {
-        self.reads.package(scope, id).await
-    }
-
-    async fn list_packages(
-        &self,
-        scope: &Scope,
-        q: &PackageQuery,
-        before: Option<PackageId>,
-        limit: u32,
-    ) -> Result<Vec<Package>, StoreError> {
-        self.reads.list_packages(scope, q, before, limit).await
     }
 
     async fn add_file(
@@ -557,17 +545,6 @@ impl MetadataStore for PgStore {
         Ok(())
     }
 
-    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError> {
-        self.reads.doomed_blobs(before).await
-    }
-
-    async fn unreferenced(
-        &self,
-        digests: &[Sha256Digest],
-    ) -> Result<Vec<Sha256Digest>, StoreError> {
-        self.reads.unreferenced(digests).await
-    }
-
     /// Row by row: each candidate is locked first, then checked by a statement of its own,
     /// which sees a file that committed while the lock was awaited (see `add_file`).
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError> {
@@ -601,41 +578,18 @@ impl MetadataStore for PgStore {
         Ok(deleted)
     }
 
-    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
-        self.reads.open_uploads(ids).await
-    }
-
-    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
-        self.reads.usage(tenant).await
-    }
-
-    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
-        self.reads.inline_blob(digest).await
-    }
-
-    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError> {
-        self.reads.file(scope, id).await
-    }
-
-    async fn list_files(
-        &self,
-        scope: &Scope,
-        package: PackageId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<FileRecord>, StoreError> {
-        self.reads.list_files(scope, package, after, limit).await
-    }
-
     async fn finalize(
         &self,
-        tenant: &str,
-        package: PackageId,
-        file_count: u64,
-        finalized_at: Timestamp,
-        manifest: &StoredManifest,
+        freeze: Freeze<'_>,
         event: NewEvent,
     ) -> Result<(Package, Option<Event>), StoreError> {
+        let Freeze {
+            tenant,
+            package,
+            file_count,
+            finalized_at,
+            manifest,
+        } = freeze;
         let (updated, sequence) = in_transaction!(self, |conn| {
             let current = locked_package(conn, tenant, package).await?;
             if current.state == PackageState::Finalized {
@@ -663,14 +617,6 @@ impl MetadataStore for PgStore {
         });
         let event = sequence.map(|s| committed_event(event, s as i64));
         Ok((updated, event))
-    }
-
-    async fn manifest(
-        &self,
-        scope: &Scope,
-        package: PackageId,
-    ) -> Result<Option<StoredManifest>, StoreError> {
-        self.reads.manifest(scope, package).await
     }
 
     async fn delete_package(
@@ -708,14 +654,6 @@ impl MetadataStore for PgStore {
             let sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
             Ok((package, Some(sequence)))
         }))
-    }
-
-    async fn retention_candidates(
-        &self,
-        rule: &RetentionQuery,
-        limit: u32,
-    ) -> Result<Vec<(String, PackageId)>, StoreError> {
-        self.reads.retention_candidates(rule, limit).await
     }
 
     async fn lease(
@@ -761,25 +699,17 @@ impl MetadataStore for PgStore {
         Ok(())
     }
 
-    async fn upload(
-        &self,
-        scope: &Scope,
-        id: UploadId,
-    ) -> Result<Option<UploadRecord>, StoreError> {
-        self.reads.upload(scope, id).await
-    }
-
-    async fn advance_upload(
-        &self,
-        tenant: &str,
-        id: UploadId,
-        from_offset: u64,
-        hasher: &Sha256Hasher,
-        staging: &Staging,
-        size: Option<u64>,
-        expires_at: Timestamp,
-        max_bytes: Option<u64>,
-    ) -> Result<UploadRecord, StoreError> {
+    async fn advance_upload(&self, advance: Advance<'_>) -> Result<UploadRecord, StoreError> {
+        let Advance {
+            tenant,
+            id,
+            from_offset,
+            hasher,
+            staging,
+            size,
+            expires_at,
+            max_bytes,
+        } = advance;
         // One statement: under READ COMMITTED, a second updater of the row waits for the
         // first and then re-checks the offset against the committed row, so exactly one of
         // two racing replicas moves it.
@@ -872,18 +802,5 @@ impl MetadataStore for PgStore {
             }
             Ok((taken, None))
         }))
-    }
-
-    async fn events_since(
-        &self,
-        scope: &Scope,
-        since: u64,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.reads.events_since(scope, since, limit).await
-    }
-
-    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
-        self.reads.tail.watch(scope)
     }
 }

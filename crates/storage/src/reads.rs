@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
-use artifactstore_core::storage::StoreError;
+use artifactstore_core::storage::{MetadataReads, StoreError};
 use artifactstore_core::*;
+use async_trait::async_trait;
 use bytes::Bytes;
 #[cfg(feature = "postgres")]
 use sqlx::postgres::PgPool;
 #[cfg(feature = "sqlite")]
 use sqlx::sqlite::SqlitePool;
+use tokio::sync::watch;
 
 use crate::rows::*;
 use crate::tail::EventTail;
@@ -43,8 +45,9 @@ pub(crate) struct Reads {
     pub(crate) tail: Arc<EventTail>,
 }
 
-impl Reads {
-    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+#[async_trait]
+impl MetadataReads for Reads {
+    async fn ping(&self) -> Result<(), StoreError> {
         on_pool!(&self.pool, |p| sqlx::query("SELECT 1")
             .execute(p)
             .await
@@ -52,11 +55,7 @@ impl Reads {
         .map_err(sql_error)
     }
 
-    pub(crate) async fn package(
-        &self,
-        scope: &Scope,
-        id: PackageId,
-    ) -> Result<Option<Package>, StoreError> {
+    async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError> {
         let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE id = $1");
         let package = on_pool!(&self.pool, |p| {
             let row = sqlx::query(&sql)
@@ -69,7 +68,7 @@ impl Reads {
         Ok(package.filter(|p| scope.admits(&p.tenant)))
     }
 
-    pub(crate) async fn list_packages(
+    async fn list_packages(
         &self,
         scope: &Scope,
         q: &PackageQuery,
@@ -83,10 +82,7 @@ impl Reads {
         })
     }
 
-    pub(crate) async fn inline_blob(
-        &self,
-        digest: &Sha256Digest,
-    ) -> Result<Option<Bytes>, StoreError> {
+    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
         let sql = "SELECT bytes FROM inline_blobs WHERE sha256 = $1";
         let bytes: Option<Vec<u8>> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
             .bind(digest.hex())
@@ -96,11 +92,7 @@ impl Reads {
         Ok(bytes.map(Bytes::from))
     }
 
-    pub(crate) async fn file(
-        &self,
-        scope: &Scope,
-        id: FileId,
-    ) -> Result<Option<Arc<FileRecord>>, StoreError> {
+    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError> {
         if let Some(file) = self.files.get(&id) {
             return Ok(scope.admits(&file.tenant).then_some(file));
         }
@@ -120,7 +112,7 @@ impl Reads {
         Ok(scope.admits(&file.tenant).then_some(file))
     }
 
-    pub(crate) async fn list_files(
+    async fn list_files(
         &self,
         scope: &Scope,
         package: PackageId,
@@ -144,7 +136,7 @@ impl Reads {
         })
     }
 
-    pub(crate) async fn manifest(
+    async fn manifest(
         &self,
         scope: &Scope,
         package: PackageId,
@@ -165,7 +157,7 @@ impl Reads {
 
     /// One SQL text for both engines; `newer` ranks a subject's finalized packages newest
     /// first (held ones count among the kept).
-    pub(crate) async fn retention_candidates(
+    async fn retention_candidates(
         &self,
         rule: &RetentionQuery,
         limit: u32,
@@ -192,10 +184,7 @@ impl Reads {
         })
     }
 
-    pub(crate) async fn doomed_blobs(
-        &self,
-        before: Timestamp,
-    ) -> Result<Vec<Sha256Digest>, StoreError> {
+    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError> {
         let sql = "SELECT sha256 FROM blob_claims WHERE doomed_at IS NOT NULL \
                    AND doomed_at < $1 LIMIT 1000";
         let hexes: Vec<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
@@ -206,7 +195,7 @@ impl Reads {
         hexes.iter().map(|h| digest_of(h)).collect()
     }
 
-    pub(crate) async fn unreferenced(
+    async fn unreferenced(
         &self,
         digests: &[Sha256Digest],
     ) -> Result<Vec<Sha256Digest>, StoreError> {
@@ -225,7 +214,7 @@ impl Reads {
             .collect())
     }
 
-    pub(crate) async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
+    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -238,7 +227,7 @@ impl Reads {
             .collect()
     }
 
-    pub(crate) async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
+    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
         let sql = "SELECT bytes, packages, open_uploads FROM tenant_usage WHERE tenant = $1";
         let row: Option<(i64, i64, i64)> = on_pool!(&self.pool, |p| sqlx::query_as(sql)
             .bind(tenant)
@@ -254,24 +243,8 @@ impl Reads {
         })
     }
 
-    /// The one text column of `select … AND column IN (values)`.
-    async fn strings_in(
-        &self,
-        select: &str,
-        column: &str,
-        values: impl Iterator<Item = String>,
-    ) -> Result<Vec<String>, StoreError> {
-        on_pool!(&self.pool, |p| {
-            let mut sql = in_list(select, column, values);
-            sql.build_query_scalar()
-                .fetch_all(p)
-                .await
-                .map_err(sql_error)
-        })
-    }
-
     /// A change is answered only after its commit, so a read sees every answered one.
-    pub(crate) async fn upload(
+    async fn upload(
         &self,
         scope: &Scope,
         id: UploadId,
@@ -293,7 +266,7 @@ impl Reads {
 
     /// From the tail when it holds every event after `since`, else from the database, with
     /// a text per scope so that a tenant's read keeps its (tenant, sequence) index.
-    pub(crate) async fn events_since(
+    async fn events_since(
         &self,
         scope: &Scope,
         since: u64,
@@ -322,6 +295,28 @@ impl Reads {
                 .await
                 .map_err(sql_error)?;
             rows.iter().map(event_from_row).collect()
+        })
+    }
+
+    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
+        self.tail.watch(scope)
+    }
+}
+
+impl Reads {
+    /// The one text column of `select … AND column IN (values)`.
+    async fn strings_in(
+        &self,
+        select: &str,
+        column: &str,
+        values: impl Iterator<Item = String>,
+    ) -> Result<Vec<String>, StoreError> {
+        on_pool!(&self.pool, |p| {
+            let mut sql = in_list(select, column, values);
+            sql.build_query_scalar()
+                .fetch_all(p)
+                .await
+                .map_err(sql_error)
         })
     }
 }

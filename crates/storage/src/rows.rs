@@ -353,6 +353,7 @@ impl FileCache {
     }
 
     /// Forgets the files of a deleted package (after the deletion committed).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn evict_package(&self, package: PackageId) {
         let mut cache = self.lock();
         cache.0 += 1;
@@ -388,6 +389,7 @@ pub(crate) const BLOB_IN_USE: &str = "SELECT 1 FROM files WHERE sha256 = $1 AND 
 pub(crate) const CLAIM_STANDS: &str = "SELECT 1 FROM blob_claims WHERE sha256 = $1 \
      AND generation = $2 AND doomed_at IS NULL";
 
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) const RELEASE_BLOB: &str =
     "DELETE FROM blob_claims WHERE sha256 = $1 AND doomed_at IS NOT NULL";
 

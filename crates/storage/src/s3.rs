@@ -32,8 +32,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use artifactstore_core::blob_write::hash_alongside;
 use artifactstore_core::storage::{
-    BlobInfo, BlobStore, ByteStream, Claim, StoreError, check_digest,
+    BlobInfo, BlobStore, ByteStream, Staged as StagedBlob, StoreError,
 };
 use artifactstore_core::{Sha256Digest, Sha256Hasher, Staging, Timestamp, UploadId};
 use async_trait::async_trait;
@@ -271,7 +272,7 @@ impl S3BlobStore {
     /// Makes the data object `key` (already complete, `blob.size` bytes hashed to
     /// `blob.digest`) the blob, unless the digest has a pointer already: then the new object
     /// is no one's and goes.
-    async fn publish(&self, key: &Path, blob: BlobInfo) -> Result<(), StoreError> {
+    async fn point(&self, key: &Path, blob: BlobInfo) -> Result<(), StoreError> {
         let pointer = Pointer {
             key: key.to_string(),
             size: blob.size,
@@ -357,20 +358,19 @@ impl S3BlobStore {
         }
     }
 
-    /// Streams `body` into a new object at `key`, hashing it with `hasher`; at most
-    /// `max_len` bytes. On failure nothing is left at `key` (a multipart upload is aborted).
+    /// Streams `body` into a new object at `key`; at most `max_len` bytes; returns how many.
+    /// On failure nothing is left at `key` (a multipart upload is aborted).
     async fn write_object(
         &self,
         key: &Path,
         journal: &Path,
         mut body: ByteStream,
-        mut hasher: Sha256Hasher,
         max_len: u64,
-    ) -> Result<Sha256Hasher, StoreError> {
-        let start = hasher.len();
-        let taken = |chunk: &Bytes, hasher: &mut Sha256Hasher| {
-            hasher.update(chunk);
-            if hasher.len() - start > max_len {
+    ) -> Result<u64, StoreError> {
+        let mut len = 0;
+        let mut taken = |chunk: &Bytes| {
+            len += chunk.len() as u64;
+            if len > max_len {
                 Err(StoreError::TooLarge { limit: max_len })
             } else {
                 Ok(())
@@ -383,22 +383,23 @@ impl S3BlobStore {
             match body.next().await {
                 Some(chunk) => {
                     let chunk = chunk.map_err(StoreError::Body)?;
-                    taken(&chunk, &mut hasher)?;
+                    taken(&chunk)?;
                     gathered += chunk.len();
                     head.push(chunk);
                 }
                 None => {
+                    drop(body);
                     self.store
                         .put(key, PutPayload::from_iter(head))
                         .await
                         .map_err(s3)?;
-                    return Ok(hasher);
+                    return Ok(gathered as u64);
                 }
             }
         }
-        self.write_multipart(key, journal, head, body, |chunk| taken(chunk, &mut hasher))
+        self.write_multipart(key, journal, head, body, &mut taken)
             .await?;
-        Ok(hasher)
+        Ok(len)
     }
 
     /// Streams `head` and then the rest of `body` into a multipart upload of `PART`-byte
@@ -551,6 +552,15 @@ fn written(meta: &object_store::ObjectMeta) -> Timestamp {
     Timestamp::from_millis(meta.last_modified.timestamp_millis())
 }
 
+/// The data object behind a [`StagedBlob`] of this store.
+fn own_staged(staged: StagedBlob) -> Result<Path, StoreError> {
+    staged
+        .0
+        .downcast::<Path>()
+        .map(|key| *key)
+        .map_err(|_| StoreError::Corrupt("a staged blob of another store".into()))
+}
+
 fn parse_staging(staging: &Staging) -> Result<Vec<Staged>, StoreError> {
     if staging.0.is_empty() {
         return Ok(Vec::new());
@@ -600,63 +610,33 @@ impl BlobStore for S3BlobStore {
         }
     }
 
-    async fn put(
-        &self,
-        body: ByteStream,
-        expected: Option<Sha256Digest>,
-        max_len: u64,
-        claim: &dyn Claim,
-    ) -> Result<BlobInfo, StoreError> {
-        if let Some(expected) = expected
-            && let Some(pointer) = self.pointer(&expected).await?
-        {
-            // Stored already: the body only has to prove it is those bytes.
-            let mut hasher = Sha256Hasher::new();
-            let mut body = body;
-            while let Some(chunk) = body.next().await {
-                hasher.update(&chunk.map_err(StoreError::Body)?);
-                if hasher.len() > max_len {
-                    return Err(StoreError::TooLarge { limit: max_len });
-                }
-            }
-            let blob = BlobInfo {
-                size: hasher.len(),
-                digest: hasher.finish(),
-            };
-            check_digest(Some(expected), blob.digest)?;
-            if blob.size != pointer.size {
-                return Err(StoreError::Corrupt(format!("size of blob {expected}")));
-            }
-            // Claimed, the bytes can no longer go; were they still there when it was made?
-            claim.claim(&blob).await?;
-            self.forget(&expected);
-            if self.pointer(&expected).await?.is_none() {
-                return Err(StoreError::Unavailable(
-                    "the blob store (a garbage collection took these bytes meanwhile; send them again)",
-                ));
-            }
-            return Ok(blob);
-        }
+    /// A data object `data/<ulid>` of its own, named by no pointer yet.
+    async fn stage(&self, body: ByteStream, max_len: u64) -> Result<StagedBlob, StoreError> {
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
-        let hasher = self
-            .write_object(
-                &key,
-                &self.blob_journal(),
-                body,
-                Sha256Hasher::new(),
-                max_len,
-            )
+        self.write_object(&key, &self.blob_journal(), body, max_len)
             .await?;
-        let blob = BlobInfo {
-            size: hasher.len(),
-            digest: hasher.finish(),
-        };
-        if let Err(e) = check_digest(expected, blob.digest).and(claim.claim(&blob).await) {
+        Ok(StagedBlob(Box::new(key)))
+    }
+
+    /// The create-only pointer to the staged object; a loser deletes its object.
+    async fn publish(&self, staged: StagedBlob, blob: BlobInfo) -> Result<(), StoreError> {
+        let key = own_staged(staged)?;
+        self.point(&key, blob).await
+    }
+
+    async fn discard(&self, staged: StagedBlob) {
+        if let Ok(key) = own_staged(staged) {
             self.delete_quietly(&key).await;
-            return Err(e);
         }
-        self.publish(&key, blob).await?;
-        Ok(blob)
+    }
+
+    async fn store_small(&self, blob: BlobInfo, chunks: Vec<Bytes>) -> Result<(), StoreError> {
+        let key = self.key(&format!("data/{}", ulid::Ulid::new()));
+        self.store
+            .put(&key, PutPayload::from_iter(chunks))
+            .await
+            .map_err(s3)?;
+        self.point(&key, blob).await
     }
 
     async fn size(&self, digest: &Sha256Digest) -> Result<Option<u64>, StoreError> {
@@ -689,10 +669,9 @@ impl BlobStore for S3BlobStore {
         upload: &UploadId,
         staging: &Staging,
         offset: u64,
-        hasher: Sha256Hasher,
         body: ByteStream,
         max_len: u64,
-    ) -> Result<(Sha256Hasher, Staging), StoreError> {
+    ) -> Result<Staging, StoreError> {
         let mut staged = parse_staging(staging)?;
         let staged_len: u64 = staged.iter().map(|s| s.len).sum();
         if staged_len != offset {
@@ -707,10 +686,7 @@ impl BlobStore for S3BlobStore {
         let key = self.key(&format!("uploads/{upload}/{name}"));
         // Beside the upload's objects: whatever ends the upload aborts it too.
         let journal = self.key(&format!("uploads/{upload}/{JOURNAL}{name}"));
-        let hasher = self
-            .write_object(&key, &journal, body, hasher, max_len)
-            .await?;
-        let len = hasher.len() - offset;
+        let len = self.write_object(&key, &journal, body, max_len).await?;
         if len == 0 {
             self.delete_quietly(&key).await;
         } else {
@@ -721,7 +697,7 @@ impl BlobStore for S3BlobStore {
         }
         let staging =
             serde_json::to_string(&staged).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok((hasher, Staging(staging)))
+        Ok(Staging(staging))
     }
 
     async fn stage_commit(
@@ -750,18 +726,15 @@ impl BlobStore for S3BlobStore {
             .map_err(std::io::Error::other)
             .try_flatten()
             .boxed();
+        // Hashed again as it is copied: what becomes the blob is checked, not assumed.
+        let (parts, hashed) = hash_alongside(parts, Sha256Hasher::new());
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
-        let hasher = match self
-            .write_object(
-                &key,
-                &self.blob_journal(),
-                parts,
-                Sha256Hasher::new(),
-                blob.size,
-            )
-            .await
-        {
-            Ok(hasher) => hasher,
+        let copied = self
+            .write_object(&key, &self.blob_journal(), parts, blob.size)
+            .await;
+        let hasher = hashed.await?;
+        match copied {
+            Ok(_) => {}
             Err(StoreError::Body(e)) => {
                 return Err(StoreError::Corrupt(format!(
                     "upload {upload}: staged bytes: {e}"
@@ -779,7 +752,7 @@ impl BlobStore for S3BlobStore {
                 "upload {upload}: staged bytes are {written:?}, expected {blob:?}"
             )));
         }
-        self.publish(&key, blob).await
+        self.point(&key, blob).await
     }
 
     /// Aborts the upload's multipart uploads (an append under way or cut off by a crash),

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use artifactstore_core::storage::{AddChecks, MetadataStore, StoreError};
+use artifactstore_core::storage::{
+    AddChecks, Advance, Freeze, MetadataReads, MetadataStore, StoreError,
+};
 
 use crate::reads::{Pool, Reads};
 use crate::rows::*;
@@ -25,7 +27,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, Sqlite};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 const READERS: u32 = 4;
 
@@ -210,6 +212,8 @@ impl SqliteStore {
                 let _ = done.await;
             }
         }
+        // Irrefutable in a build without PostgreSQL.
+        #[allow(irrefutable_let_patterns)]
         if let Pool::Sqlite(readers) = &self.reads.pool {
             readers.close().await;
         }
@@ -564,8 +568,8 @@ async fn upload_state(
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.reads.ping().await
+    fn reads(&self) -> &dyn MetadataReads {
+        &self.reads
     }
 
     async fn close(&self) {
@@ -612,20 +616,6 @@ impl MetadataStore for SqliteStore {
             })
         })
         .await
-    }
-
-    async fn package(&self, scope: &Scope, id: PackageId) -> Result<Option<Package>, StoreError> {
-        self.reads.package(scope, id).await
-    }
-
-    async fn list_packages(
-        &self,
-        scope: &Scope,
-        q: &PackageQuery,
-        before: Option<PackageId>,
-        limit: u32,
-    ) -> Result<Vec<Package>, StoreError> {
-        self.reads.list_packages(scope, q, before, limit).await
     }
 
     async fn add_file(
@@ -780,17 +770,6 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError> {
-        self.reads.doomed_blobs(before).await
-    }
-
-    async fn unreferenced(
-        &self,
-        digests: &[Sha256Digest],
-    ) -> Result<Vec<Sha256Digest>, StoreError> {
-        self.reads.unreferenced(digests).await
-    }
-
     /// One statement on the writer: no inline file can be added meanwhile.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError> {
         self.write(move |conn| {
@@ -810,41 +789,18 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn open_uploads(&self, ids: &[UploadId]) -> Result<Vec<UploadId>, StoreError> {
-        self.reads.open_uploads(ids).await
-    }
-
-    async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
-        self.reads.usage(tenant).await
-    }
-
-    async fn inline_blob(&self, digest: &Sha256Digest) -> Result<Option<Bytes>, StoreError> {
-        self.reads.inline_blob(digest).await
-    }
-
-    async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError> {
-        self.reads.file(scope, id).await
-    }
-
-    async fn list_files(
-        &self,
-        scope: &Scope,
-        package: PackageId,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<FileRecord>, StoreError> {
-        self.reads.list_files(scope, package, after, limit).await
-    }
-
     async fn finalize(
         &self,
-        tenant: &str,
-        package: PackageId,
-        file_count: u64,
-        finalized_at: Timestamp,
-        manifest: &StoredManifest,
+        freeze: Freeze<'_>,
         event: NewEvent,
     ) -> Result<(Package, Option<Event>), StoreError> {
+        let Freeze {
+            tenant,
+            package,
+            file_count,
+            finalized_at,
+            manifest,
+        } = freeze;
         let (tenant, manifest) = (tenant.to_string(), manifest.clone());
         self.write(move |conn| {
             Box::pin(async move {
@@ -874,14 +830,6 @@ impl MetadataStore for SqliteStore {
             })
         })
         .await
-    }
-
-    async fn manifest(
-        &self,
-        scope: &Scope,
-        package: PackageId,
-    ) -> Result<Option<StoredManifest>, StoreError> {
-        self.reads.manifest(scope, package).await
     }
 
     async fn delete_package(
@@ -928,14 +876,6 @@ impl MetadataStore for SqliteStore {
             })
         })
         .await
-    }
-
-    async fn retention_candidates(
-        &self,
-        rule: &RetentionQuery,
-        limit: u32,
-    ) -> Result<Vec<(String, PackageId)>, StoreError> {
-        self.reads.retention_candidates(rule, limit).await
     }
 
     async fn lease(
@@ -989,25 +929,17 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn upload(
-        &self,
-        scope: &Scope,
-        id: UploadId,
-    ) -> Result<Option<UploadRecord>, StoreError> {
-        self.reads.upload(scope, id).await
-    }
-
-    async fn advance_upload(
-        &self,
-        tenant: &str,
-        id: UploadId,
-        from_offset: u64,
-        hasher: &Sha256Hasher,
-        staging: &Staging,
-        size: Option<u64>,
-        expires_at: Timestamp,
-        max_bytes: Option<u64>,
-    ) -> Result<UploadRecord, StoreError> {
+    async fn advance_upload(&self, advance: Advance<'_>) -> Result<UploadRecord, StoreError> {
+        let Advance {
+            tenant,
+            id,
+            from_offset,
+            hasher,
+            staging,
+            size,
+            expires_at,
+            max_bytes,
+        } = advance;
         let (tenant, offset, hash_state) = (tenant.to_string(), hasher.len(), hasher.save());
         let staging = staging.0.clone();
         let grown = offset as i64 - from_offset as i64;
@@ -1095,19 +1027,6 @@ impl MetadataStore for SqliteStore {
             })
         })
         .await
-    }
-
-    async fn events_since(
-        &self,
-        scope: &Scope,
-        since: u64,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.reads.events_since(scope, since, limit).await
-    }
-
-    fn event_watch(&self, scope: &Scope) -> watch::Receiver<u64> {
-        self.reads.tail.watch(scope)
     }
 }
 

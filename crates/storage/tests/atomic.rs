@@ -8,8 +8,8 @@ mod common;
 use std::future::Future;
 use std::time::Duration;
 
-use artifactstore_core::lifecycle::RetentionRule;
 use artifactstore_core::registry::{Chunk, CompleteUpload};
+use artifactstore_core::retention::RetentionRule;
 use artifactstore_core::*;
 use common::*;
 use sqlx::{Connection, PgConnection, SqliteConnection};
@@ -291,7 +291,7 @@ async fn expiry_and_retention_are_all_or_nothing_at_every_row() {
     .await;
     at_every_step(&env, f, "retention", || async {
         // A deletion the sweep could not make is logged and left to the next sweep.
-        (r.sweep_retention().await.ok() == Some(1)).then_some(())
+        (env.retention().sweep().await.ok() == Some(1)).then_some(())
     })
     .await;
     assert!(matches!(

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use artifactstore_core::gc::GcOptions;
+use artifactstore_core::gc::{Collector, GcOptions};
 use artifactstore_core::registry::{Chunk, CompleteUpload};
 use artifactstore_core::storage::{ByteStream, StoreError};
 use artifactstore_core::*;
+use artifactstore_storage::Stores;
 use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
@@ -147,8 +148,8 @@ impl Model {
                 // Written before the collection's cutoff (S3 lists times in whole seconds).
                 let pause = if self.env.blob_url.is_some() { 1100 } else { 5 };
                 tokio::time::sleep(Duration::from_millis(pause)).await;
-                let gc = r.collect_garbage(flat_out("test"));
-                assert!(!gc.await.unwrap().interrupted);
+                let report = self.env.collector().collect(flat_out("test")).await;
+                assert!(!report.unwrap().interrupted);
                 self.check_nothing_unused().await;
             }
         }
@@ -238,17 +239,20 @@ proptest! {
 async fn writes_that_dedup_onto_bytes_being_collected_lose_nothing() {
     let env = Env::new().await;
     let second = match (env.database_url.starts_with("postgres"), &env.blob_url) {
-        (true, Some(url)) => Arc::new(Registry::new(
-            open_meta(&env.database_url, 4096).await,
-            open_blobs(env.dir.path(), Some(url)).await,
-            RegistryConfig::default(),
-        )),
-        _ => env.registry.clone(),
+        (true, Some(url)) => Stores {
+            meta: open_meta(&env.database_url, 4096).await,
+            blobs: open_blobs(env.dir.path(), Some(url)).await,
+        },
+        _ => env.stores.clone(),
     };
-    let replicas = [env.registry.clone(), second];
+    let replicas = [
+        env.registry.clone(),
+        Arc::new(Registry::new(second.clone(), RegistryConfig::default())),
+    ];
+    let collectors = [env.collector(), Collector::new(second)].map(Arc::new);
     let data = Arc::new(content(7, true));
     let stop = Arc::new(AtomicBool::new(false));
-    let collectors: Vec<_> = replicas
+    let collectors: Vec<_> = collectors
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -257,7 +261,7 @@ async fn writes_that_dedup_onto_bytes_being_collected_lose_nothing() {
                 let holder = format!("collector-{i}");
                 let mut runs = 0u32;
                 while !stop.load(Ordering::Relaxed) {
-                    let gc = r.collect_garbage(GcOptions {
+                    let gc = r.collect(GcOptions {
                         lease_ttl: Duration::from_millis(200),
                         ..flat_out(&holder)
                     });
@@ -339,8 +343,8 @@ async fn multipart_uploads_a_crash_left_are_aborted() {
     );
 
     let report = env
-        .registry
-        .collect_garbage(flat_out("collector"))
+        .collector()
+        .collect(flat_out("collector"))
         .await
         .unwrap();
     assert!(report.orphans >= 1, "{report:?}");
@@ -352,9 +356,9 @@ async fn multipart_uploads_a_crash_left_are_aborted() {
     let blobs = open_blobs(env.dir.path(), env.blob_url.as_deref()).await;
     let upload = UploadId::generate();
     let append = tokio::spawn(async move {
-        let (staging, hasher) = (Staging::default(), Sha256Hasher::new());
+        let staging = Staging::default();
         blobs
-            .stage_append(&upload, &staging, 0, hasher, stalled_body(12), u64::MAX)
+            .stage_append(&upload, &staging, 0, stalled_body(12), u64::MAX)
             .await
             .map(drop)
     });

@@ -724,7 +724,7 @@ async fn files_for_closed_or_foreign_packages_leave_nothing() {
         match (t % 4, result) {
             (0 | 1, Ok(_)) => added += 1,
             (2, Err(RegistryError::PackageFinalized)) | (3, Err(RegistryError::NotFound(_))) => {
-                assert_eq!(env.meta.inline_blob(&digest).await.unwrap(), None);
+                assert_eq!(env.meta.reads().inline_blob(&digest).await.unwrap(), None);
             }
             (_, other) => panic!("task {t}: unexpected {other:?}"),
         }
@@ -962,7 +962,11 @@ async fn events_from_memory_match_the_database() {
     // A tail of 8 events: most reads below fall before it and go to the database.
     let meta = open_meta(url, 8).await;
     let blobs = open_blobs(dir.path(), None).await;
-    let r = Registry::new(meta.clone(), blobs, RegistryConfig::default());
+    let stores = artifactstore_storage::Stores {
+        meta: meta.clone(),
+        blobs,
+    };
+    let r = Registry::new(stores, RegistryConfig::default());
     for i in 0..30 {
         let tenant = if i % 3 == 0 { "beta" } else { TENANT };
         r.create_package(tenant, new_package()).await.unwrap();
@@ -971,8 +975,16 @@ async fn events_from_memory_match_the_database() {
     for scope in [TENANT.into(), "beta".into(), Scope::All] {
         for since in 0..32 {
             for limit in [1, 3, 100] {
-                let cached = meta.events_since(&scope, since, limit).await.unwrap();
-                let stored = fresh.events_since(&scope, since, limit).await.unwrap();
+                let cached = meta
+                    .reads()
+                    .events_since(&scope, since, limit)
+                    .await
+                    .unwrap();
+                let stored = fresh
+                    .reads()
+                    .events_since(&scope, since, limit)
+                    .await
+                    .unwrap();
                 assert_eq!(cached, stored, "{scope:?} since {since} limit {limit}");
             }
         }

@@ -8,9 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use artifactstore_core::retention::Retention;
 use artifactstore_core::storage::MetadataStore;
 use artifactstore_core::*;
-use artifactstore_storage::{OpenOptions, PgStore, open_metadata};
+use artifactstore_storage::{OpenOptions, PgStore, Stores, open_metadata};
 use common::*;
 use sqlx::Connection;
 
@@ -25,20 +26,30 @@ async fn replicas_with(
     dir: &std::path::Path,
     config: RegistryConfig,
 ) -> (String, Vec<Arc<Registry>>) {
+    let (url, stores) = replica_stores(n, dir).await;
+    let registries = stores
+        .into_iter()
+        .map(|stores| Arc::new(Registry::new(stores, config.clone())))
+        .collect();
+    (url, registries)
+}
+
+/// The stores of `n` replicas on one new database, opened at the same moment.
+async fn replica_stores(n: usize, dir: &std::path::Path) -> (String, Vec<Stores>) {
     let url = artifactstore_testkit::require_postgres().await;
     let options = OpenOptions::default();
     let opened = futures::future::join_all((0..n).map(|_| open_metadata(&url, &options))).await;
     // One blob directory shared in this process: the replicas' own pairing (S3) is tested
     // by the suites that take it from the environment.
     let blobs = open_blobs(dir, None).await;
-    let registries = opened
+    let stores = opened
         .into_iter()
-        .map(|meta| {
-            let meta = meta.unwrap();
-            Arc::new(Registry::new(meta, blobs.clone(), config.clone()))
+        .map(|meta| Stores {
+            meta: meta.unwrap(),
+            blobs: blobs.clone(),
         })
         .collect();
-    (url, registries)
+    (url, stores)
 }
 
 /// Follows the log from 0 on `r` by long-poll until it has `n` events.
@@ -203,7 +214,7 @@ async fn tls_to_postgres_is_used_and_verified() {
         "tools/with-backends.sh starts PostgreSQL with TLS; this one has none: {url}"
     );
     let store = PgStore::open(&url).await.unwrap();
-    store.ping().await.unwrap();
+    store.reads().ping().await.unwrap();
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
     let (connections, encrypted): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
@@ -230,12 +241,16 @@ async fn tls_to_postgres_is_used_and_verified() {
 async fn racing_retention_sweeps_delete_each_package_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = RegistryConfig::default();
-    let rule = artifactstore_core::lifecycle::RetentionRule {
+    let rule = artifactstore_core::retention::RetentionRule {
         keep_last: Some(2),
         ..Default::default()
     };
     config.retention.insert("ci".into(), rule);
-    let (_, rs) = replicas_with(3, dir.path(), config).await;
+    let (_, stores) = replica_stores(3, dir.path()).await;
+    let rs: Vec<_> = stores
+        .iter()
+        .map(|s| Arc::new(Registry::new(s.clone(), config.clone())))
+        .collect();
     for i in 0..60 {
         let new = NewPackage {
             subject: format!("branch-{}", i % 3),
@@ -245,9 +260,9 @@ async fn racing_retention_sweeps_delete_each_package_once() {
         let p = rs[i % 3].create_package(TENANT, new).await.unwrap();
         rs[i % 3].finalize(TENANT, p.id).await.unwrap();
     }
-    let sweeps = rs.iter().map(|r| {
-        let r = r.clone();
-        tokio::spawn(async move { r.sweep_retention().await.unwrap() })
+    let sweeps = stores.iter().map(|s| {
+        let retention = Retention::new(s.meta.clone(), config.retention.clone());
+        tokio::spawn(async move { retention.sweep().await.unwrap() })
     });
     let deleted: u64 = futures::future::join_all(sweeps)
         .await

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use artifactstore_core::Package;
 use artifactstore_core::error::Resource;
-use artifactstore_core::lifecycle::format_duration;
+use artifactstore_core::retention::format_duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;

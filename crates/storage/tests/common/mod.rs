@@ -11,6 +11,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use artifactstore_core::gc::Collector;
+use artifactstore_core::retention::Retention;
 use artifactstore_core::storage::ByteStream;
 use artifactstore_core::storage::{BlobStore, MetadataStore};
 use artifactstore_core::{NewPackage, Package, Registry, RegistryConfig};
@@ -24,6 +26,9 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub registry: Arc<Registry>,
     pub meta: Arc<dyn MetadataStore>,
+    /// The stores under `registry`, for the services beside it.
+    pub stores: Stores,
+    pub config: RegistryConfig,
     /// The metadata store's URL: SQLite in `dir`, or this test's PostgreSQL database.
     pub database_url: String,
     /// This test's `s3://bucket/prefix`, or `None`: blobs in `dir`.
@@ -55,18 +60,20 @@ impl Env {
         blob_url: Option<String>,
         config: RegistryConfig,
     ) -> Self {
-        let Stores { meta, blobs } = artifactstore_storage::open(
+        let stores = artifactstore_storage::open(
             &database_url,
             &self::blob_url(dir.path(), blob_url.as_deref()),
             &options(4096),
         )
         .await
         .unwrap();
-        let registry = Arc::new(Registry::new(meta.clone(), blobs, config));
+        let registry = Arc::new(Registry::new(stores.clone(), config.clone()));
         Self {
             dir,
             registry,
-            meta,
+            meta: stores.meta.clone(),
+            stores,
+            config,
             database_url,
             blob_url,
         }
@@ -86,13 +93,25 @@ impl Env {
             dir,
             registry,
             meta,
+            stores,
             database_url,
             blob_url,
+            ..
         } = self;
-        drop(registry);
+        drop((registry, stores));
         meta.close().await;
         drop(meta);
         Self::on(dir, database_url, blob_url, RegistryConfig::default()).await
+    }
+
+    /// Garbage collection on this test's stores.
+    pub fn collector(&self) -> Collector {
+        Collector::new(self.stores.clone())
+    }
+
+    /// Retention with this test's rules.
+    pub fn retention(&self) -> Retention {
+        Retention::new(self.stores.meta.clone(), self.config.retention.clone())
     }
 
     pub fn blobs_dir(&self) -> PathBuf {
