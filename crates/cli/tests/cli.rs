@@ -569,3 +569,20 @@ fn garbage_collection_killed_mid_run_finishes_after_a_restart() {
     same_tree(&kept, &out);
     eprintln!("blobs left at each kill: {seen:?}");
 }
+
+/// `serve --help` shows where each setting comes from, never the secret a variable holds.
+#[test]
+fn serve_help_prints_no_secret_from_the_environment() {
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .env(
+            "ARTIFACTSTORE_DATABASE_URL",
+            "postgres://as:s3cret-pw@db/x?password=s3cret-pw",
+        )
+        .env("ARTIFACTSTORE_TOKENS", "acme:s3cret-token")
+        .output()
+        .unwrap();
+    let help = ok(&out);
+    assert!(help.contains("ARTIFACTSTORE_DATABASE_URL"), "{help}");
+    assert!(!help.contains("s3cret"), "{help}");
+}

@@ -37,7 +37,7 @@ settings! {
         "Directory of the embedded stores (SQLite database and blob directory).";
     database_url: String, String, "ARTIFACTSTORE_DATABASE_URL", "sqlite://DATA_DIR/meta.db",
         "Metadata store: sqlite://PATH, or postgres://USER:PASSWORD@HOST:PORT/DB for replicas \
-         sharing one database.";
+         sharing one database.", [hide_env_values = true];
     blob_url: String, String, "ARTIFACTSTORE_BLOB_URL", "file://DATA_DIR/blobs",
         "Blob store: file://PATH, or s3://BUCKET/PREFIX shared by replicas (endpoint, region \
          and keys from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
@@ -119,6 +119,27 @@ impl std::fmt::Debug for ServeArgs {
 
 /// `url` with the password of its user part, if any, replaced by `***` (for logs).
 pub fn redact_url(url: &str) -> String {
+    let url = redact_user_password(url);
+    // libpq's `?password=` (and `sslpassword=`) carry secrets too.
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", pairs.join("&"))
+        }
+        None => url,
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`.
+fn redact_user_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -433,6 +454,14 @@ mod tests {
         assert_eq!(
             redact_url("sqlite:///var/lib/a@b:c/meta.db"),
             "sqlite:///var/lib/a@b:c/meta.db"
+        );
+        assert_eq!(
+            redact_url("postgres://db/store?user=as&password=s3cret&sslmode=require"),
+            "postgres://db/store?user=as&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://as:pw@db/store?sslpassword=k3y"),
+            "postgres://as:***@db/store?sslpassword=***"
         );
     }
 
