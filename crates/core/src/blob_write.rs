@@ -47,11 +47,11 @@ pub async fn write_blob(
     let hasher = hashed.await;
     let staged = staged?;
     let blob = info(hasher?);
-    if let Err(e) = check_digest(expected, blob.digest) {
-        blobs.discard(staged).await;
-        return Err(e);
-    }
-    if let Err(e) = claim.claim(&blob).await {
+    let admitted = match check_digest(expected, blob.digest) {
+        Ok(()) => claim.claim(&blob).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = admitted {
         blobs.discard(staged).await;
         return Err(e);
     }

@@ -154,6 +154,7 @@ impl Locations {
 
     /// The pairings that are allowed but guarantee less than they might seem to, said once
     /// at start (ARCHITECTURE.md, "Deployments").
+    #[cfg_attr(not(feature = "s3"), allow(unused_variables))]
     fn warn_about_pairing(&self, options: &OpenOptions) {
         if let (Meta::Postgres(_), Blobs::Dir(dir)) = (&self.meta, &self.blobs) {
             tracing::warn!(
@@ -174,7 +175,6 @@ impl Locations {
                 2 * crate::S3BlobStore::JOURNAL_REFRESH.as_secs()
             );
         }
-        let _ = options;
     }
 }
 

@@ -125,13 +125,14 @@ struct Savepoint {
 }
 
 impl Savepoint {
+    /// What takes the first savepoint of a group.
+    const TAKE: &str = "SAVEPOINT job; ";
+    /// What releases an earlier job's savepoint and takes this job's, in one trip.
+    const RETAKE: &str = "RELEASE job; SAVEPOINT job; ";
+
     /// What takes this job's savepoint, before (or as the start of) its first writing batch.
     fn sql(&self) -> &'static str {
-        if self.open {
-            "RELEASE job; SAVEPOINT job; "
-        } else {
-            "SAVEPOINT job; "
-        }
+        if self.open { Self::RETAKE } else { Self::TAKE }
     }
 }
 
@@ -520,18 +521,11 @@ const INSERT_EVENT: &str = concat!(insert_event_sql!(), " RETURNING sequence");
 /// statement), opening with the job's savepoint ([`Undo::InJob`]): the first statement adds the file only if its package (and upload, when one is
 /// given) is open, every later one runs only if the file was added. Anonymous parameters on
 /// purpose: sqlx binds numbered ones (`?6`) wrongly when a statement of a batch skips numbers.
-static ADD_FILE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let first = Savepoint::default();
-    format!("{}{}", first.sql(), *ADD_FILE_BODY)
-});
+static ADD_FILE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{}{}", Savepoint::TAKE, *ADD_FILE_BODY));
 /// [`ADD_FILE`] after another job's savepoint (released first).
-static ADD_FILE_AFTER_ANOTHER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let next = Savepoint {
-        open: true,
-        taken: false,
-    };
-    format!("{}{}", next.sql(), *ADD_FILE_BODY)
-});
+static ADD_FILE_AFTER_ANOTHER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{}{}", Savepoint::RETAKE, *ADD_FILE_BODY));
 static ADD_FILE_BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     const ADDED: &str = "EXISTS (SELECT 1 FROM files WHERE id = ?)";
     format!(
@@ -717,9 +711,10 @@ impl MetadataStore for SqliteStore {
                 // The parameters of ADD_FILE, statement by statement.
                 // The batch opens with the job's savepoint (`Undo::InJob`); nothing was
                 // written before it.
-                let batch = match savepoint.open {
-                    false => &*ADD_FILE,
-                    true => &*ADD_FILE_AFTER_ANOTHER,
+                let batch = if savepoint.open {
+                    &*ADD_FILE_AFTER_ANOTHER
+                } else {
+                    &*ADD_FILE
                 };
                 savepoint.taken = true;
                 let query = sqlx::query(batch)
