@@ -1,6 +1,7 @@
 //! The real binary against hostile and careless clients: slow request heads, idle and
 //! stalled connections, the connection cap, a preamble flood, junk methods, thousands of
-//! long-polls, huge headers, stalled bodies, a shutdown with a request stuck in flight, and
+//! long-polls, huge headers, stalled and trickling bodies (both ways, HTTP/2 flow control
+//! included), a shutdown with a request stuck in flight, and
 //! HTTPS end to end. Each test checks that a normal client keeps being answered and that
 //! memory stays bounded. Bounds are generous (seconds, not milliseconds): this is a
 //! functional test, not a benchmark.
@@ -213,6 +214,20 @@ async fn at_the_connection_cap_idle_ones_make_room_and_busy_ones_get_503() {
     normal_client(server.port).await;
 }
 
+/// Opens an upload session and returns its id.
+async fn new_upload(port: u16) -> String {
+    let created = request(
+        port,
+        &format!(
+            "POST /uploads HTTP/1.1\r\nHost: t\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            auth()
+        ),
+    )
+    .await;
+    let start = created.find("\"id\":\"").unwrap() + 6;
+    created[start..start + 30].to_string()
+}
+
 /// Creates a package and returns its id.
 async fn package(port: u16) -> String {
     let body = r#"{"producer":"p","subject":"s","retention_class":"standard"}"#;
@@ -389,18 +404,13 @@ async fn thousands_of_long_polls_are_capped_and_others_are_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_are_cut_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &["--body-timeout-secs", "2"]);
+    // No rate floor here: the slow client below sends a byte a second.
+    let server = start(
+        dir.path(),
+        &["--body-timeout-secs", "2", "--min-body-rate", "0"],
+    );
     let pkg = package(server.port).await;
-    let created = request(
-        server.port,
-        &format!(
-            "POST /uploads HTTP/1.1\r\nHost: t\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
-            auth()
-        ),
-    )
-    .await;
-    let start = created.find("\"id\":\"").unwrap() + 6;
-    let upload = created[start..start + 30].to_string();
+    let upload = new_upload(server.port).await;
 
     // A chunk that promises 1 MiB, sends 10 bytes and stalls.
     let mut patch = TcpStream::connect(("127.0.0.1", server.port))
@@ -585,4 +595,189 @@ fn https_end_to_end_with_a_private_ca() {
         std::fs::read(out.join("b.bin")).unwrap(),
         artifactstore_testkit::bytes(300_000, 5)
     );
+}
+
+/// An HTTP/2 connection (prior knowledge, as h2c) that grants the server no flow-control
+/// window, with one `GET /healthz` whose response headers have come: its body can never be
+/// sent. Returns the task driving the connection, which ends when the server closes it.
+async fn starved_h2(port: u16) -> (tokio::task::JoinHandle<()>, h2::RecvStream) {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(format!("http://127.0.0.1:{port}/healthz"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    (driver, response.into_body())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_starved_of_window_make_room_and_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        &["--max-connections", "16", "--body-timeout-secs", "3"],
+    );
+    let mut starved = Vec::new();
+    for _ in 0..16 {
+        starved.push(starved_h2(server.port).await);
+    }
+    // Every slot holds a busy connection whose body has moved nothing for over 2 s: a new
+    // client gets the slot of one of them instead of a 503.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let took = normal_client(server.port).await;
+    eprintln!("a normal client beside 16 starved HTTP/2 connections: answered in {took:?}");
+    // And each starved connection is closed once a window of 3 s has moved nothing.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (driver, _body) in starved {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            tokio::time::timeout(left, driver).await.is_ok(),
+            "a starved HTTP/2 connection was still open"
+        );
+    }
+    normal_client(server.port).await;
+}
+
+/// Creates a file of `len` bytes in a new package through an upload session; its id.
+async fn file_of(port: u16, len: usize) -> String {
+    let pkg = package(port).await;
+    let upload = new_upload(port).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "PATCH /uploads/{upload} HTTP/1.1\r\nHost: t\r\n{}Content-Length: {len}\r\nConnection: close\r\n\r\n",
+        auth()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![7u8; len]).await.unwrap();
+    let patched = read_response(&mut tcp).await;
+    assert!(patched.starts_with("HTTP/1.1 200"), "{patched}");
+    let body = format!(r#"{{"package_id":"{pkg}","path":"big.bin"}}"#);
+    let completed = request(
+        port,
+        &format!(
+            "POST /uploads/{upload}/complete HTTP/1.1\r\nHost: t\r\n{}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            auth(),
+            body.len()
+        ),
+    )
+    .await;
+    assert!(completed.starts_with("HTTP/1.1 201"), "{completed}");
+    let start = completed.find("\"id\":\"file_").unwrap() + 6;
+    completed[start..start + 31].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_read_a_trickle_at_a_time_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    // A floor of 1 MB/s over windows of 4 s, so that this test is short: the reader below
+    // reads in bursts big enough to wake the server's writes (a third of the socket's send
+    // buffer, which grows to megabytes on loopback), at a third of that floor.
+    let server = start(
+        dir.path(),
+        &["--body-timeout-secs", "4", "--min-body-rate", "1000000"],
+    );
+    let len = 32 << 20;
+    let file = file_of(server.port, len).await;
+    // A small receive buffer, so the server's writes soon wait for this client's reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket
+        .connect(([127, 0, 0, 1], server.port).into())
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /files/{file}/download HTTP/1.1\r\nHost: t\r\n{}Connection: close\r\n\r\n",
+        auth()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // 1 MiB every 3 s: the socket drains often enough that a write succeeds within every
+    // 4 s (a write deadline alone never fires: with `--min-body-rate 0` this reader gets the
+    // whole file), at a third of the floor.
+    const BURST: usize = 1 << 20;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0usize;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut burst = 0;
+        while burst < BURST {
+            let want = (BURST - burst).min(buf.len());
+            match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf[..want])).await {
+                Ok(Ok(n)) if n > 0 => burst += n,
+                _ => break,
+            }
+        }
+        read += burst;
+    }
+    // Then read as fast as possible: a connection the server cut ends before the file does
+    // (what the kernel had queued still arrives).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            _ => break,
+        }
+    }
+    eprintln!("trickling reader got {read} of {len} bytes (head included)");
+    assert!(read < len, "the trickling reader was sent the whole file");
+    normal_client(server.port).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_request_body_is_cut_and_a_slow_honest_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--body-timeout-secs", "2"]);
+    let upload = new_upload(server.port).await;
+    let patch = |len: usize| {
+        format!(
+            "PATCH /uploads/{upload} HTTP/1.1\r\nHost: t\r\n{}Content-Length: {len}\r\nConnection: close\r\n\r\n",
+            auth()
+        )
+    };
+    // 10 bytes every 300 ms: never silent for 2 s, far under 500 B/s.
+    let mut trickle = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    trickle.write_all(patch(4096).as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let cut = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if trickle.write_all(&[1u8; 10]).await.is_err() {
+            break true;
+        }
+        if closed_within(&mut trickle, Duration::from_millis(1)).await {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+    };
+    eprintln!("trickling body cut after {:?}", started.elapsed());
+    assert!(cut, "a 33 B/s body was still being taken after 30 s");
+    let status = get(server.port, &format!("/uploads/{upload}")).await;
+    assert!(status.contains("\"offset\":0"), "{status}");
+
+    // 200 bytes every 100 ms (2,000 B/s) for 4 s: slow, honest, taken whole.
+    let mut honest = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    honest.write_all(patch(8000).as_bytes()).await.unwrap();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        honest.write_all(&[2u8; 200]).await.unwrap();
+    }
+    let response = read_response(&mut honest).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"offset\":8000"), "{response}");
 }

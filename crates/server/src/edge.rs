@@ -7,12 +7,19 @@
 //!   within 1.5 of it on a kept-alive connection),
 //! - no request has been in flight for `idle_timeout` (idle keep-alive),
 //! - a response has been unable to write a byte for `body_timeout` (a client that stopped
-//!   reading; noticed between one and two such periods).
+//!   reading; noticed between one and two such periods),
+//! - a response body moved fewer than `min_body_rate` × `body_timeout` bytes in a window of
+//!   `body_timeout` (a client that reads a few bytes a minute, or an HTTP/2 client that never
+//!   grants flow-control window: hyper then waits without writing, which no write deadline
+//!   sees).
 //!
-//! A request body that sends nothing for `body_timeout` is cut by [`IdleBody`], so its
-//! handler fails and stores nothing. At `max_connections` the connection idle the longest
-//! is closed to make room; only when every connection has a request in flight is a new one
-//! answered `503` and closed.
+//! A request body is held to the same rate by [`PacedBody`] while its handler reads it, so a
+//! trickling upload is cut, its handler fails and stores nothing. The rate is measured per
+//! window, never over the whole body: a 64 GiB upload over a slow link passes as long as
+//! each window carries its share. At `max_connections` the connection idle the longest is
+//! closed to make room; failing that, the busy one whose bodies have been stalled longest
+//! (for [`STALLED_EVICTABLE`] at least); only when every connection is busy and moving is a
+//! new one answered `503` and closed.
 //!
 //! Connections are served on [`Workers`]: one single-threaded runtime per core, as nginx
 //! serves them with one worker process per core.
@@ -48,8 +55,12 @@ pub struct EdgeLimits {
     pub header_timeout: Duration,
     /// Longest time a connection may stay open with no request in flight.
     pub idle_timeout: Duration,
-    /// Longest time a request body may send nothing, or a response may write nothing.
+    /// Longest time a request body may send nothing, or a response may write nothing; also
+    /// the window over which `min_body_rate` is measured.
     pub body_timeout: Duration,
+    /// Bytes per second a request or response body must move, on average over each window of
+    /// `body_timeout` (0: only "nothing at all for `body_timeout`" is cut).
+    pub min_body_rate: u64,
     /// Open connections at most.
     pub max_connections: usize,
     /// Concurrent streams per HTTP/2 connection.
@@ -64,6 +75,9 @@ impl Default for EdgeLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             body_timeout: Duration::from_secs(60),
+            // Apache's mod_reqtimeout default (`MinRate=500`): far below any link a person
+            // would upload over, far above a trickle meant to hold a connection.
+            min_body_rate: 500,
             max_connections: 8192,
             h2_max_streams: 128,
             shutdown_grace: Duration::from_secs(30),
@@ -76,6 +90,13 @@ impl Default for EdgeLimits {
 const H1_MAX_BUF: usize = 64 * 1024;
 /// Largest HTTP/2 header list.
 const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// How long a busy connection's bodies must have moved nothing before, at the connection
+/// cap, it may be closed to make room for a new one.
+pub const STALLED_EVICTABLE: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive: a PING after this much silence, and the connection closed when its
+/// PONG does not come back within `H2_PING_TIMEOUT` (a peer that vanished mid-request).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Connections that may wait (at most a second) for another one to be closed at the cap;
 /// beyond them a new connection is answered `503` at once.
 const MAX_WAITING: usize = 256;
@@ -102,6 +123,14 @@ struct ConnState {
     head_since: AtomicU64,
     /// When a write last found the socket full, while it still is.
     write_stalled_since: AtomicU64,
+    /// Response bodies alive (hyper holds them until their last byte is handed on), and the
+    /// bytes written to the socket: the watchdog's measure of a response's rate.
+    sending: AtomicU32,
+    sent: AtomicU64,
+    /// Bodies (request bodies being read, response bodies alive) and when one of them last
+    /// moved a byte (or started): what marks a busy connection stalled at the cap.
+    bodies: AtomicU32,
+    progress_at: AtomicU64,
     /// Set (with the reason) when the connection must close now; `drain` when it is to
     /// finish its request and close (shutdown). The connection's task reads both each time
     /// it is woken, through `waker`: nothing is polled beside the connection on its path.
@@ -117,6 +146,10 @@ impl ConnState {
             idle_since: AtomicU64::new(now_ms()),
             head_since: AtomicU64::new(0),
             write_stalled_since: AtomicU64::new(0),
+            sending: AtomicU32::new(0),
+            sent: AtomicU64::new(0),
+            bodies: AtomicU32::new(0),
+            progress_at: AtomicU64::new(0),
             close: OnceLock::new(),
             drain: AtomicBool::new(false),
             waker: futures::task::AtomicWaker::new(),
@@ -140,6 +173,28 @@ impl ConnState {
         }
     }
 
+    /// Since when a busy connection's bodies have moved nothing, if that is at least
+    /// [`STALLED_EVICTABLE`] (a socket that accepts no write counts too).
+    fn stalled_for_eviction(&self, now: u64) -> Option<u64> {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut since = match self.write_stalled_since.load(Ordering::Acquire) {
+            0 => u64::MAX,
+            since => since,
+        };
+        if self.bodies.load(Ordering::Acquire) > 0 {
+            since = since.min(self.progress_at.load(Ordering::Acquire));
+        }
+        (since != u64::MAX && now.saturating_sub(since) >= STALLED_EVICTABLE.as_millis() as u64)
+            .then_some(since)
+    }
+
+    /// Notes that a body moved bytes (or started) now.
+    fn progressed(&self) {
+        self.progress_at.store(now_ms(), Ordering::Release);
+    }
+
     /// Runs beside the connection (a task of its own) until the connection must close or
     /// the server stops; then tells the connection's task.
     async fn watchdog(&self, limits: &EdgeLimits, mut stop: watch::Receiver<bool>) {
@@ -157,22 +212,50 @@ impl ConnState {
         let ms = |d: Duration| d.as_millis() as u64;
         // Nothing on a request's path wakes the watchdog (a timer moved earlier for every
         // request cost ~8 % of small-range throughput): an idle connection is looked at every
-        // half header timeout, so a head that starts meanwhile is cut within 1.5 of it.
+        // half header timeout, so a head that starts meanwhile is cut within 1.5 of it, and a
+        // response's rate window starts when the watchdog first sees it.
         let glance = (limits.header_timeout / 2).max(Duration::from_millis(50));
+        let window = ms(limits.body_timeout);
+        // Bytes a response must move per window; at least one (a window of nothing is cut
+        // even with no rate set).
+        let least = (limits.min_body_rate.saturating_mul(window) / 1000).max(1);
+        // The response window under way: when it began and `sent` then.
+        let mut sending_window: Option<(u64, u64)> = None;
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         loop {
             let now = now_ms();
             let (expiry, reason, most) = if self.in_flight.load(Ordering::Acquire) > 0 {
-                match self.write_stalled_since.load(Ordering::Acquire) {
-                    0 => (None, "", limits.body_timeout),
-                    since => (
-                        Some(since + ms(limits.body_timeout)),
-                        "send stalled",
-                        limits.body_timeout,
-                    ),
+                let stalled = match self.write_stalled_since.load(Ordering::Acquire) {
+                    0 => None,
+                    since => Some((since + window, "send stalled")),
+                };
+                let slow = if self.sending.load(Ordering::Acquire) > 0 {
+                    let sent = self.sent.load(Ordering::Acquire);
+                    let (began, at_start) = *sending_window.get_or_insert((now, sent));
+                    if now >= began + window {
+                        if sent - at_start < least {
+                            return "response body too slow";
+                        }
+                        sending_window = Some((now, sent));
+                        Some((now + window, "response body too slow"))
+                    } else {
+                        Some((began + window, "response body too slow"))
+                    }
+                } else {
+                    sending_window = None;
+                    None
+                };
+                match [stalled, slow]
+                    .into_iter()
+                    .flatten()
+                    .min_by_key(|(at, _)| *at)
+                {
+                    Some((at, reason)) => (Some(at), reason, limits.body_timeout),
+                    None => (None, "", limits.body_timeout),
                 }
             } else {
+                sending_window = None;
                 match self.head_since.load(Ordering::Acquire) {
                     0 => (
                         Some(self.idle_since.load(Ordering::Acquire) + ms(limits.idle_timeout)),
@@ -240,17 +323,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Tracked<S> {
-    fn note_write<T>(&self, polled: &Poll<T>) {
-        let stalled = &self.state.write_stalled_since;
+    /// Notes a write's outcome: a full socket starts the stall clock; bytes written stop it
+    /// and count toward the response rate (measured at the socket, so a client's reading pace
+    /// is seen as it is, whatever hyper buffers or HTTP/2 multiplexes).
+    fn note_write(&self, polled: &Poll<io::Result<usize>>) {
+        let state = &self.state;
+        let stalled = &state.write_stalled_since;
         match polled {
             Poll::Pending => {
                 if stalled.load(Ordering::Relaxed) == 0 {
                     stalled.store(now_ms(), Ordering::Release);
                 }
             }
-            Poll::Ready(_) => {
+            Poll::Ready(written) => {
                 if stalled.load(Ordering::Relaxed) != 0 {
                     stalled.store(0, Ordering::Release);
+                }
+                if let Ok(n @ 1..) = written {
+                    state.sent.fetch_add(*n as u64, Ordering::Relaxed);
+                    state.progressed();
                 }
             }
         }
@@ -337,10 +428,29 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that holds its request's [`InFlight`] until hyper drops it.
+/// A response body that holds its request's [`InFlight`] until hyper drops it, and tells the
+/// watchdog a response is under way (whose rate it then measures).
 struct Guarded {
     body: Body,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+}
+
+impl Guarded {
+    fn new(body: Body, in_flight: InFlight) -> Self {
+        let state = &in_flight.0;
+        state.sending.fetch_add(1, Ordering::AcqRel);
+        state.bodies.fetch_add(1, Ordering::AcqRel);
+        state.progressed();
+        Self { body, in_flight }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let state = &self.in_flight.0;
+        state.sending.fetch_sub(1, Ordering::AcqRel);
+        state.bodies.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl http_body::Body for Guarded {
@@ -363,32 +473,73 @@ impl http_body::Body for Guarded {
     }
 }
 
-/// A request body that fails when no frame arrives for `timeout` while it is being read, and
-/// says in `ended` when it has been read to its end.
-pub struct IdleBody {
+/// A request body held to a minimum rate while it is read: each window of `window` during
+/// which its handler waits for bytes must bring at least `least` of them (one, with no rate
+/// set), or the body fails. A window is judged only by a timer that runs while the handler
+/// waits, so time the handler spends elsewhere (writing, hashing) is never the client's. Says
+/// in `ended` when the body has been read to its end.
+pub struct PacedBody {
     inner: Body,
-    timeout: Duration,
+    window: Duration,
+    least: u64,
+    /// When the window under way began, and the bytes it has brought.
+    began: tokio::time::Instant,
+    brought: u64,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: Arc<AtomicBool>,
+    state: Arc<ConnState>,
 }
 
-impl IdleBody {
-    pub fn wrap(inner: Body, timeout: Duration, ended: Arc<AtomicBool>) -> Body {
+impl PacedBody {
+    fn wrap(
+        inner: Body,
+        limits: &EdgeLimits,
+        ended: Arc<AtomicBool>,
+        state: Arc<ConnState>,
+    ) -> Body {
+        let window = limits.body_timeout;
+        let least = (limits
+            .min_body_rate
+            .saturating_mul(window.as_millis() as u64)
+            / 1000)
+            .max(1);
+        state.bodies.fetch_add(1, Ordering::AcqRel);
+        state.progressed();
         Body::new(Self {
             inner,
-            timeout,
+            window,
+            least,
+            began: tokio::time::Instant::now(),
+            brought: 0,
             sleep: None,
             ended,
+            state,
         })
+    }
+
+    /// Starts a new window now.
+    fn roll(&mut self) {
+        self.began = tokio::time::Instant::now();
+        self.brought = 0;
+        self.sleep = None;
     }
 }
 
-/// The error an [`IdleBody`] ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body sent nothing for {0:?}")]
-pub struct BodyIdle(Duration);
+impl Drop for PacedBody {
+    fn drop(&mut self) {
+        self.state.bodies.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
-impl http_body::Body for IdleBody {
+/// The error a [`PacedBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body brought fewer than {least} bytes in {window:?}")]
+pub struct BodyTooSlow {
+    least: u64,
+    window: Duration,
+}
+
+impl http_body::Body for PacedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -397,25 +548,44 @@ impl http_body::Body for IdleBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.sleep = None;
-                if frame.is_none() || this.inner.is_end_stream() {
-                    this.ended.store(true, Ordering::Release);
-                }
-                Poll::Ready(frame)
-            }
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.sleep = None;
-                        Poll::Ready(Some(Err(axum::Error::new(BodyIdle(timeout)))))
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    if let Some(Ok(f)) = &frame
+                        && let Some(data) = f.data_ref()
+                    {
+                        this.brought += data.len() as u64;
+                        this.state.progressed();
                     }
-                    Poll::Pending => Poll::Pending,
+                    // A window that ran out while the handler was elsewhere is not judged:
+                    // the client may have been waiting for it to read.
+                    if this.began.elapsed() >= this.window {
+                        this.roll();
+                    }
+                    if frame.is_none() || this.inner.is_end_stream() {
+                        this.ended.store(true, Ordering::Release);
+                    }
+                    return Poll::Ready(frame);
+                }
+                Poll::Pending => {
+                    let deadline = this.began + this.window;
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if this.brought < this.least {
+                        this.sleep = None;
+                        let error = BodyTooSlow {
+                            least: this.least,
+                            window: this.window,
+                        };
+                        return Poll::Ready(Some(Err(axum::Error::new(error))));
+                    }
+                    // The window brought its share: the next one starts now (and its timer
+                    // is registered by polling once more).
+                    this.roll();
                 }
             }
         }
@@ -452,14 +622,20 @@ impl Connections {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Closes the connection that has had no request in flight for the longest time.
+    /// Closes the connection that has had no request in flight for the longest time; failing
+    /// that, the busy one whose bodies have been stalled the longest.
     fn evict_one(&self) -> bool {
         let open = self.lock();
-        let victim = open
-            .values()
-            .filter(|s| s.close.get().is_none())
+        let live = || open.values().filter(|s| s.close.get().is_none());
+        let now = now_ms();
+        let idle = live()
             .filter_map(|s| s.idle_for_eviction().map(|since| (since, s)))
             .min_by_key(|(since, _)| *since);
+        let victim = idle.or_else(|| {
+            live()
+                .filter_map(|s| s.stalled_for_eviction(now).map(|since| (since, s)))
+                .min_by_key(|(since, _)| *since)
+        });
         match victim {
             Some((_, state)) => {
                 state.close_now("evicted at the connection cap");
@@ -645,7 +821,10 @@ pub async fn serve(
         .http2()
         .max_concurrent_streams(limits.h2_max_streams)
         .max_header_list_size(H2_MAX_HEADER_LIST)
-        .max_pending_accept_reset_streams(Some(limits.h2_max_streams as usize));
+        .max_pending_accept_reset_streams(Some(limits.h2_max_streams as usize))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
@@ -776,7 +955,7 @@ impl<A: App> Connection<A> {
     {
         let app = self.app.clone();
         let conn_state = state.clone();
-        let body_timeout = self.limits.body_timeout;
+        let limits = self.limits.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(&conn_state);
             // A request without a body (most reads) has nothing to time.
@@ -787,7 +966,7 @@ impl<A: App> Connection<A> {
                     Body::new(body)
                 } else {
                     let ended = body_ended.insert(Arc::new(AtomicBool::new(false))).clone();
-                    IdleBody::wrap(Body::new(body), body_timeout, ended)
+                    PacedBody::wrap(Body::new(body), &limits, ended, conn_state.clone())
                 }
             });
             let app = app.clone();
@@ -802,12 +981,9 @@ impl<A: App> Connection<A> {
                         axum::http::HeaderValue::from_static("close"),
                     );
                 }
-                Ok::<_, std::convert::Infallible>(response.map(|body| {
-                    Body::new(Guarded {
-                        body,
-                        _in_flight: in_flight,
-                    })
-                }))
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Body::new(Guarded::new(body, in_flight))),
+                )
             }
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service);

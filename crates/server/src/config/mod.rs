@@ -84,7 +84,11 @@ settings! {
         "Seconds a connection may stay open with no request in flight.";
     body_timeout_secs: u64, u64, "ARTIFACTSTORE_BODY_TIMEOUT_SECS", "60",
         "Seconds a request body may send nothing, or a response write nothing, before the \
-         connection is cut.";
+         connection is cut; also the window --min-body-rate is measured over.";
+    min_body_rate: u64, u64, "ARTIFACTSTORE_MIN_BODY_RATE", "500",
+        "Bytes per second a request or response body must move, on average over each window \
+         of --body-timeout-secs, or it is cut (0: only a body that moves nothing for a window \
+         is).";
     max_connections: usize, usize, "ARTIFACTSTORE_MAX_CONNECTIONS", "8192",
         "Open connections at most; at the cap the one idle longest is closed.";
     h2_max_streams: u32, u32, "ARTIFACTSTORE_H2_MAX_STREAMS", "128",
@@ -298,6 +302,10 @@ impl ServeArgs {
                     self.body_timeout_secs.or(file.body_timeout_secs),
                     defaults.body_timeout,
                 )?,
+                min_body_rate: self
+                    .min_body_rate
+                    .or(file.min_body_rate)
+                    .unwrap_or(defaults.min_body_rate),
                 max_connections: positive(
                     "max_connections",
                     self.max_connections.or(file.max_connections),
