@@ -83,6 +83,9 @@ pub enum RegistryError {
     /// Too many long-polls wait already, in all or in this scope; nothing waits.
     #[error("too many long-polls are waiting{}; retry shortly, or poll with wait=0", if *.scope { " for this tenant" } else { "" })]
     TooManyWaiting { scope: bool },
+    /// The tenant runs as many package listings as it may at once; this one did not start.
+    #[error("too many listings of this tenant are running; retry shortly")]
+    TooManyReads,
     /// The request body failed before its end (client went away, bad framing).
     #[error("reading the request body failed: {0}")]
     Body(std::io::Error),

@@ -1,5 +1,6 @@
 //! Typed, prefixed, time-sortable identifiers (`pkg_…`, `file_…`, `upl_…`) built on ULIDs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
@@ -44,17 +45,27 @@ pub struct Id<K: IdKind> {
     _kind: PhantomData<K>,
 }
 
-/// One generator for the process, so ids made within the same millisecond still sort in
-/// creation order (the ULID "monotonic" mode).
-static GENERATOR: Mutex<Option<Generator>> = Mutex::new(None);
+/// One generator per tenant, so a tenant's ids made within the same millisecond still sort in
+/// creation order (the ULID "monotonic" mode: the random part counts up by one), while
+/// another tenant's ids of that millisecond start from a random part of their own: with one
+/// shared counter, a tenant whose two ids differ by two would know the id between them, and
+/// that someone else had just made it.
+static GENERATORS: Mutex<Option<HashMap<String, Generator>>> = Mutex::new(None);
+/// Tenants whose generators are kept; beyond, they start again (only the order of ids made in
+/// the same millisecond as a forgotten one could suffer).
+const GENERATORS_KEPT: usize = 4096;
 
 impl<K: IdKind> Id<K> {
-    /// A fresh id, later than every id this process made before.
-    pub fn generate() -> Self {
-        let mut guard = GENERATOR
+    /// A fresh id of `tenant`'s, later than every id this process made for it before.
+    pub fn generate(tenant: &str) -> Self {
+        let mut guard = GENERATORS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let generator = guard.get_or_insert_with(Generator::new);
+        let generators = guard.get_or_insert_with(HashMap::new);
+        if generators.len() >= GENERATORS_KEPT && !generators.contains_key(tenant) {
+            generators.clear();
+        }
+        let generator = generators.entry(tenant.to_string()).or_default();
         // Overflow needs 2^80 ids in one millisecond; fall back to a random ULID then.
         let ulid = generator.generate().unwrap_or_else(|_| Ulid::new());
         Self::from_ulid(ulid)
@@ -160,7 +171,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_checks_prefix() {
-        let id = PackageId::generate();
+        let id = PackageId::generate("acme");
         let text = id.to_string();
         assert!(text.starts_with("pkg_"));
         assert_eq!(text.len(), 4 + 26);
@@ -181,8 +192,29 @@ mod tests {
     }
 
     #[test]
+    fn ids_of_two_tenants_in_one_millisecond_are_not_neighbours() {
+        // Interleaved, as two tenants' requests would be: each tenant's ids count up by one
+        // within a millisecond, the other's lie nowhere near.
+        let mut acme = Vec::new();
+        let mut beta = Vec::new();
+        for _ in 0..1000 {
+            acme.push(UploadId::generate("acme").ulid());
+            beta.push(UploadId::generate("beta").ulid());
+        }
+        let mut same_ms = 0;
+        for (a, b) in acme.iter().zip(&beta) {
+            if a.timestamp_ms() == b.timestamp_ms() {
+                same_ms += 1;
+                let gap = (a.random() as i128 - b.random() as i128).unsigned_abs();
+                assert!(gap > 1 << 20, "{a} and {b} are neighbours");
+            }
+        }
+        assert!(same_ms > 0, "no two ids in the same millisecond");
+    }
+
+    #[test]
     fn ids_sort_in_creation_order() {
-        let ids: Vec<UploadId> = (0..1000).map(|_| UploadId::generate()).collect();
+        let ids: Vec<UploadId> = (0..1000).map(|_| UploadId::generate("acme")).collect();
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);

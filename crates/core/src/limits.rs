@@ -17,6 +17,11 @@ pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
 pub const MAX_METADATA_TOTAL_BYTES: usize = 16 * 1024;
 /// A media type such as `application/vnd.acme+json; charset=utf-8`.
 pub const MAX_MEDIA_TYPE_BYTES: usize = 255;
+/// `metadata.KEY=VALUE` and `has_metadata=KEY` filters of one `GET /packages`, together: each
+/// costs the listing a lookup per candidate package.
+pub const MAX_LIST_FILTERS: usize = 16;
+/// Listings (`GET /packages`, a package's files) one tenant may run at once.
+pub const DEFAULT_MAX_READS_PER_TENANT: usize = 8;
 
 /// Page sizes of package and file listings.
 pub const DEFAULT_PAGE_LIMIT: u32 = 50;

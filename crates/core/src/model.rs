@@ -132,7 +132,7 @@ impl FileRecord {
         sha256: Sha256Digest,
     ) -> Self {
         Self {
-            id: FileId::generate(),
+            id: FileId::generate(tenant),
             package_id,
             tenant: tenant.to_string(),
             path,

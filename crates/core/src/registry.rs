@@ -46,6 +46,8 @@ pub struct RegistryConfig {
     /// Long-polls that may wait at once, in all and per scope (tenant).
     pub max_waiting: usize,
     pub max_waiting_per_scope: usize,
+    /// Package listings one tenant may run at once (each may cost a scan its filters set).
+    pub max_reads_per_tenant: usize,
     /// Single-shot files of at most this many bytes ([`INLINE_FILE_BYTES`] at most) keep their
     /// bytes with their record in the metadata store, durable in the same commit.
     pub inline_max_bytes: u64,
@@ -63,6 +65,7 @@ impl Default for RegistryConfig {
             retention_classes: None,
             max_waiting: 4096,
             max_waiting_per_scope: 1024,
+            max_reads_per_tenant: limits::DEFAULT_MAX_READS_PER_TENANT,
             inline_max_bytes: INLINE_FILE_BYTES,
             retention: RetentionRules::new(),
             quotas: Quotas::new(),
@@ -93,7 +96,9 @@ pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     config: RegistryConfig,
     upload_locks: Arc<KeyedLocks>,
-    waiting: Waiting,
+    /// Long-polls waiting, and package listings running (the reads whose cost filters set).
+    waiting: Gate,
+    listing: Gate,
 }
 
 impl Registry {
@@ -104,7 +109,8 @@ impl Registry {
             blobs,
             config,
             upload_locks: Arc::default(),
-            waiting: Waiting::default(),
+            waiting: Gate::default(),
+            listing: Gate::default(),
         }
     }
 
@@ -153,7 +159,7 @@ impl Registry {
         errors.into_result().map_err(RegistryError::Invalid)?;
 
         let package = Package {
-            id: PackageId::generate(),
+            id: PackageId::generate(tenant),
             tenant: tenant.to_string(),
             producer: new.producer,
             subject: new.subject,
@@ -196,11 +202,17 @@ impl Registry {
             Some(c) => Some(c.parse::<PackageId>().map_err(|_| invalid_cursor())?),
             None => None,
         };
+        validate::package_query(query).map_err(RegistryError::Invalid)?;
         let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
+        let scope = scope.into();
+        let _slot = self
+            .listing
+            .enter(&scope, self.config.max_reads_per_tenant, usize::MAX)
+            .map_err(|_| RegistryError::TooManyReads)?;
         let mut items = self
             .meta
             .reads()
-            .list_packages(&scope.into(), query, before, limit + 1)
+            .list_packages(&scope, query, before, limit + 1)
             .await?;
         let next_cursor = next_page(&mut items, limit, |p| p.id.to_string());
         let items = items.into_iter().map(|p| self.present(p)).collect();
@@ -400,7 +412,7 @@ impl Registry {
         let now = Timestamp::now();
         let record = UploadRecord {
             upload: Upload {
-                id: UploadId::generate(),
+                id: UploadId::generate(tenant),
                 offset: 0,
                 size,
                 state: UploadState::Open,
@@ -429,8 +441,7 @@ impl Registry {
         chunk: Chunk,
         body: ByteStream,
     ) -> Result<Upload> {
-        let guard = self.upload_locks.lock(id).await;
-        let record = self.open_upload(tenant, id).await?;
+        let (guard, record) = self.lock_open_upload(tenant, id).await?;
         let offset = record.upload.offset;
         let max_file = self.config.max_file_bytes;
         let (size, room) = append_room(offset, record.upload.size, &chunk, max_file)?;
@@ -486,8 +497,7 @@ impl Registry {
 
     /// Discards an open upload and its bytes.
     pub async fn cancel_upload(&self, tenant: &str, id: UploadId) -> Result<()> {
-        let _guard = self.upload_locks.lock(id).await;
-        self.open_upload(tenant, id).await?;
+        let _guard = self.lock_open_upload(tenant, id).await?;
         self.meta
             .delete_upload(tenant, id)
             .await
@@ -509,8 +519,7 @@ impl Registry {
             .package_id
             .parse()
             .map_err(|_| RegistryError::invalid("package_id", "not a package id (pkg_…)"))?;
-        let _guard = self.upload_locks.lock(id).await;
-        let record = self.open_upload(tenant, id).await?;
+        let (_guard, record) = self.lock_open_upload(tenant, id).await?;
         let offset = record.upload.offset;
         if let Some(size) = record.upload.size
             && offset < size
@@ -642,7 +651,11 @@ impl Registry {
                 return Ok(Vec::new());
             }
             if waiting.is_none() {
-                waiting = Some(self.waiting.enter(&scope, &self.config)?);
+                let (per_scope, all) = (self.config.max_waiting_per_scope, self.config.max_waiting);
+                let slot = self.waiting.enter(&scope, per_scope, all);
+                waiting = Some(slot.map_err(|full| RegistryError::TooManyWaiting {
+                    scope: full == Full::Scope,
+                })?);
             }
             match tokio::time::timeout_at(deadline, watch.changed()).await {
                 Ok(Ok(())) => continue,
@@ -760,6 +773,19 @@ impl Registry {
         Ok(record)
     }
 
+    /// Takes the upload's in-process lock and reads it afresh under the lock, for the tenant
+    /// only: the tenant's own read comes first, so another tenant's request for the id
+    /// answers `404` at once, never waiting for (or holding up) the owner's append.
+    async fn lock_open_upload(
+        &self,
+        tenant: &str,
+        id: UploadId,
+    ) -> Result<(KeyedGuard, UploadRecord)> {
+        self.open_upload(tenant, id).await?;
+        let guard = self.upload_locks.lock(id).await;
+        Ok((guard, self.open_upload(tenant, id).await?))
+    }
+
     fn upload_error(&self, e: StoreError) -> RegistryError {
         match e {
             StoreError::UploadNotOpen => RegistryError::UploadCompleted,
@@ -769,39 +795,47 @@ impl Registry {
     }
 }
 
-/// Counts the long-polls waiting, in all and per scope, to cap them.
+/// Counts requests of one kind under way, in all and per scope, to cap them: long-polls
+/// waiting, listings running.
 #[derive(Default)]
-struct Waiting {
+struct Gate {
     counts: Arc<Mutex<(usize, HashMap<Scope, usize>)>>,
 }
 
-/// One waiting long-poll; leaving the wait (answer, timeout, client gone) drops it.
-struct WaitSlot {
+/// Which cap a [`Gate`] refused at.
+#[derive(Debug, PartialEq, Eq)]
+enum Full {
+    Scope,
+    All,
+}
+
+/// One request counted by a [`Gate`]; dropping it (answer, timeout, client gone) leaves.
+struct Slot {
     counts: Arc<Mutex<(usize, HashMap<Scope, usize>)>>,
     scope: Scope,
 }
 
-impl Waiting {
-    fn enter(&self, scope: &Scope, config: &RegistryConfig) -> Result<WaitSlot> {
+impl Gate {
+    fn enter(&self, scope: &Scope, per_scope: usize, all: usize) -> Result<Slot, Full> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per) = &mut *counts;
         let mine = per.get(scope).copied().unwrap_or(0);
-        if mine >= config.max_waiting_per_scope {
-            return Err(RegistryError::TooManyWaiting { scope: true });
+        if mine >= per_scope {
+            return Err(Full::Scope);
         }
-        if *total >= config.max_waiting {
-            return Err(RegistryError::TooManyWaiting { scope: false });
+        if *total >= all {
+            return Err(Full::All);
         }
         *total += 1;
         per.insert(scope.clone(), mine + 1);
-        Ok(WaitSlot {
+        Ok(Slot {
             counts: self.counts.clone(),
             scope: scope.clone(),
         })
     }
 }
 
-impl Drop for WaitSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per) = &mut *counts;
@@ -998,6 +1032,28 @@ mod tests {
     use super::*;
 
     const MAX: u64 = 1000;
+
+    #[test]
+    fn a_gate_caps_each_scope_and_the_whole_and_frees_on_drop() {
+        let gate = Gate::default();
+        let (acme, beta) = (Scope::from("acme"), Scope::from("beta"));
+        let two = [
+            gate.enter(&acme, 2, 3).unwrap(),
+            gate.enter(&acme, 2, 3).unwrap(),
+        ];
+        assert_eq!(gate.enter(&acme, 2, 3).err(), Some(Full::Scope));
+        let third = gate.enter(&beta, 2, 3).unwrap();
+        assert_eq!(gate.enter(&beta, 2, 3).err(), Some(Full::All));
+        drop(two);
+        assert!(gate.enter(&acme, 2, 3).is_ok());
+        drop(third);
+        let counts = gate.counts.lock().unwrap();
+        assert_eq!(counts.0, 0);
+        assert!(
+            counts.1.is_empty(),
+            "a scope with nothing running is forgotten"
+        );
+    }
 
     fn chunk(start: Option<u64>, len: Option<u64>, total: Option<u64>) -> Chunk {
         Chunk { start, len, total }

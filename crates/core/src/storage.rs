@@ -105,6 +105,9 @@ pub enum StoreError {
     /// same request may succeed shortly, nothing was changed by this one.
     #[error("{0} is unavailable; retry shortly")]
     Unavailable(&'static str),
+    /// A query ran past its time budget and was stopped; nothing was changed by it.
+    #[error("a query of the metadata store ran past its time budget; retry shortly, or narrow it")]
+    OverBudget,
 }
 
 /// A blob that is durably in the store.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::error::FieldError;
 use crate::limits::*;
+use crate::model::PackageQuery;
 
 /// Collects field errors so a request reports every problem in one answer.
 #[derive(Debug, Default)]
@@ -125,6 +126,47 @@ pub fn metadata_key(key: &str) -> Result<(), String> {
     }
 }
 
+/// No U+0000: no store can hold it in text (PostgreSQL refuses it), and no filter could match it.
+pub fn no_nul(value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        Err("must not contain U+0000 (NUL)".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The filters of a package listing: at most [`MAX_LIST_FILTERS`] metadata ones, keys as
+/// stored keys are, no NUL anywhere.
+pub fn package_query(q: &PackageQuery) -> Result<(), Vec<FieldError>> {
+    let mut errors = Errors::new();
+    let filters = q.metadata.len() + q.has_metadata.len();
+    if filters > MAX_LIST_FILTERS {
+        errors.push(
+            "metadata",
+            format!(
+                "at most {MAX_LIST_FILTERS} metadata.KEY and has_metadata filters together, got \
+                 {filters}"
+            ),
+        );
+    }
+    for (field, value) in [
+        ("producer", &q.producer),
+        ("subject", &q.subject),
+        ("retention_class", &q.retention_class),
+    ] {
+        if let Some(value) = value {
+            errors.check(field, no_nul(value));
+        }
+    }
+    for (key, value) in &q.metadata {
+        errors.check("metadata", metadata_key(key).and_then(|()| no_nul(value)));
+    }
+    for key in &q.has_metadata {
+        errors.check("has_metadata", metadata_key(key));
+    }
+    errors.into_result()
+}
+
 /// The metadata map: entry count, key syntax, value size, total size.
 pub fn metadata(map: &BTreeMap<String, String>) -> Result<(), String> {
     if map.len() > MAX_METADATA_ENTRIES {
@@ -136,6 +178,7 @@ pub fn metadata(map: &BTreeMap<String, String>) -> Result<(), String> {
     let mut total = 0;
     for (key, value) in map {
         metadata_key(key)?;
+        no_nul(value).map_err(|e| format!("value of {key:?} {e}"))?;
         if value.len() > MAX_METADATA_VALUE_BYTES {
             return Err(format!(
                 "value of {key:?} must be at most {MAX_METADATA_VALUE_BYTES} bytes, got {}",

@@ -76,8 +76,10 @@ impl ApiError {
                 }
                 R::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 R::QuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
-                R::TooManyWaiting { .. } => StatusCode::TOO_MANY_REQUESTS,
-                R::Storage(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                R::TooManyWaiting { .. } | R::TooManyReads => StatusCode::TOO_MANY_REQUESTS,
+                R::Storage(StoreError::Unavailable(_) | StoreError::OverBudget) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 R::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -118,8 +120,10 @@ impl ApiError {
                 R::QuotaExceeded { .. } => "quota-exceeded",
                 R::ConcurrentUpdate => "concurrent-update",
                 R::TooManyWaiting { .. } => "too-many-pollers",
+                R::TooManyReads => "too-many-listings",
                 R::Body(_) => "body-failed",
                 R::Storage(StoreError::Unavailable(_)) => "store-unavailable",
+                R::Storage(StoreError::OverBudget) => "query-over-budget",
                 R::Storage(_) => "internal",
             },
             Self::Unauthorized => "unauthorized",
@@ -271,7 +275,8 @@ impl IntoResponse for ApiError {
             Self::Overloaded
             | Self::Registry(
                 RegistryError::TooManyWaiting { .. }
-                | RegistryError::Storage(StoreError::Unavailable(_)),
+                | RegistryError::TooManyReads
+                | RegistryError::Storage(StoreError::Unavailable(_) | StoreError::OverBudget),
             ) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

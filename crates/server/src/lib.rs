@@ -90,6 +90,7 @@ impl AppState {
     pub async fn open(settings: Settings) -> Result<Self, ServeError> {
         let options = OpenOptions {
             gc_grace: settings.gc_grace,
+            query_budget: settings.query_timeout,
             ..OpenOptions::default()
         };
         let stores =
@@ -101,6 +102,7 @@ impl AppState {
             retention_classes: settings.retention_classes.clone(),
             max_waiting: settings.max_pollers,
             max_waiting_per_scope: settings.max_pollers_per_tenant,
+            max_reads_per_tenant: settings.max_listings_per_tenant,
             inline_max_bytes: settings.inline_max_bytes,
             retention: settings.retention.clone(),
             quotas: settings.quotas.clone(),

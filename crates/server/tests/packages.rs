@@ -220,6 +220,60 @@ async fn list_filters_and_cursor() {
         .await
         .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 12);
+    // At most 16 metadata filters together (each costs a lookup per candidate package).
+    let filters = |n: usize| {
+        (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("metadata.k{i}=v")
+                } else {
+                    format!("has_metadata=k{i}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    assert!(list(filters(16)).await.is_empty());
+    let p = problem(
+        app.get(&format!("/packages?{}", filters(17)))
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "metadata", "{p}");
+    assert!(
+        p["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 16"),
+        "{p}"
+    );
+    // A NUL can be in no stored value: a 422, on PostgreSQL too (it was a 500 there).
+    for query in [
+        "metadata.team=r%00d",
+        "producer=p%001",
+        "has_metadata=te%00am",
+    ] {
+        let p = problem(
+            app.get(&format!("/packages?{query}")).send().await.unwrap(),
+            422,
+        )
+        .await;
+        let detail = p["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("NUL") || detail.contains("must match"),
+            "{query}: {p}"
+        );
+    }
+    let nul =
+        json!({"producer": "p", "subject": "s", "retention_class": "x", "metadata": {"k": "a\0b"}});
+    let p = problem(app.post("/packages").json(&nul).send().await.unwrap(), 422).await;
+    assert!(
+        p["errors"][0]["message"].as_str().unwrap().contains("NUL"),
+        "{p}"
+    );
     // Other tenants see nothing.
     let r = app
         .req(reqwest::Method::GET, "/packages", Some(BETA))

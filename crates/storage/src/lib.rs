@@ -25,7 +25,9 @@ mod tail;
 pub use artifactstore_core::storage::Stores;
 #[cfg(feature = "fs")]
 pub use fs::FsBlobStore;
-pub use open::{Locations, OpenError, OpenOptions, open, open_blobs, open_metadata};
+pub use open::{
+    DEFAULT_QUERY_BUDGET, Locations, OpenError, OpenOptions, open, open_blobs, open_metadata,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 #[cfg(feature = "s3")]

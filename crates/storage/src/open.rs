@@ -14,13 +14,21 @@ pub struct OpenOptions {
     /// The grace period garbage collection will run with: on S3 it must be well over the
     /// multipart journal's refresh, or a collection may abort an upload still under way.
     pub gc_grace: Duration,
+    /// Longest a query may run before it is stopped (`StoreError::OverBudget`): every
+    /// PostgreSQL statement (`statement_timeout`), SQLite's listings (a progress handler).
+    pub query_budget: Duration,
 }
+
+/// [`OpenOptions::query_budget`]'s default: far beyond any indexed read, short enough that
+/// a scan an attacker shaped gives its connection back.
+pub const DEFAULT_QUERY_BUDGET: Duration = Duration::from_secs(10);
 
 impl Default for OpenOptions {
     fn default() -> Self {
         Self {
             tail_events: crate::tail::TAIL_EVENTS,
             gc_grace: Duration::from_secs(3600),
+            query_budget: DEFAULT_QUERY_BUDGET,
         }
     }
 }
@@ -141,7 +149,7 @@ impl Locations {
     /// Opens both stores (creating an embedded database's directory, migrating a database).
     pub async fn open(&self, options: &OpenOptions) -> Result<Stores, OpenError> {
         self.warn_about_pairing(options);
-        let meta = open_meta(&self.meta, options.tail_events).await?;
+        let meta = open_meta(&self.meta, options).await?;
         let blobs = match open_blob_store(&self.blobs).await {
             Ok(blobs) => blobs,
             Err(e) => {
@@ -196,7 +204,7 @@ pub async fn open_metadata(
     database_url: &str,
     options: &OpenOptions,
 ) -> Result<Arc<dyn MetadataStore>, OpenError> {
-    open_meta(&Meta::parse(database_url)?, options.tail_events).await
+    open_meta(&Meta::parse(database_url)?, options).await
 }
 
 /// The blob store alone (tests that open a second one on the same blobs).
@@ -204,7 +212,11 @@ pub async fn open_blobs(blob_url: &str) -> Result<Arc<dyn BlobStore>, OpenError>
     open_blob_store(&Blobs::parse(blob_url)?).await
 }
 
-async fn open_meta(meta: &Meta, tail: usize) -> Result<Arc<dyn MetadataStore>, OpenError> {
+async fn open_meta(
+    meta: &Meta,
+    options: &OpenOptions,
+) -> Result<Arc<dyn MetadataStore>, OpenError> {
+    let (tail, budget) = (options.tail_events, options.query_budget);
     match meta {
         #[cfg(feature = "sqlite")]
         Meta::Sqlite(url) => {
@@ -219,11 +231,13 @@ async fn open_meta(meta: &Meta, tail: usize) -> Result<Arc<dyn MetadataStore>, O
                 })?;
             }
             Ok(Arc::new(
-                crate::SqliteStore::open_with_tail(url, tail).await?,
+                crate::SqliteStore::open_with(url, tail, budget).await?,
             ))
         }
         #[cfg(feature = "postgres")]
-        Meta::Postgres(url) => Ok(Arc::new(crate::PgStore::open_with_tail(url, tail).await?)),
+        Meta::Postgres(url) => Ok(Arc::new(
+            crate::PgStore::open_with(url, tail, budget).await?,
+        )),
         #[allow(unreachable_patterns)]
         _ => unreachable!("Locations::parse refuses engines left out of the build"),
     }

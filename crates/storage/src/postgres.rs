@@ -20,8 +20,8 @@ use artifactstore_core::storage::{
 use artifactstore_core::*;
 use async_trait::async_trait;
 use bytes::Bytes;
-use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres};
 use tokio::sync::{Notify, watch};
 
 use crate::reads::{Pool, Reads};
@@ -82,26 +82,37 @@ impl PgStore {
     /// Connects to `url` (`postgres://…`), applies pending migrations (under PostgreSQL's
     /// advisory lock, so replicas starting together do not race) and starts the follower.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with_tail(url, TAIL_EVENTS).await
+        Self::open_with(url, TAIL_EVENTS, crate::open::DEFAULT_QUERY_BUDGET).await
     }
 
-    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few).
-    pub async fn open_with_tail(url: &str, tail_events: usize) -> Result<Self, StoreError> {
-        // A statement that runs this long fails instead of holding a request (and its
-        // connection) on a database that stopped answering.
-        let options = PgConnectOptions::from_str(url)
-            .map_err(sql_error)?
-            .options([("statement_timeout", "30s")]);
+    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few),
+    /// every statement stopped after `budget` (`StoreError::OverBudget`).
+    pub async fn open_with(
+        url: &str,
+        tail_events: usize,
+        budget: Duration,
+    ) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(sql_error)?;
+        // Migrations may rewrite a large table: no budget for them, on a connection of their
+        // own (under PostgreSQL's advisory lock, so replicas starting together do not race).
+        let mut migrating = PgConnection::connect_with(&options)
+            .await
+            .map_err(sql_error)?;
+        migrator(MIGRATIONS)
+            .run(&mut migrating)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let _ = migrating.close().await;
+        // A statement that runs past the budget fails instead of holding a request (and its
+        // connection): a scan an attacker shaped, or a database that stopped answering.
+        let budget_ms = budget.as_millis().max(1).to_string();
+        let options = options.options([("statement_timeout", budget_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
             .map_err(sql_error)?;
-        migrator(MIGRATIONS)
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))?;
         let last: i64 = sqlx::query_scalar("SELECT last FROM event_counter")
             .fetch_one(&pool)
             .await
@@ -127,6 +138,7 @@ impl PgStore {
                 // Another replica's deletion would leave a cached record stale.
                 files: FileCache::with_capacity(0),
                 tail,
+                budget,
             },
             pool,
             committed,

@@ -38,11 +38,68 @@ macro_rules! on_pool {
     };
 }
 
+/// Runs `$body` under the query budget, with `$p` the executor: on PostgreSQL the pool (whose
+/// connections carry `statement_timeout`), on SQLite a connection of the pool that a
+/// [`Budget`] interrupts once the budget is spent.
+macro_rules! on_budget {
+    ($reads:expr, |$p:ident| $body:expr) => {
+        match &$reads.pool {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(pool) => {
+                let mut budget = Budget::start(pool, $reads.budget).await?;
+                let $p = &mut *budget.connection;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
 pub(crate) struct Reads {
     pub(crate) pool: Pool,
     /// File records by id (a file never changes once added).
     pub(crate) files: FileCache,
     pub(crate) tail: Arc<EventTail>,
+    /// Longest a listing may run (see [`on_budget!`]).
+    pub(crate) budget: std::time::Duration,
+}
+
+/// A SQLite reader connection whose statements fail with `SQLITE_INTERRUPT` once `budget`
+/// has passed: a progress handler, set for this use of the connection and inert once the use
+/// ends (SQLite has no statement timeout; the handler runs every few thousand VM steps, well
+/// under a millisecond apart).
+#[cfg(feature = "sqlite")]
+struct Budget {
+    connection: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    live: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(feature = "sqlite")]
+impl Budget {
+    async fn start(pool: &SqlitePool, budget: std::time::Duration) -> Result<Self, StoreError> {
+        use std::sync::atomic::Ordering;
+        let mut connection = pool.acquire().await.map_err(sql_error)?;
+        let live = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let deadline = std::time::Instant::now() + budget;
+        let still = live.clone();
+        connection
+            .lock_handle()
+            .await
+            .map_err(sql_error)?
+            .set_progress_handler(4096, move || {
+                !still.load(Ordering::Acquire) || std::time::Instant::now() < deadline
+            });
+        Ok(Self { connection, live })
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Drop for Budget {
+    fn drop(&mut self) {
+        // The handler stays on the connection until the next budget replaces it: inert.
+        self.live.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 #[async_trait]
@@ -75,7 +132,7 @@ impl MetadataReads for Reads {
         before: Option<PackageId>,
         limit: u32,
     ) -> Result<Vec<Package>, StoreError> {
-        on_pool!(&self.pool, |p| {
+        on_budget!(self, |p| {
             let mut sql = list_packages_query(scope, q, before, limit);
             let rows = sql.build().fetch_all(p).await.map_err(sql_error)?;
             rows.iter().map(package_from_row).collect()
@@ -93,8 +150,12 @@ impl MetadataReads for Reads {
     }
 
     async fn file(&self, scope: &Scope, id: FileId) -> Result<Option<Arc<FileRecord>>, StoreError> {
-        if let Some(file) = self.files.get(&id) {
-            return Ok(scope.admits(&file.tenant).then_some(file));
+        // Another tenant's cached file takes the way an unknown id takes (the database), so
+        // the time of a `404` tells no tenant which ids exist.
+        if let Some(file) = self.files.get(&id)
+            && scope.admits(&file.tenant)
+        {
+            return Ok(Some(file));
         }
         let generation = self.files.generation();
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE id = $1");

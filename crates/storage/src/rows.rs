@@ -571,6 +571,14 @@ pub(crate) fn tenants_and_ids<Id: std::str::FromStr>(
 /// shutdown and too-many-connections codes) are [`StoreError::Unavailable`], answered `503`
 /// with `Retry-After`.
 pub(crate) fn sql_error(e: sqlx::Error) -> StoreError {
+    // 57014: PostgreSQL's statement_timeout; 9: SQLITE_INTERRUPT, from the budget's progress
+    // handler (see `reads::Budget`).
+    if let sqlx::Error::Database(d) = &e
+        && d.code().is_some_and(|code| code == "57014" || code == "9")
+    {
+        tracing::warn!(error = %e, "a query ran past its time budget");
+        return StoreError::OverBudget;
+    }
     let unreachable = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -172,11 +172,16 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain path) and
     /// applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with_tail(url, TAIL_EVENTS).await
+        Self::open_with(url, TAIL_EVENTS, crate::open::DEFAULT_QUERY_BUDGET).await
     }
 
-    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few).
-    pub async fn open_with_tail(url: &str, tail_events: usize) -> Result<Self, StoreError> {
+    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few),
+    /// listings stopped after `budget` (`StoreError::OverBudget`).
+    pub async fn open_with(
+        url: &str,
+        tail_events: usize,
+        budget: Duration,
+    ) -> Result<Self, StoreError> {
         let url = if url.starts_with("sqlite:") {
             url.to_string()
         } else {
@@ -233,6 +238,7 @@ impl SqliteStore {
             reads: Reads {
                 pool: Pool::Sqlite(readers),
                 files: FileCache::default(),
+                budget,
                 tail: published,
             },
             jobs,

@@ -354,7 +354,7 @@ async fn multipart_uploads_a_crash_left_are_aborted() {
 
     // An append cut off the same way: whatever ends its upload aborts what it left.
     let blobs = open_blobs(env.dir.path(), env.blob_url.as_deref()).await;
-    let upload = UploadId::generate();
+    let upload = UploadId::generate(TENANT);
     let append = tokio::spawn(async move {
         let staging = Staging::default();
         blobs

@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use artifactstore_core::storage::StoreError;
 use artifactstore_core::*;
 use common::*;
+use futures::StreamExt;
 
 fn file(path: &str) -> NewFile {
     NewFile {
@@ -1047,5 +1049,94 @@ async fn the_wal_is_checkpointed_and_stays_bounded() {
         size("meta.db") >= written,
         "database file {}",
         size("meta.db")
+    );
+}
+
+/// A listing whose filters make it scan past the query budget is stopped (`OverBudget`, a
+/// `503`) on both engines, instead of holding a reader; the same listing within the budget
+/// answers.
+#[tokio::test]
+async fn a_listing_past_its_time_budget_is_stopped() {
+    let env = Env::new().await;
+    let metadata: BTreeMap<String, String> = (0..16)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let creates = (0..1500).map(|i| {
+        let registry = env.registry.clone();
+        let package = NewPackage {
+            metadata: metadata.clone(),
+            subject: format!("s{i}"),
+            ..new_package()
+        };
+        async move { registry.create_package(TENANT, package).await.unwrap() }
+    });
+    futures::stream::iter(creates)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    // Every package holds every filtered key: each candidate costs all 16 lookups.
+    let query = PackageQuery {
+        metadata: metadata.clone().into_iter().take(8).collect(),
+        has_metadata: metadata.keys().skip(8).cloned().collect(),
+        ..PackageQuery::default()
+    };
+    let scope = Scope::from(TENANT);
+    let found = env
+        .meta
+        .reads()
+        .list_packages(&scope, &query, None, 1000)
+        .await;
+    assert_eq!(found.unwrap().len(), 1000);
+    let options = artifactstore_storage::OpenOptions {
+        query_budget: Duration::from_millis(1),
+        ..options(16)
+    };
+    let hurried = artifactstore_storage::open_metadata(&env.database_url, &options)
+        .await
+        .unwrap();
+    let stopped = hurried
+        .reads()
+        .list_packages(&scope, &query, None, 1000)
+        .await;
+    assert!(
+        matches!(stopped, Err(StoreError::OverBudget)),
+        "{:?}",
+        stopped.map(|p| p.len())
+    );
+    hurried.close().await;
+}
+
+/// The file-record cache answers only its own tenant: another tenant's lookup of a cached id
+/// goes to the database as a lookup of an unknown id does, so how fast a `404` comes tells
+/// nobody which ids exist. Shown by order, not by time: with the database closed, the owner's
+/// read is still answered from the cache and the stranger's fails as an unknown id's would.
+#[tokio::test]
+async fn another_tenants_cached_file_is_looked_up_like_an_unknown_id() {
+    let env = Env::sqlite().await;
+    let pkg = env.package().await;
+    let added = env
+        .registry
+        .add_file(TENANT, pkg.id, file("a"), body(b"cached", 1))
+        .await
+        .unwrap();
+    let (owner, stranger) = (Scope::from(TENANT), Scope::from("beta"));
+    let reads = env.meta.reads();
+    assert!(reads.file(&owner, added.id).await.unwrap().is_some());
+    assert!(reads.file(&stranger, added.id).await.unwrap().is_none());
+    env.meta.close().await;
+    assert!(
+        reads.file(&owner, added.id).await.unwrap().is_some(),
+        "from the cache"
+    );
+    assert!(
+        reads.file(&stranger, added.id).await.is_err(),
+        "not from the cache"
+    );
+    assert!(
+        reads
+            .file(&stranger, FileId::generate("beta"))
+            .await
+            .is_err(),
+        "as an unknown id"
     );
 }

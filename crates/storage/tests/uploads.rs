@@ -254,7 +254,11 @@ async fn failed_complete_leaves_the_upload_open() {
         "{err:?}"
     );
     let err = r
-        .complete_upload(TENANT, up.id, complete(PackageId::generate(), "x", None))
+        .complete_upload(
+            TENANT,
+            up.id,
+            complete(PackageId::generate(TENANT), "x", None),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound(_)), "{err:?}");
@@ -604,4 +608,55 @@ async fn the_expiry_sweep_finishes_its_backlog_past_a_failure() {
         (0, 0),
         "expired uploads use nothing"
     );
+}
+
+/// Another tenant's request naming an upload under way is answered `404` at once: the tenant
+/// check comes before the upload's lock, so it neither waits for the owner's append (which
+/// would tell it the id exists) nor holds the owner up. Shown by order: the owner's append
+/// holds the lock, its body never ending, while the stranger's requests finish.
+#[tokio::test]
+async fn a_stranger_neither_waits_for_nor_holds_up_an_upload_under_way() {
+    let env = Env::new().await;
+    let r = env.registry.clone();
+    let up = r.create_upload(TENANT, None).await.unwrap();
+    let (feed, fed) = futures::channel::mpsc::unbounded::<std::io::Result<bytes::Bytes>>();
+    feed.unbounded_send(Ok(bytes::Bytes::from_static(b"first")))
+        .unwrap();
+    let owner = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            r.append_upload(TENANT, up.id, Chunk::default(), Box::pin(fed))
+                .await
+        })
+    };
+    // The owner's append is under way once its first bytes are staged.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!owner.is_finished());
+    let stranger = async {
+        let append = r
+            .append_upload("beta", up.id, Chunk::default(), body(b"x", 1))
+            .await;
+        let cancel = r.cancel_upload("beta", up.id).await;
+        (append, cancel)
+    };
+    // A hang detector only: without the fix the stranger waits for as long as the owner's
+    // body stays open, which here is forever.
+    let (append, cancel) = tokio::time::timeout(std::time::Duration::from_secs(30), stranger)
+        .await
+        .expect("the stranger waited for the owner's lock");
+    assert!(
+        matches!(append, Err(RegistryError::NotFound(_))),
+        "{append:?}"
+    );
+    assert!(
+        matches!(cancel, Err(RegistryError::NotFound(_))),
+        "{cancel:?}"
+    );
+    assert!(
+        !owner.is_finished(),
+        "the owner's append is still under way"
+    );
+    drop(feed);
+    let done = owner.await.unwrap().unwrap();
+    assert_eq!(done.offset, 5);
 }

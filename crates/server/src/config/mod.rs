@@ -101,6 +101,13 @@ settings! {
         "Long-polls waiting at once, in all.";
     max_pollers_per_tenant: usize, usize, "ARTIFACTSTORE_MAX_POLLERS_PER_TENANT", "1024",
         "Long-polls waiting at once, per tenant.";
+    max_listings_per_tenant: usize, usize, "ARTIFACTSTORE_MAX_LISTINGS_PER_TENANT", "8",
+        "Package listings (GET /packages, whose filters set their cost) one tenant may run at \
+         once; beyond them 429 with Retry-After.";
+    query_timeout_secs: u64, u64, "ARTIFACTSTORE_QUERY_TIMEOUT_SECS", "10",
+        "Seconds a database query may run before it is stopped and answered 503 with \
+         Retry-After: every PostgreSQL statement (statement_timeout; migrations excepted), \
+         SQLite's package listings. Long-polls and downloads are not queries.";
     inline_max_bytes: u64, u64, "ARTIFACTSTORE_INLINE_MAX_BYTES", "65536",
         "Single-shot files of at most this many bytes keep their bytes in the metadata store, \
          durable with their record in one commit; 0 to 65536.";
@@ -182,6 +189,8 @@ pub struct Settings {
     pub max_wait: Duration,
     pub max_pollers: usize,
     pub max_pollers_per_tenant: usize,
+    pub max_listings_per_tenant: usize,
+    pub query_timeout: Duration,
     pub inline_max_bytes: u64,
     /// Connection threads pinned one per CPU ([`crate::edge::Workers::start`]).
     pub pin_threads: bool,
@@ -336,6 +345,16 @@ impl ServeArgs {
                 "max_pollers_per_tenant",
                 self.max_pollers_per_tenant.or(file.max_pollers_per_tenant),
                 DEFAULT_MAX_POLLERS_PER_TENANT,
+            )?,
+            max_listings_per_tenant: positive(
+                "max_listings_per_tenant",
+                self.max_listings_per_tenant
+                    .or(file.max_listings_per_tenant),
+                artifactstore_core::limits::DEFAULT_MAX_READS_PER_TENANT,
+            )?,
+            query_timeout: secs(
+                self.query_timeout_secs.or(file.query_timeout_secs),
+                artifactstore_storage::DEFAULT_QUERY_BUDGET,
             )?,
             inline_max_bytes: match self.inline_max_bytes.or(file.inline_max_bytes) {
                 Some(n) if n > INLINE_FILE_BYTES => {

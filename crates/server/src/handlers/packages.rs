@@ -36,15 +36,18 @@ pub async fn create_package(
         ("subject" = Option<String>, Query, description = "Exact subject"),
         ("retention_class" = Option<String>, Query, description = "Exact retention class"),
         ("state" = Option<String>, Query, description = "open or finalized"),
-        ("metadata.KEY" = Option<String>, Query, description = "metadata.KEY=VALUE: exact metadata match (repeatable)"),
-        ("has_metadata" = Option<String>, Query, description = "Has metadata key (repeatable)"),
+        ("metadata.KEY" = Option<String>, Query, description = "metadata.KEY=VALUE: exact metadata match (repeatable; with has_metadata, 16 at most)"),
+        ("has_metadata" = Option<String>, Query, description = "Has metadata key (repeatable; with metadata.KEY, 16 at most)"),
         ("contains" = Option<String>, Query, description = "Holds a file with this content address (sha256:…)"),
         ("created_after" = Option<String>, Query, description = "RFC 3339, exclusive"),
         ("created_before" = Option<String>, Query, description = "RFC 3339, exclusive"),
         ("limit" = Option<u32>, Query, description = "Page size (default 50, clamped to 1000)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),
-    responses((status = 200, description = "Packages, newest first", body = Page<Package>)))]
+    responses((status = 200, description = "Packages, newest first", body = Page<Package>),
+              (status = 422, description = "A bad filter, or more than 16 metadata filters", body = Problem),
+              (status = 429, description = "The tenant runs as many listings as it may at once (Retry-After)", body = Problem),
+              (status = 503, description = "The listing ran past the query time budget (Retry-After)", body = Problem)))]
 pub async fn list_packages(
     State(state): State<AppState>,
     Reader(scope): Reader,
