@@ -120,6 +120,9 @@ for attempt in 1 2 3; do
 done
 echo "== s3s-fs $("$S3S_FS" --version | awk '{print $2}') on 127.0.0.1:$S3_PORT"
 export ARTIFACTSTORE_TEST_S3=s3://artifactstore-test
+# Where s3s-fs keeps the objects: tests backdate an object there (its mtime is its
+# Last-Modified), as AWS dates a multipart object from when its upload began.
+export ARTIFACTSTORE_TEST_S3_DIR="$WORK/s3"
 export AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET"
 

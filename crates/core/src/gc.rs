@@ -154,7 +154,7 @@ impl Collector {
             }
         }
 
-        report.orphans = blobs.collect_orphans(cutoff).await?;
+        report.orphans = blobs.collect_orphans(grace).await?;
         Ok(report)
     }
 

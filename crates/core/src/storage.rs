@@ -230,8 +230,10 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn list_staged(&self) -> Result<Vec<UploadId>, StoreError>;
 
     /// Deletes what a crash or a lost race left behind that no blob or upload names and
-    /// that was written before `before`; returns how many objects or files.
-    async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// that is older than `grace` by the store's own clock (an S3 server's, the disk's
+    /// host's), never anything a write still means to publish; returns how many objects or
+    /// files.
+    async fn collect_orphans(&self, grace: std::time::Duration) -> Result<u64, StoreError>;
 }
 
 /// What [`MetadataStore::add_file`] checks besides the package and upload, in the same

@@ -503,7 +503,7 @@ impl BlobStore for FsBlobStore {
 
     /// Nothing: the only leftovers of a crash here are temporary files (of writes and of
     /// repairs), removed when the store opens.
-    async fn collect_orphans(&self, _before: Timestamp) -> Result<u64, StoreError> {
+    async fn collect_orphans(&self, _grace: std::time::Duration) -> Result<u64, StoreError> {
         Ok(0)
     }
 }

@@ -150,7 +150,7 @@ impl Locations {
     pub async fn open(&self, options: &OpenOptions) -> Result<Stores, OpenError> {
         self.warn_about_pairing(options);
         let meta = open_meta(&self.meta, options).await?;
-        let blobs = match open_blob_store(&self.blobs).await {
+        let blobs = match open_blob_store(&self.blobs, options).await {
             Ok(blobs) => blobs,
             Err(e) => {
                 meta.close().await;
@@ -208,8 +208,11 @@ pub async fn open_metadata(
 }
 
 /// The blob store alone (tests that open a second one on the same blobs).
-pub async fn open_blobs(blob_url: &str) -> Result<Arc<dyn BlobStore>, OpenError> {
-    open_blob_store(&Blobs::parse(blob_url)?).await
+pub async fn open_blobs(
+    blob_url: &str,
+    options: &OpenOptions,
+) -> Result<Arc<dyn BlobStore>, OpenError> {
+    open_blob_store(&Blobs::parse(blob_url)?, options).await
 }
 
 async fn open_meta(
@@ -243,12 +246,16 @@ async fn open_meta(
     }
 }
 
-async fn open_blob_store(blobs: &Blobs) -> Result<Arc<dyn BlobStore>, OpenError> {
+#[cfg_attr(not(feature = "s3"), allow(unused_variables))]
+async fn open_blob_store(
+    blobs: &Blobs,
+    options: &OpenOptions,
+) -> Result<Arc<dyn BlobStore>, OpenError> {
     match blobs {
         #[cfg(feature = "fs")]
         Blobs::Dir(dir) => Ok(Arc::new(crate::FsBlobStore::open(dir).await?)),
         #[cfg(feature = "s3")]
-        Blobs::S3(url) => Ok(Arc::new(crate::S3BlobStore::open(url)?)),
+        Blobs::S3(url) => Ok(Arc::new(crate::S3BlobStore::open(url, options.gc_grace)?)),
         #[allow(unreachable_patterns)]
         _ => unreachable!("Locations::parse refuses engines left out of the build"),
     }

@@ -16,12 +16,24 @@
 //!   streams the listed objects, re-hashing them, into a new data object, then writes the
 //!   pointer; discard deletes everything under the upload's prefix.
 //!
-//! - `multipart/<ulid>` — the journal of a blob's multipart upload under way (its key and
-//!   upload id), written before its first part, rewritten every minute, deleted once it is
-//!   complete or aborted: a collection aborts the uploads whose journal grew old (a crash left
-//!   them). An append's journal is `uploads/<upload>/journal-<offset>-<ulid>`, so that whatever
-//!   ends the upload (complete, cancel, expiry, a collection of uploads no longer open) aborts
-//!   its multipart uploads with its other objects.
+//! - `multipart/<ulid>` — the journal of a blob's multipart upload (its key and upload id),
+//!   written before its first part, rewritten every minute, and deleted only once the blob's
+//!   pointer exists (or the write failed): S3 dates a multipart object from when its upload
+//!   *began*, so a long upload's object looks old the moment it is complete, and its journal
+//!   is what keeps a sweep off it until it is named. A collection aborts the uploads whose
+//!   journal grew old (a crash left them). An append's journal is
+//!   `uploads/<upload>/journal-<offset>-<ulid>`, so that whatever ends the upload (complete,
+//!   cancel, expiry, a collection of uploads no longer open) aborts its multipart uploads
+//!   with its other objects;
+//! - `clock/now` — rewritten by each sweep to read the S3 server's time: every age a sweep
+//!   compares is the server's, never a replica's.
+//!
+//! A sweep deletes a data object only if it is older than the grace, no pointer names it and
+//! no live journal does. A writer publishes only within half the grace of the last moment its
+//! object was protected (its PUT, or its journal's last refresh): a process paused longer is
+//! refused rather than acknowledged. A pointer is never trusted without its object: a
+//! writer finding one whose object is gone replaces it (conditionally on its ETag), and a
+//! read of it fails rather than answering as if the blob were absent.
 //!
 //! Objects of at most [`PART`] bytes are one PUT; longer ones a multipart upload of
 //! [`PART`]-byte parts (S3 wants non-last parts of 5 MiB or more; 8 MiB parts fit 64 GiB in
@@ -66,6 +78,40 @@ pub struct S3BlobStore {
     store: Arc<AmazonS3>,
     prefix: Path,
     pointers: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Pointer>>,
+    /// Garbage collection's grace period: an unnamed data object older than it (by the S3
+    /// server's clock) and named by no live journal is an orphan. A writer whose object could
+    /// have grown that old unprotected (a process paused half of it) does not publish it.
+    grace: Duration,
+}
+
+/// A data object written for a blob and not yet named by a pointer, with what keeps a sweep
+/// from taking it meanwhile: its journal, still refreshed, when it was a multipart upload (S3
+/// dates such an object from when its upload *began*, so it may look old the moment it is
+/// complete); otherwise its youth. `since` is the moment from which its protection is
+/// counted: the last journal write, or the start of its PUT.
+struct Unpublished {
+    key: Path,
+    journal: Option<LiveJournal>,
+    since: tokio::time::Instant,
+}
+
+/// A journal kept fresh by a task of its own until it is dropped (which stops the task).
+struct LiveJournal {
+    path: Path,
+    /// When the journal was last written, as the refresher last managed it.
+    written: Arc<std::sync::Mutex<tokio::time::Instant>>,
+    _refresher: tokio::task::JoinSet<()>,
+}
+
+impl Unpublished {
+    /// Since when the object has been protected: a stalled refresher (a paused process)
+    /// shows here.
+    fn protected_since(&self) -> tokio::time::Instant {
+        match &self.journal {
+            Some(journal) => *journal.written.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.since,
+        }
+    }
 }
 
 /// What `blobs/sha256/<hex>` holds.
@@ -187,7 +233,7 @@ impl S3BlobStore {
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, …). Requests are retried twice within 5 s
     /// at most, connects give up after 2 s, and a read that stalls for 30 s fails: an
     /// unreachable store answers `Unavailable` instead of holding requests.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
+    pub fn open(url: &str, grace: Duration) -> Result<Self, StoreError> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| StoreError::Database(format!("blob url {url:?} is not s3://…")))?;
@@ -219,6 +265,7 @@ impl S3BlobStore {
             store: Arc::new(store),
             prefix: Path::from(prefix),
             pointers: Default::default(),
+            grace,
         })
     }
 
@@ -270,48 +317,158 @@ impl S3BlobStore {
     }
 
     /// Makes the data object `key` (already complete, `blob.size` bytes hashed to
-    /// `blob.digest`) the blob, unless the digest has a pointer already: then the new object
-    /// is no one's and goes.
+    /// `blob.digest`) the blob, unless the digest has a pointer already whose object exists:
+    /// then the new object is no one's and goes. A pointer whose object is gone (written by
+    /// an older version that trusted pointers blindly, or a bucket edited by hand) is never
+    /// taken for the blob: it is replaced by one to the new object, conditionally on its ETag
+    /// so that two repairers cannot undo each other.
     async fn point(&self, key: &Path, blob: BlobInfo) -> Result<(), StoreError> {
         let pointer = Pointer {
             key: key.to_string(),
             size: blob.size,
         };
         let body = serde_json::to_vec(&pointer).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let created = self
-            .store
-            .put_opts(
-                &self.pointer_key(&blob.digest),
-                PutPayload::from(body),
-                PutOptions::from(PutMode::Create),
-            )
-            .await;
-        match created {
-            // Some S3 servers (s3s-fs among them) check `If-None-Match` apart from the write,
-            // so two racing writers can both succeed and the later overwrites. Reading the
-            // pointer back tells the overwritten one that its object is no one's. (Either
-            // object holds the digest's bytes: a file is never at risk, only space.)
-            Ok(_) => {
-                self.forget(&blob.digest);
-                if let Some(winner) = self.pointer(&blob.digest).await?
-                    && winner.key != pointer.key
-                {
-                    self.delete_quietly(key).await;
+        let mut mode = PutMode::Create;
+        for _ in 0..3 {
+            let written = self
+                .store
+                .put_opts(
+                    &self.pointer_key(&blob.digest),
+                    PutPayload::from(body.clone()),
+                    PutOptions::from(mode),
+                )
+                .await;
+            match written {
+                // Some S3 servers (s3s-fs among them) check `If-None-Match` apart from the
+                // write, so two racing writers can both succeed and the later overwrites.
+                // Reading the pointer back tells the overwritten one that its object is no
+                // one's. (Either object holds the digest's bytes: a file is never at risk,
+                // only space.)
+                Ok(_) => {
+                    self.forget(&blob.digest);
+                    if let Some(winner) = self.pointer(&blob.digest).await?
+                        && winner.key != pointer.key
+                    {
+                        self.delete_quietly(key).await;
+                    }
+                    return Ok(());
                 }
-                Ok(())
-            }
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => {
-                self.delete_quietly(key).await;
-                Ok(())
-            }
-            Err(e) => {
-                self.delete_quietly(key).await;
-                Err(s3(e))
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => match self.tagged_pointer(&blob.digest).await? {
+                    // Gone meanwhile (a collection took it): create it again.
+                    None => mode = PutMode::Create,
+                    Some((winner, _)) if self.object_exists(&winner.key).await? => {
+                        self.delete_quietly(key).await;
+                        return Ok(());
+                    }
+                    Some((winner, e_tag)) => {
+                        tracing::warn!(digest = %blob.digest, key = %winner.key,
+                            "a pointer names a missing object: replacing it");
+                        mode = PutMode::Update(object_store::UpdateVersion {
+                            e_tag,
+                            version: None,
+                        });
+                    }
+                },
+                Err(e) => {
+                    self.delete_quietly(key).await;
+                    return Err(s3(e));
+                }
             }
         }
+        self.delete_quietly(key).await;
+        Err(StoreError::Unavailable(WHAT))
+    }
+
+    /// The digest's pointer as the bucket has it now, with its ETag (never from the cache).
+    async fn tagged_pointer(
+        &self,
+        digest: &Sha256Digest,
+    ) -> Result<Option<(Pointer, Option<String>)>, StoreError> {
+        self.forget(digest);
+        let got = match self.store.get(&self.pointer_key(digest)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(s3(e)),
+        };
+        let e_tag = got.meta.e_tag.clone();
+        let bytes = got.bytes().await.map_err(s3)?;
+        let pointer = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("pointer of {digest}: {e}")))?;
+        Ok(Some((pointer, e_tag)))
+    }
+
+    /// Whether the data object `key` exists.
+    async fn object_exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(s3(e)),
+        }
+    }
+
+    /// Publishes a data object written for `blob`, unless it may have been unprotected for
+    /// half the grace or more (a process paused between writing and publishing): a sweep takes
+    /// an unnamed object only once it is older than the whole grace, so one published within
+    /// half of it is safe, whatever the two clocks say about the time of day. The journal
+    /// goes once the pointer exists, never before.
+    async fn publish_object(&self, object: Unpublished, blob: BlobInfo) -> Result<(), StoreError> {
+        let fence = self.grace / 2;
+        if object.protected_since().elapsed() >= fence {
+            self.discard_object(object).await;
+            tracing::warn!(digest = %blob.digest, "a write stalled for half the collection grace: refused");
+            return Err(StoreError::Unavailable(WHAT));
+        }
+        let pointed = self.point(&object.key, blob).await;
+        let late = object.protected_since().elapsed() >= fence;
+        if let Some(journal) = object.journal {
+            let path = journal.path.clone();
+            drop(journal);
+            self.delete_quietly(&path).await;
+        }
+        pointed?;
+        // Stalled while the pointer was written: the pointer stays (it is right if its object
+        // survived, and is replaced by the next writer of the digest if not), but the write is
+        // not acknowledged.
+        if late {
+            return Err(StoreError::Unavailable(WHAT));
+        }
+        Ok(())
+    }
+
+    /// Deletes an unpublished object, then its journal.
+    async fn discard_object(&self, object: Unpublished) {
+        self.delete_quietly(&object.key).await;
+        if let Some(journal) = object.journal {
+            let path = journal.path.clone();
+            drop(journal);
+            self.delete_quietly(&path).await;
+        }
+    }
+
+    /// The S3 server's time now: the `Last-Modified` of an object written for the purpose.
+    /// The ages a sweep compares are all the server's, so no replica's clock enters them.
+    async fn server_now(&self) -> Result<Timestamp, StoreError> {
+        let key = self.key("clock/now");
+        self.store
+            .put(&key, PutPayload::from_static(b"now"))
+            .await
+            .map_err(s3)?;
+        // Read back by listing, not HEAD: a listing's dates carry milliseconds where the
+        // server keeps them, a `Last-Modified` header only seconds.
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&self.key("clock")))
+            .try_collect()
+            .await
+            .map_err(s3)?;
+        let meta = listed
+            .iter()
+            .find(|meta| meta.location == key)
+            .ok_or(StoreError::Unavailable(WHAT))?;
+        Ok(written(meta))
     }
 
     /// The pointers of `digests` as the bucket has them now, 16 lookups at once; digests
@@ -358,15 +515,18 @@ impl S3BlobStore {
         }
     }
 
-    /// Streams `body` into a new object at `key`; at most `max_len` bytes; returns how many.
-    /// On failure nothing is left at `key` (a multipart upload is aborted).
+    /// Streams `body` into a new object at `key`; at most `max_len` bytes. On failure nothing
+    /// is left at `key` (a multipart upload is aborted). With `keep_journal`, a multipart
+    /// upload's journal outlives it, still refreshed, in the [`Unpublished`] returned (see
+    /// there); otherwise it goes once the upload is complete.
     async fn write_object(
         &self,
         key: &Path,
         journal: &Path,
         mut body: ByteStream,
         max_len: u64,
-    ) -> Result<u64, StoreError> {
+        keep_journal: bool,
+    ) -> Result<(u64, Unpublished), StoreError> {
         let mut len = 0;
         let mut taken = |chunk: &Bytes| {
             len += chunk.len() as u64;
@@ -389,23 +549,31 @@ impl S3BlobStore {
                 }
                 None => {
                     drop(body);
+                    let since = tokio::time::Instant::now();
                     self.store
                         .put(key, PutPayload::from_iter(head))
                         .await
                         .map_err(s3)?;
-                    return Ok(gathered as u64);
+                    let object = Unpublished {
+                        key: key.clone(),
+                        journal: None,
+                        since,
+                    };
+                    return Ok((gathered as u64, object));
                 }
             }
         }
-        self.write_multipart(key, journal, head, body, &mut taken)
+        let object = self
+            .write_multipart(key, journal, head, body, &mut taken, keep_journal)
             .await?;
-        Ok(len)
+        Ok((len, object))
     }
 
     /// Streams `head` and then the rest of `body` into a multipart upload of `PART`-byte
     /// parts at `key`, `PARTS_IN_FLIGHT` parts in flight; `taken` sees every chunk of the rest
     /// first. Journaled (see [`Journal`]) from before its first part until it is complete or
-    /// aborted.
+    /// aborted, or with `keep_journal` until the returned [`Unpublished`] is published or
+    /// discarded.
     async fn write_multipart(
         &self,
         key: &Path,
@@ -413,7 +581,9 @@ impl S3BlobStore {
         head: Vec<Bytes>,
         mut body: ByteStream,
         mut taken: impl FnMut(&Bytes) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+        keep_journal: bool,
+    ) -> Result<Unpublished, StoreError> {
+        let started = tokio::time::Instant::now();
         let id = self.store.create_multipart(key).await.map_err(s3)?;
         let record = Journal {
             key: key.to_string(),
@@ -426,18 +596,23 @@ impl S3BlobStore {
             self.abort_multipart(key, &id).await;
             return Err(s3(e));
         }
-        // Rewritten while the upload lives, so that only a dead writer's journal grows old: in
-        // a set of its own, which aborts it also when this write is dropped unfinished (its
-        // upload is then the collection's). A rewrite that lands after the journal was
-        // deleted only costs a needless abort.
+        // Rewritten while the upload lives (and, kept, until its object is published), so
+        // that only a dead writer's journal grows old: in a set of its own, which stops it
+        // when dropped (the upload is then the collection's). A rewrite that lands after the
+        // journal was deleted only costs a needless abort.
+        let written = Arc::new(std::sync::Mutex::new(started));
         let mut refresher = tokio::task::JoinSet::new();
         {
-            let (store, journal) = (self.store.clone(), journal.clone());
+            let (store, journal, written) = (self.store.clone(), journal.clone(), written.clone());
             refresher.spawn(async move {
                 loop {
                     tokio::time::sleep(Self::JOURNAL_REFRESH).await;
-                    if let Err(e) = store.put(&journal, record.clone().into()).await {
-                        tracing::warn!(journal = %journal, error = %e, "could not refresh a multipart journal");
+                    let attempt = tokio::time::Instant::now();
+                    match store.put(&journal, record.clone().into()).await {
+                        Ok(_) => *written.lock().unwrap_or_else(|p| p.into_inner()) = attempt,
+                        Err(e) => {
+                            tracing::warn!(journal = %journal, error = %e, "could not refresh a multipart journal")
+                        }
                     }
                 }
             });
@@ -459,12 +634,27 @@ impl S3BlobStore {
                 .map_err(s3)
         }
         .await;
+        if streamed.is_ok() && keep_journal {
+            return Ok(Unpublished {
+                key: key.clone(),
+                journal: Some(LiveJournal {
+                    path: journal.clone(),
+                    written,
+                    _refresher: refresher,
+                }),
+                since: started,
+            });
+        }
         refresher.abort_all();
         if streamed.is_err() {
             self.abort_multipart(key, &id).await;
         }
         self.delete_quietly(journal).await;
-        streamed.map(drop)
+        streamed.map(|_| Unpublished {
+            key: key.clone(),
+            journal: None,
+            since: started,
+        })
     }
 
     /// Aborts a multipart upload no one will complete; failing only costs space until a
@@ -501,6 +691,39 @@ impl S3BlobStore {
             .try_collect::<()>()
             .await?;
         Ok(count)
+    }
+
+    /// The data objects that journals under `multipart/` written at or after `before` name:
+    /// uploads under way, and objects whose writer has not published them yet.
+    async fn journaled(
+        &self,
+        before: Timestamp,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let live: Vec<_> = self
+            .store
+            .list(Some(&self.key("multipart")))
+            .try_filter(|meta| futures::future::ready(written(meta) >= before))
+            .try_collect()
+            .await
+            .map_err(s3)?;
+        let keys: Vec<Option<String>> = futures::stream::iter(live)
+            .map(|meta| async move {
+                match self.store.get(&meta.location).await {
+                    Ok(got) => {
+                        let bytes = got.bytes().await.map_err(s3)?;
+                        Ok(serde_json::from_slice::<Journal>(&bytes)
+                            .ok()
+                            .map(|j| j.key))
+                    }
+                    // Deleted since the listing: its pointer exists by now.
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(s3(e)),
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(keys.into_iter().flatten().collect())
     }
 
     /// Aborts the multipart upload the journal `journal` names, then deletes the journal.
@@ -553,11 +776,11 @@ fn written(meta: &object_store::ObjectMeta) -> Timestamp {
 }
 
 /// The data object behind a [`StagedBlob`] of this store.
-fn own_staged(staged: StagedBlob) -> Result<Path, StoreError> {
+fn own_staged(staged: StagedBlob) -> Result<Unpublished, StoreError> {
     staged
         .0
-        .downcast::<Path>()
-        .map(|key| *key)
+        .downcast::<Unpublished>()
+        .map(|object| *object)
         .map_err(|_| StoreError::Corrupt("a staged blob of another store".into()))
 }
 
@@ -610,33 +833,40 @@ impl BlobStore for S3BlobStore {
         }
     }
 
-    /// A data object `data/<ulid>` of its own, named by no pointer yet.
+    /// A data object `data/<ulid>` of its own, named by no pointer yet (a multipart one
+    /// journaled until it is).
     async fn stage(&self, body: ByteStream, max_len: u64) -> Result<StagedBlob, StoreError> {
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
-        self.write_object(&key, &self.blob_journal(), body, max_len)
+        let (_, object) = self
+            .write_object(&key, &self.blob_journal(), body, max_len, true)
             .await?;
-        Ok(StagedBlob(Box::new(key)))
+        Ok(StagedBlob(Box::new(object)))
     }
 
     /// The create-only pointer to the staged object; a loser deletes its object.
     async fn publish(&self, staged: StagedBlob, blob: BlobInfo) -> Result<(), StoreError> {
-        let key = own_staged(staged)?;
-        self.point(&key, blob).await
+        self.publish_object(own_staged(staged)?, blob).await
     }
 
     async fn discard(&self, staged: StagedBlob) {
-        if let Ok(key) = own_staged(staged) {
-            self.delete_quietly(&key).await;
+        if let Ok(object) = own_staged(staged) {
+            self.discard_object(object).await;
         }
     }
 
     async fn store_small(&self, blob: BlobInfo, chunks: Vec<Bytes>) -> Result<(), StoreError> {
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
+        let since = tokio::time::Instant::now();
         self.store
             .put(&key, PutPayload::from_iter(chunks))
             .await
             .map_err(s3)?;
-        self.point(&key, blob).await
+        let object = Unpublished {
+            key,
+            journal: None,
+            since,
+        };
+        self.publish_object(object, blob).await
     }
 
     async fn size(&self, digest: &Sha256Digest) -> Result<Option<u64>, StoreError> {
@@ -654,11 +884,17 @@ impl BlobStore for S3BlobStore {
             .await
         {
             // A cached pointer may name an object since collected and written anew: look once
-            // more, never serve a stale name twice.
+            // more, never serve a stale name twice. A pointer whose object is gone is not a
+            // blob: the next writer of the digest replaces it.
             Err(StoreError::NotFound) => {
                 self.forget(digest);
                 let pointer = self.pointer(digest).await?.ok_or(StoreError::NotFound)?;
-                self.read_object(&Path::from(pointer.key), range).await
+                match self.read_object(&Path::from(pointer.key), range).await {
+                    Err(StoreError::NotFound) => Err(StoreError::Corrupt(format!(
+                        "the pointer of {digest} names a missing object"
+                    ))),
+                    other => other,
+                }
             }
             other => other,
         }
@@ -686,7 +922,10 @@ impl BlobStore for S3BlobStore {
         let key = self.key(&format!("uploads/{upload}/{name}"));
         // Beside the upload's objects: whatever ends the upload aborts it too.
         let journal = self.key(&format!("uploads/{upload}/{JOURNAL}{name}"));
-        let len = self.write_object(&key, &journal, body, max_len).await?;
+        // An upload's objects are kept by its record, not by age: no journal outlives them.
+        let (len, _) = self
+            .write_object(&key, &journal, body, max_len, false)
+            .await?;
         if len == 0 {
             self.delete_quietly(&key).await;
         } else {
@@ -707,9 +946,11 @@ impl BlobStore for S3BlobStore {
         blob: BlobInfo,
     ) -> Result<(), StoreError> {
         // The caller has claimed the digest: a pointer found now stays; a cached one may
-        // predate a collection.
+        // predate a collection. Trusted only with its object (else `point` replaces it).
         self.forget(&blob.digest);
-        if self.pointer(&blob.digest).await?.is_some() {
+        if let Some(found) = self.pointer(&blob.digest).await?
+            && self.object_exists(&found.key).await?
+        {
             return Ok(());
         }
         let staged = parse_staging(staging)?;
@@ -730,11 +971,11 @@ impl BlobStore for S3BlobStore {
         let (parts, hashed) = hash_alongside(parts, Sha256Hasher::new());
         let key = self.key(&format!("data/{}", ulid::Ulid::new()));
         let copied = self
-            .write_object(&key, &self.blob_journal(), parts, blob.size)
+            .write_object(&key, &self.blob_journal(), parts, blob.size, true)
             .await;
         let hasher = hashed.await?;
-        match copied {
-            Ok(_) => {}
+        let object = match copied {
+            Ok((_, object)) => object,
             Err(StoreError::Body(e)) => {
                 return Err(StoreError::Corrupt(format!(
                     "upload {upload}: staged bytes: {e}"
@@ -747,12 +988,12 @@ impl BlobStore for S3BlobStore {
             digest: hasher.finish(),
         };
         if written != blob {
-            self.delete_quietly(&key).await;
+            self.discard_object(object).await;
             return Err(StoreError::Corrupt(format!(
                 "upload {upload}: staged bytes are {written:?}, expected {blob:?}"
             )));
         }
-        self.point(&key, blob).await
+        self.publish_object(object, blob).await
     }
 
     /// Aborts the upload's multipart uploads (an append under way or cut off by a crash),
@@ -838,18 +1079,22 @@ impl BlobStore for S3BlobStore {
         Ok(staged.into_iter().collect())
     }
 
-    /// Data objects written before `before` that no pointer names: a writer that crashed
-    /// before publishing, a collection stopped between pointer and object, the loser of a
-    /// pointer race that could not delete its own; and multipart uploads a crash left (found
-    /// by their journals).
-    async fn collect_orphans(&self, before: Timestamp) -> Result<u64, StoreError> {
+    /// Data objects older than `grace` by the S3 server's clock that no pointer names and no
+    /// live journal protects: a writer that crashed before publishing, a collection stopped
+    /// between pointer and object, the loser of a pointer race that could not delete its own;
+    /// and multipart uploads a crash left (found by their journals).
+    async fn collect_orphans(&self, grace: Duration) -> Result<u64, StoreError> {
+        let now = self.server_now().await?;
+        let before = Timestamp::from_millis(now.as_millis() - grace.as_millis() as i64);
         let aborted = self.collect_multipart(before).await?;
         let data = self.written_before("data", before).await?;
         if data.is_empty() {
             return Ok(aborted);
         }
-        // Listed after the data objects: a pointer published meanwhile is seen.
-        let mut named = std::collections::HashSet::new();
+        // Listed after the data objects, journals first and then pointers: a writer deletes
+        // its journal only once its pointer exists, so an object published meanwhile is seen
+        // in one or the other.
+        let mut named = self.journaled(before).await?;
         let mut after = None;
         loop {
             let page = self.list_blobs(after, 1000).await?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use artifactstore_core::gc::{Collector, GcOptions};
 use artifactstore_core::registry::{Chunk, CompleteUpload};
-use artifactstore_core::storage::{ByteStream, StoreError};
+use artifactstore_core::storage::{BlobInfo, ByteStream, StoreError};
 use artifactstore_core::*;
 use artifactstore_storage::Stores;
 use bytes::Bytes;
@@ -405,4 +405,84 @@ async fn cut_off<T: std::fmt::Debug>(
     write.abort();
     assert!(write.await.unwrap_err().is_cancelled());
     journals
+}
+
+/// The object of `key` (`prefix/data/<ulid>`) in the S3 server's directory.
+fn object_file(key: &str) -> std::path::PathBuf {
+    let dir = std::env::var("ARTIFACTSTORE_TEST_S3_DIR")
+        .expect("ARTIFACTSTORE_TEST_S3_DIR (run through tools/with-backends.sh)");
+    let bucket = artifactstore_testkit::require_s3();
+    let bucket = bucket
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    std::path::Path::new(&dir).join(bucket).join(key)
+}
+
+/// S3 dates a multipart object from when its upload *began*: one that took longer than the
+/// grace to arrive looks old the moment it is complete (reproduced by backdating the object
+/// in the S3 server's directory). Its journal, kept and refreshed until its pointer exists,
+/// keeps every sweep off it; published, it is read whole. And a pointer whose object is gone
+/// is never trusted: it is not served, and the next write of those bytes replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs S3 (make test starts it)"]
+async fn the_sweep_never_takes_an_object_a_write_will_publish() {
+    let env = Env::new().await;
+    let url = env.blob_url.clone().expect("an S3 store");
+    let blobs = open_blobs(env.dir.path(), Some(&url)).await;
+    let grace = Duration::from_secs(3600);
+    let data = Bytes::from(bytes(9 * 1024 * 1024, 21));
+    let blob = BlobInfo {
+        size: data.len() as u64,
+        digest: Sha256Digest::of(&data),
+    };
+    let staged = blobs
+        .stage(futures::stream::iter([Ok(data.clone())]).boxed(), u64::MAX)
+        .await
+        .unwrap();
+    let unnamed = env.temp_files().await;
+    assert_eq!(unnamed.len(), 1, "{unnamed:?}");
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(object_file(&unnamed[0]))
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    assert_eq!(blobs.collect_orphans(grace).await.unwrap(), 0);
+    assert_eq!(env.temp_files().await, unnamed, "the sweep took it");
+    blobs.publish(staged, blob).await.unwrap();
+    let read = blobs.read(&blob.digest, 0..blob.size).await.unwrap();
+    assert_eq!(&collect(read).await, &*data);
+    assert_eq!(
+        env.multipart_journals().await,
+        Vec::new(),
+        "journal gone once published"
+    );
+    assert_eq!(blobs.collect_orphans(grace).await.unwrap(), 0);
+
+    // Its object deleted behind the store's back (as the old sweep could): not served...
+    let pointer: serde_json::Value = {
+        let files = env.blob_files().await;
+        assert_eq!(files.len(), 1);
+        let path = object_file(&files[0]);
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    std::fs::remove_file(object_file(pointer["key"].as_str().unwrap())).unwrap();
+    let fresh = open_blobs(env.dir.path(), Some(&url)).await;
+    let dangling = fresh.read(&blob.digest, 0..blob.size).await.map(drop);
+    assert!(
+        matches!(dangling, Err(StoreError::Corrupt(_))),
+        "{dangling:?}"
+    );
+    // ... and replaced by the next write of the same bytes.
+    let again = fresh
+        .stage(futures::stream::iter([Ok(data.clone())]).boxed(), u64::MAX)
+        .await
+        .unwrap();
+    fresh.publish(again, blob).await.unwrap();
+    let read = fresh.read(&blob.digest, 0..blob.size).await.unwrap();
+    assert_eq!(&collect(read).await, &*data);
 }

@@ -266,7 +266,7 @@ pub fn blob_url(dir: &Path, url: Option<&str>) -> String {
 
 /// The blob store at `url` (S3), or the directory `blobs/` in `dir`.
 pub async fn open_blobs(dir: &Path, url: Option<&str>) -> Arc<dyn BlobStore> {
-    artifactstore_storage::open_blobs(&blob_url(dir, url))
+    artifactstore_storage::open_blobs(&blob_url(dir, url), &options(16))
         .await
         .unwrap()
 }
