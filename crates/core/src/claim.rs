@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::storage::{BlobInfo, Claim, MetadataStore, StoreError};
-use crate::timestamp::Timestamp;
 
 /// What a writer answers when a collection took the bytes it was about to record.
 pub(crate) const GC_TOOK_THE_BYTES: &str =
@@ -42,10 +41,7 @@ impl Claim for BlobClaimer<'_> {
         let candidate = (ulid::Ulid::new().random() as i64) & i64::MAX;
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
-            let claimed = self
-                .meta
-                .claim_blob(&blob.digest, candidate, Timestamp::now())
-                .await?;
+            let claimed = self.meta.claim_blob(&blob.digest, candidate).await?;
             if let Some(generation) = claimed {
                 // Each write claims once, after hashing.
                 let _ = self.generation.set(generation);

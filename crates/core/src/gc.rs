@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::digest::Sha256Digest;
 use crate::error::Result;
 use crate::lease;
-use crate::storage::Stores;
+use crate::storage::{StoreError, Stores};
 use crate::timestamp::Timestamp;
 
 /// Blobs, uploads and digests handled per step.
@@ -74,30 +74,36 @@ impl Collector {
             duty,
         } = options;
         let mut report = GcReport::default();
+        // Every time compared below is the database's (leases, claims, dooms), and every doom
+        // is tagged with the lease's generation: a replica whose clock runs ahead, or a
+        // process paused past its lease, can neither take the lease early nor doom, release or
+        // (having checked the lease just before) delete bytes of a later holder's time.
         let lease = || lease::take(meta, "gc", holder, lease_ttl);
-        if !lease().await? {
+        let Some(generation) = lease().await? else {
             report.interrupted = true;
             return Ok(report);
-        }
-        let now = Timestamp::now();
-        let cutoff = Timestamp::from_millis(now.as_millis() - grace.as_millis() as i64);
-        // One collection at a time holds the lease: a digest doomed before this one started
-        // belongs to one that stopped mid-way (killed, or its lease lapsed). Finish it.
+        };
+        let held = || async move { Ok::<_, StoreError>(lease().await? == Some(generation)) };
+        // A digest doomed by another generation belongs to a collection that stopped mid-way
+        // (killed, or its lease lapsed): adopt it and finish it.
         loop {
-            let stale = meta.reads().doomed_blobs(now).await?;
-            let (found, deleted) = (stale.len(), self.delete_doomed(stale).await?);
+            let stale = meta.reads().doomed_blobs(generation).await?;
+            let found = stale.len();
+            let adopted = meta.doom_blobs(&stale, grace, generation).await?;
+            let deleted = self.delete_doomed(adopted, generation, held).await?;
             report.blobs += deleted;
             if found < PAGE || deleted == 0 {
                 break;
             }
         }
 
+        let cutoff =
+            Timestamp::from_millis(Timestamp::now().as_millis() - grace.as_millis() as i64);
         let mut after = None;
         loop {
             let started = tokio::time::Instant::now();
-            // Still the one collection, before anything of this page is doomed or deleted: a
-            // stalled one whose lease lapsed must not delete what its successor released.
-            if after.is_some() && !lease().await? {
+            // Still the one collection, before anything of this page is doomed or deleted.
+            if after.is_some() && !held().await? {
                 report.interrupted = true;
                 return Ok(report);
             }
@@ -105,6 +111,8 @@ impl Collector {
             let Some(&(last, _)) = page.last() else { break };
             after = Some(last);
             report.scanned += page.len() as u64;
+            // A first sieve by the blob store's dates (this replica's clock may be off: the
+            // doom decides, by the database's clock and the claims).
             let old: Vec<_> = page
                 .iter()
                 .filter(|(_, written)| *written < cutoff)
@@ -115,9 +123,8 @@ impl Collector {
             // Small batches: on SQLite a batch is one job of the only writer, which writes
             // wait behind.
             for batch in unused.chunks(DOOM_BATCH) {
-                let now = Timestamp::now();
-                let doomed = meta.doom_blobs(batch, cutoff, now).await?;
-                report.blobs += self.delete_doomed(doomed).await?;
+                let doomed = meta.doom_blobs(batch, grace, generation).await?;
+                report.blobs += self.delete_doomed(doomed, generation, held).await?;
             }
             report.kept += page.len() as u64 - (report.blobs - before);
             if page.len() < PAGE {
@@ -158,18 +165,31 @@ impl Collector {
         Ok(report)
     }
 
-    /// Deletes the bytes of doomed digests, then releases them; if the blob store fails, they
-    /// stay doomed for the next collection (deleting is idempotent).
-    async fn delete_doomed(&self, doomed: Vec<Sha256Digest>) -> Result<u64> {
+    /// Deletes the bytes of digests this generation doomed, then releases them, checking the
+    /// lease (`held`) just before the deletion; if the blob store fails, they stay doomed for
+    /// the next collection (deleting is idempotent).
+    async fn delete_doomed<F, Fut>(
+        &self,
+        doomed: Vec<Sha256Digest>,
+        generation: u64,
+        held: F,
+    ) -> Result<u64>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<bool, StoreError>>,
+    {
         let (meta, blobs) = (&*self.stores.meta, &*self.stores.blobs);
         if doomed.is_empty() {
+            return Ok(0);
+        }
+        if !held().await? {
             return Ok(0);
         }
         if let Err(e) = blobs.delete_blobs(&doomed).await {
             tracing::warn!(blobs = doomed.len(), error = %e, "could not delete unused blobs");
             return Ok(0);
         }
-        meta.release_blobs(&doomed).await?;
+        meta.release_blobs(&doomed, generation).await?;
         Ok(doomed.len() as u64)
     }
 }

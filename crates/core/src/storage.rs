@@ -294,9 +294,9 @@ pub trait MetadataReads: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Package>, StoreError>;
 
-    /// Digests doomed before `before` and never released (a collection that stopped), at
-    /// most 1,000.
-    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError>;
+    /// Digests doomed by a generation of the `gc` lease other than `lease` and never released
+    /// (a collection that stopped, or lost its lease), at most 1,000.
+    async fn doomed_blobs(&self, lease: u64) -> Result<Vec<Sha256Digest>, StoreError>;
 
     /// Which of `digests` no file stored in the blob store uses.
     async fn unreferenced(&self, digests: &[Sha256Digest])
@@ -388,31 +388,35 @@ pub trait MetadataStore: Send + Sync + 'static {
         event: NewEvent,
     ) -> Result<Event, StoreError>;
 
-    /// Claims `digest` against garbage collection (see [`Claim`]): records it as in use now,
-    /// with `generation` if it has no claim yet, and returns the claim's generation. `None`
-    /// while a collection is deleting it (the caller waits and asks again).
+    /// Claims `digest` against garbage collection (see [`Claim`]): records it as in use now
+    /// (by the database's clock), with `generation` if it has no claim yet, and returns the
+    /// claim's generation. `None` while a collection is deleting it (the caller waits and asks
+    /// again).
     async fn claim_blob(
         &self,
         digest: &Sha256Digest,
         generation: i64,
-        now: Timestamp,
     ) -> Result<Option<i64>, StoreError>;
 
-    /// Garbage collection: marks each of `digests` as being deleted, if no file uses it and no
-    /// claim of it was made at or after `cutoff`; returns those it doomed. From then on
-    /// [`claim_blob`](Self::claim_blob) answers `None` for them and
-    /// [`add_file`](Self::add_file) refuses a claim of them, until
+    /// Garbage collection, by the holder of generation `lease` of the `gc` lease (checked in
+    /// the same transaction, by the database's clock): marks each of `digests` as being
+    /// deleted by that generation, if no file uses it and no claim of it is younger than
+    /// `grace`, or if it is doomed already (by a collection that stopped: this one adopts
+    /// it); returns those it doomed. From then on [`claim_blob`](Self::claim_blob) answers
+    /// `None` for them and [`add_file`](Self::add_file) refuses a claim of them, until
     /// [`release_blobs`](Self::release_blobs).
     async fn doom_blobs(
         &self,
         digests: &[Sha256Digest],
-        cutoff: Timestamp,
-        now: Timestamp,
+        grace: std::time::Duration,
+        lease: u64,
     ) -> Result<Vec<Sha256Digest>, StoreError>;
 
-    /// Garbage collection: the bytes of these doomed digests are gone; they may be claimed
-    /// again.
-    async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError>;
+    /// Garbage collection: the bytes of these digests, doomed by generation `lease`, are
+    /// gone; they may be claimed again. Only while that generation still holds the `gc`
+    /// lease (checked in the same transaction): a collection that lost it releases nothing,
+    /// and its dooms wait for the next holder to adopt them.
+    async fn release_blobs(&self, digests: &[Sha256Digest], lease: u64) -> Result<(), StoreError>;
 
     /// Deletes inline bytes no file uses, at most `limit`; returns how many.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;
@@ -448,15 +452,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         event: EventFor,
     ) -> Result<Package, StoreError>;
 
-    /// Takes or renews the lease `name` for `holder` until `until`; `false` while another
-    /// holder's lease on it has not expired at `now`. One replica at a time runs a duty.
+    /// Takes or renews the lease `name` for `holder` for `ttl`, by the database's clock (no
+    /// replica's clock decides who holds a duty); the lease's generation while `holder`
+    /// holds it, `None` while another holder's lease has not expired. The generation changes
+    /// whenever the lease changes hands (or lapses and is taken again): a fencing token.
     async fn lease(
         &self,
         name: &str,
         holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<bool, StoreError>;
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, StoreError>;
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
 

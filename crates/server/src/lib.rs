@@ -331,8 +331,8 @@ async fn under_lease<F: Future<Output = ()>>(
     loop {
         every.tick().await;
         match lease::take(&*state.meta, name, holder, interval * 3).await {
-            Ok(true) => duty().await,
-            Ok(false) => {}
+            Ok(Some(_)) => duty().await,
+            Ok(None) => {}
             Err(e) => tracing::warn!(lease = name, error = %e, "could not take a lease"),
         }
     }

@@ -28,6 +28,10 @@ use crate::reads::{Pool, Reads};
 use crate::rows::*;
 use crate::tail::{EventTail, TAIL_EVENTS};
 
+/// The texts that read the database's clock, written for PostgreSQL.
+static SQL: std::sync::LazyLock<ClockTexts> =
+    std::sync::LazyLock::new(|| ClockTexts::new(POSTGRES_NOW));
+
 static MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -48,6 +52,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "tenant usage",
         include_str!("../migrations/common/tenant_usage.sql"),
+    ),
+    (
+        5,
+        "gc fencing",
+        include_str!("../migrations/common/gc_fencing.sql"),
     ),
 ];
 
@@ -150,15 +159,15 @@ impl PgStore {
     async fn doom_one(
         &self,
         digest: Sha256Digest,
-        cutoff: Timestamp,
-        now: Timestamp,
+        grace: Duration,
+        lease: u64,
     ) -> Result<Option<Sha256Digest>, StoreError> {
         let hex = digest.hex();
         let mut tx = self.pool.begin().await.map_err(sql_error)?;
-        let marked = sqlx::query(DOOM_BLOB)
+        let marked = sqlx::query(&SQL.doom_blob)
             .bind(&hex)
-            .bind(cutoff.as_millis())
-            .bind(now.as_millis())
+            .bind(grace.as_millis() as i64)
+            .bind(lease as i64)
             .fetch_optional(&mut *tx)
             .await
             .map_err(sql_error)?;
@@ -517,12 +526,10 @@ impl MetadataStore for PgStore {
         &self,
         digest: &Sha256Digest,
         generation: i64,
-        now: Timestamp,
     ) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(CLAIM_BLOB)
+        sqlx::query_scalar(&SQL.claim_blob)
             .bind(digest.hex())
             .bind(generation)
-            .bind(now.as_millis())
             .fetch_optional(&self.pool)
             .await
             .map_err(sql_error)
@@ -534,23 +541,26 @@ impl MetadataStore for PgStore {
     async fn doom_blobs(
         &self,
         digests: &[Sha256Digest],
-        cutoff: Timestamp,
-        now: Timestamp,
+        grace: Duration,
+        lease: u64,
     ) -> Result<Vec<Sha256Digest>, StoreError> {
         use futures::StreamExt;
         let outcomes: Vec<Result<Option<Sha256Digest>, StoreError>> =
             futures::stream::iter(digests.iter().copied())
-                .map(|digest| self.doom_one(digest, cutoff, now))
+                .map(|digest| self.doom_one(digest, grace, lease))
                 .buffer_unordered(DOOMS_IN_FLIGHT)
                 .collect()
                 .await;
         outcomes.into_iter().filter_map(Result::transpose).collect()
     }
 
-    async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
+    async fn release_blobs(&self, digests: &[Sha256Digest], lease: u64) -> Result<(), StoreError> {
         let hexes: Vec<String> = digests.iter().map(Sha256Digest::hex).collect();
-        sqlx::query("DELETE FROM blob_claims WHERE sha256 = ANY($1) AND doomed_at IS NOT NULL")
+        // RELEASE_BLOB for a whole array at once.
+        let sql = SQL.release_blob.replace("sha256 = $1", "sha256 = ANY($1)");
+        sqlx::query(&sql)
             .bind(hexes)
+            .bind(lease as i64)
             .execute(&self.pool)
             .await
             .map_err(sql_error)?;
@@ -672,18 +682,16 @@ impl MetadataStore for PgStore {
         &self,
         name: &str,
         holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let taken = sqlx::query(LEASE)
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let taken: Option<i64> = sqlx::query_scalar(&SQL.lease)
             .bind(name)
             .bind(holder)
-            .bind(until.as_millis())
-            .bind(now.as_millis())
+            .bind(ttl.as_millis() as i64)
             .fetch_optional(&self.pool)
             .await
             .map_err(sql_error)?;
-        Ok(taken.is_some())
+        Ok(taken.map(|g| g as u64))
     }
 
     async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {

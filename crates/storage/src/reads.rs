@@ -245,11 +245,11 @@ impl MetadataReads for Reads {
         })
     }
 
-    async fn doomed_blobs(&self, before: Timestamp) -> Result<Vec<Sha256Digest>, StoreError> {
+    async fn doomed_blobs(&self, lease: u64) -> Result<Vec<Sha256Digest>, StoreError> {
         let sql = "SELECT sha256 FROM blob_claims WHERE doomed_at IS NOT NULL \
-                   AND doomed_at < $1 LIMIT 1000";
+                   AND (doomed_by IS NULL OR doomed_by <> $1) LIMIT 1000";
         let hexes: Vec<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
-            .bind(before.as_millis())
+            .bind(lease as i64)
             .fetch_all(p)
             .await
             .map_err(sql_error)?);

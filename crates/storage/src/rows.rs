@@ -361,26 +361,61 @@ impl FileCache {
     }
 }
 
-/// Takes or renews a lease (`$1` name, `$2` holder, `$3` until, `$4` now): the same text for
-/// both engines. A row comes back only if the lease is now the holder's.
-pub(crate) const LEASE: &str = "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-             expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at < $4 RETURNING holder";
+/// The database's clock, in milliseconds since the epoch, as each engine writes it: every
+/// time leases and garbage collection compare is the database's, never a replica's. The texts
+/// below carry `{now}` where it goes ([`ClockTexts`]).
+#[cfg(feature = "sqlite")]
+pub(crate) const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_NOW: &str =
+    "CAST(extract(epoch from clock_timestamp()) * 1000 AS BIGINT)";
 
-/// Claims a digest for a write (`$1` digest, `$2` generation if new, `$3` now): a row comes
-/// back, with the claim's generation, unless a collection has doomed the digest.
+/// The texts below with an engine's clock in place of `{now}`.
+pub(crate) struct ClockTexts {
+    pub(crate) lease: String,
+    pub(crate) claim_blob: String,
+    pub(crate) doom_blob: String,
+    pub(crate) release_blob: String,
+}
+
+impl ClockTexts {
+    pub(crate) fn new(now: &str) -> Self {
+        let with_now = |text: &str| text.replace("{now}", now);
+        Self {
+            lease: with_now(LEASE),
+            claim_blob: with_now(CLAIM_BLOB),
+            doom_blob: with_now(DOOM_BLOB),
+            release_blob: with_now(RELEASE_BLOB),
+        }
+    }
+}
+
+/// Takes or renews a lease (`$1` name, `$2` holder, `$3` time to live in ms): a row comes back,
+/// with the lease's generation, only if the lease is now the holder's. The generation moves on
+/// whenever the lease changes hands or lapses.
+pub(crate) const LEASE: &str = "INSERT INTO leases (name, holder, expires_at, generation) \
+     VALUES ($1, $2, {now} + $3, 1) ON CONFLICT (name) DO UPDATE SET \
+     generation = CASE WHEN leases.holder = excluded.holder AND leases.expires_at >= {now} \
+     THEN leases.generation ELSE leases.generation + 1 END, \
+     holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE leases.holder = excluded.holder OR leases.expires_at < {now} RETURNING generation";
+
+/// Claims a digest for a write (`$1` digest, `$2` generation if new): a row comes back, with
+/// the claim's generation, unless a collection has doomed the digest.
 pub(crate) const CLAIM_BLOB: &str = "INSERT INTO blob_claims (sha256, generation, touched_at) \
-     VALUES ($1, $2, $3) ON CONFLICT (sha256) DO UPDATE SET touched_at = excluded.touched_at \
+     VALUES ($1, $2, {now}) ON CONFLICT (sha256) DO UPDATE SET touched_at = excluded.touched_at \
      WHERE blob_claims.doomed_at IS NULL RETURNING generation";
 
-/// Dooms a digest (`$1` digest, `$2` cutoff, `$3` now) unless it is doomed already or was
-/// claimed at or after the cutoff; a row comes back if it is now doomed. The caller checks
-/// in the same transaction that no file uses it.
+/// Dooms a digest (`$1` digest, `$2` grace in ms, `$3` the `gc` lease's generation) unless it
+/// was claimed within the grace, or adopts it if it is doomed already; only while that
+/// generation holds the lease. A row comes back if it is now doomed by that generation. The
+/// caller checks in the same transaction that no file uses it.
 pub(crate) const DOOM_BLOB: &str = "INSERT INTO blob_claims (sha256, generation, touched_at, \
-     doomed_at) VALUES ($1, 0, 0, $3) ON CONFLICT (sha256) DO UPDATE SET doomed_at = \
-     excluded.doomed_at WHERE blob_claims.doomed_at IS NULL AND blob_claims.touched_at < $2 \
-     RETURNING sha256";
+     doomed_at, doomed_by) SELECT $1, 0, 0, {now}, $3 WHERE EXISTS (SELECT 1 FROM leases \
+     WHERE name = 'gc' AND generation = $3 AND expires_at >= {now}) \
+     ON CONFLICT (sha256) DO UPDATE SET doomed_at = excluded.doomed_at, \
+     doomed_by = excluded.doomed_by WHERE blob_claims.doomed_at IS NOT NULL \
+     OR blob_claims.touched_at < {now} - $2 RETURNING sha256";
 
 /// Whether a file stored in the blob store uses a digest (`$1`).
 pub(crate) const BLOB_IN_USE: &str = "SELECT 1 FROM files WHERE sha256 = $1 AND NOT inline LIMIT 1";
@@ -389,9 +424,11 @@ pub(crate) const BLOB_IN_USE: &str = "SELECT 1 FROM files WHERE sha256 = $1 AND 
 pub(crate) const CLAIM_STANDS: &str = "SELECT 1 FROM blob_claims WHERE sha256 = $1 \
      AND generation = $2 AND doomed_at IS NULL";
 
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-pub(crate) const RELEASE_BLOB: &str =
-    "DELETE FROM blob_claims WHERE sha256 = $1 AND doomed_at IS NOT NULL";
+/// Releases a digest (`$1`) doomed by generation `$2` of the `gc` lease, while that
+/// generation holds it.
+pub(crate) const RELEASE_BLOB: &str = "DELETE FROM blob_claims WHERE sha256 = $1 \
+     AND doomed_at IS NOT NULL AND doomed_by = $2 AND EXISTS (SELECT 1 FROM leases \
+     WHERE name = 'gc' AND generation = $2 AND expires_at >= {now})";
 
 /// `SELECT {column} FROM {table} WHERE {condition} AND {column} IN (…values…)`, for both
 /// engines.

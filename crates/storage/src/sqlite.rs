@@ -31,6 +31,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 const READERS: u32 = 4;
 
+/// The texts that read the database's clock, written for SQLite.
+static SQL: std::sync::LazyLock<ClockTexts> =
+    std::sync::LazyLock::new(|| ClockTexts::new(SQLITE_NOW));
+
 static MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -66,6 +70,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "tenant usage",
         include_str!("../migrations/common/tenant_usage.sql"),
+    ),
+    (
+        8,
+        "gc fencing",
+        include_str!("../migrations/common/gc_fencing.sql"),
     ),
 ];
 
@@ -776,15 +785,13 @@ impl MetadataStore for SqliteStore {
         &self,
         digest: &Sha256Digest,
         generation: i64,
-        now: Timestamp,
     ) -> Result<Option<i64>, StoreError> {
         let hex = digest.hex();
         self.write(Undo::Writer, move |conn, _| {
             Box::pin(async move {
-                let claimed = sqlx::query_scalar(CLAIM_BLOB)
+                let claimed = sqlx::query_scalar(&SQL.claim_blob)
                     .bind(hex)
                     .bind(generation)
-                    .bind(now.as_millis())
                     .fetch_optional(&mut *conn)
                     .await
                     .map_err(sql_error)?;
@@ -799,8 +806,8 @@ impl MetadataStore for SqliteStore {
     async fn doom_blobs(
         &self,
         digests: &[Sha256Digest],
-        cutoff: Timestamp,
-        now: Timestamp,
+        grace: Duration,
+        lease: u64,
     ) -> Result<Vec<Sha256Digest>, StoreError> {
         let digests = digests.to_vec();
         self.write(Undo::Writer, move |conn, _| {
@@ -816,10 +823,10 @@ impl MetadataStore for SqliteStore {
                     if used.is_some() {
                         continue;
                     }
-                    let done = sqlx::query(DOOM_BLOB)
+                    let done = sqlx::query(&SQL.doom_blob)
                         .bind(&hex)
-                        .bind(cutoff.as_millis())
-                        .bind(now.as_millis())
+                        .bind(grace.as_millis() as i64)
+                        .bind(lease as i64)
                         .fetch_optional(&mut *conn)
                         .await
                         .map_err(sql_error)?;
@@ -833,13 +840,14 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn release_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
+    async fn release_blobs(&self, digests: &[Sha256Digest], lease: u64) -> Result<(), StoreError> {
         let hexes: Vec<String> = digests.iter().map(Sha256Digest::hex).collect();
         self.write(Undo::Writer, move |conn, _| {
             Box::pin(async move {
                 for hex in hexes {
-                    sqlx::query(RELEASE_BLOB)
+                    sqlx::query(&SQL.release_blob)
                         .bind(hex)
+                        .bind(lease as i64)
                         .execute(&mut *conn)
                         .await
                         .map_err(sql_error)?;
@@ -962,21 +970,19 @@ impl MetadataStore for SqliteStore {
         &self,
         name: &str,
         holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> Result<bool, StoreError> {
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
         let (name, holder) = (name.to_string(), holder.to_string());
         self.write(Undo::Writer, move |conn, _| {
             Box::pin(async move {
-                let taken = sqlx::query(LEASE)
+                let taken: Option<i64> = sqlx::query_scalar(&SQL.lease)
                     .bind(&name)
                     .bind(&holder)
-                    .bind(until.as_millis())
-                    .bind(now.as_millis())
+                    .bind(ttl.as_millis() as i64)
                     .fetch_optional(&mut *conn)
                     .await
                     .map_err(sql_error)?;
-                Ok((taken.is_some(), None))
+                Ok((taken.map(|g| g as u64), None))
             })
         })
         .await

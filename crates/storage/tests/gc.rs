@@ -486,3 +486,63 @@ async fn the_sweep_never_takes_an_object_a_write_will_publish() {
     let read = fresh.read(&blob.digest, 0..blob.size).await.unwrap();
     assert_eq!(&collect(read).await, &*data);
 }
+
+/// A collector that lost its lease (its process paused past it, or its clock ran ahead of
+/// the others') can neither doom nor release anything: every doom carries the generation of
+/// the `gc` lease that made it, checked in the doom's and the release's own transactions by
+/// the database's clock. The next holder adopts the stale doom and finishes it.
+#[tokio::test]
+async fn a_collector_that_lost_its_lease_dooms_and_releases_nothing() {
+    let env = Env::new().await;
+    let meta = &env.meta;
+    let (doomed, other) = (Sha256Digest::of(b"doomed"), Sha256Digest::of(b"other"));
+    let old = meta
+        .lease("gc", "old", Duration::from_millis(300))
+        .await
+        .unwrap();
+    let old = old.expect("a free lease is taken");
+    let first = meta
+        .doom_blobs(&[doomed], Duration::ZERO, old)
+        .await
+        .unwrap();
+    assert_eq!(first, vec![doomed]);
+    // Taken by nobody else while it runs, whoever asks.
+    assert_eq!(
+        meta.lease("gc", "new", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let new = meta
+        .lease("gc", "new", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let new = new.expect("a lapsed lease is taken");
+    assert_ne!(new, old, "a new holder, a new generation");
+
+    // The old collector resumes: fenced.
+    let late = meta
+        .doom_blobs(&[other], Duration::ZERO, old)
+        .await
+        .unwrap();
+    assert_eq!(late, Vec::new(), "doomed under a lost lease");
+    meta.release_blobs(&[doomed], old).await.unwrap();
+    assert_eq!(
+        meta.claim_blob(&doomed, 7).await.unwrap(),
+        None,
+        "released by a collector that lost its lease"
+    );
+    assert_eq!(meta.claim_blob(&other, 7).await.unwrap(), Some(7));
+
+    // The holder adopts the stale doom, finishes it, and only then may it be claimed.
+    assert_eq!(meta.reads().doomed_blobs(new).await.unwrap(), vec![doomed]);
+    let adopted = meta
+        .doom_blobs(&[doomed], Duration::ZERO, new)
+        .await
+        .unwrap();
+    assert_eq!(adopted, vec![doomed]);
+    assert_eq!(meta.reads().doomed_blobs(new).await.unwrap(), Vec::new());
+    meta.release_blobs(&[doomed], new).await.unwrap();
+    assert_eq!(meta.claim_blob(&doomed, 8).await.unwrap(), Some(8));
+}
