@@ -117,6 +117,11 @@ impl From<StoreError> for RegistryError {
                 limit,
                 used,
             },
+            StoreError::TooManyOpenUploads { limit, used } => Self::QuotaExceeded {
+                quota: "max_open_uploads",
+                limit,
+                used,
+            },
             other => Self::Storage(other),
         }
     }

@@ -1,11 +1,14 @@
 //! Quotas: what each tenant may store, and the checks a write makes before its bytes are
 //! taken (the stores check again in the transaction that records it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
 
 use crate::error::{RegistryError, Result};
 use crate::model::Usage;
-use crate::storage::MetadataReads;
+use crate::storage::{ByteStream, MetadataReads, StoreError};
 
 /// A tenant's quotas; `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,5 +106,147 @@ impl QuotaCheck<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The bytes each tenant's writes under way have taken so far in this process, charged
+/// against its byte quota as they arrive: two bodies sent at once share the room their
+/// tenant has left instead of each getting all of it. (Replicas do not share this count; the
+/// transaction that records a write checks the quota again, so a tenant on N replicas can at
+/// most briefly hold N times its room in bytes under way.)
+#[derive(Clone, Default)]
+pub(crate) struct InFlight(Arc<Mutex<HashMap<String, u64>>>);
+
+/// What a body failed with when its bytes passed the room its tenant's byte quota left.
+#[derive(Debug, thiserror::Error)]
+#[error("byte quota exceeded: {used} of {limit} used")]
+pub(crate) struct QuotaReached {
+    pub limit: u64,
+    pub used: u64,
+}
+
+impl QuotaReached {
+    /// The quota refusal inside `e`, if that is what ended the body.
+    pub(crate) fn within(e: &StoreError) -> Option<RegistryError> {
+        let StoreError::Body(e) = e else { return None };
+        let reached = e.get_ref()?.downcast_ref::<QuotaReached>()?;
+        Some(
+            ByteRoom {
+                limit: reached.limit,
+                used: reached.used,
+            }
+            .exceeded(),
+        )
+    }
+}
+
+impl InFlight {
+    /// `body`, each chunk charged to `tenant` before it is passed on: once the tenant's
+    /// stored bytes (`room.used`, read when the write began) and every byte its writes under
+    /// way have taken would pass `room.limit`, the body fails with [`QuotaReached`]. What it
+    /// took is given back when the stream is dropped (the write then is recorded, or failed).
+    pub(crate) fn meter(
+        &self,
+        tenant: &str,
+        room: Option<ByteRoom>,
+        body: ByteStream,
+    ) -> ByteStream {
+        let Some(room) = room else { return body };
+        let mut charge = Charge {
+            counts: self.0.clone(),
+            tenant: tenant.to_string(),
+            taken: 0,
+        };
+        body.map(move |chunk| {
+            let chunk = chunk?;
+            charge.take(room, chunk.len() as u64)?;
+            Ok(chunk)
+        })
+        .boxed()
+    }
+}
+
+/// The bytes one body has charged to its tenant; given back on drop.
+struct Charge {
+    counts: Arc<Mutex<HashMap<String, u64>>>,
+    tenant: String,
+    taken: u64,
+}
+
+impl Charge {
+    fn take(&mut self, room: ByteRoom, len: u64) -> std::io::Result<()> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let under_way = counts.entry(self.tenant.clone()).or_default();
+        if room.used.saturating_add(*under_way).saturating_add(len) > room.limit {
+            // What the tenant uses besides this write: stored, and its other writes' bytes.
+            let used = room.used.saturating_add(*under_way - self.taken);
+            return Err(std::io::Error::other(QuotaReached {
+                limit: room.limit,
+                used,
+            }));
+        }
+        *under_way += len;
+        self.taken += len;
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(under_way) = counts.get_mut(&self.tenant) {
+            *under_way = under_way.saturating_sub(self.taken);
+            if *under_way == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn body(chunks: &[usize]) -> ByteStream {
+        let chunks: Vec<_> = chunks
+            .iter()
+            .map(|&n| Ok(Bytes::from(vec![0u8; n])))
+            .collect();
+        futures::stream::iter(chunks).boxed()
+    }
+
+    #[tokio::test]
+    async fn two_bodies_share_the_room_and_give_it_back() {
+        let inflight = InFlight::default();
+        let room = Some(ByteRoom {
+            limit: 100,
+            used: 40,
+        });
+        let mut first = inflight.meter("acme", room, body(&[30, 30]));
+        let mut second = inflight.meter("acme", room, body(&[20, 20]));
+        assert!(first.next().await.unwrap().is_ok()); // 70 of 100
+        assert!(second.next().await.unwrap().is_ok()); // 90
+        let refused = second.next().await.unwrap().unwrap_err();
+        let reached = refused
+            .get_ref()
+            .unwrap()
+            .downcast_ref::<QuotaReached>()
+            .unwrap();
+        assert_eq!(
+            (reached.limit, reached.used),
+            (100, 70),
+            "stored and the other's"
+        );
+        drop(second); // its 20 given back
+        assert!(first.next().await.unwrap().is_ok()); // 100
+        let other = inflight.meter("beta", room, body(&[60]));
+        assert_eq!(
+            other.collect::<Vec<_>>().await.len(),
+            1,
+            "another tenant's room"
+        );
+        drop(first);
+        assert!(inflight.0.lock().unwrap().is_empty());
     }
 }

@@ -21,11 +21,11 @@ use crate::lifecycle;
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
-use crate::quota::{ByteRoom, Quota, QuotaCheck, Quotas};
+use crate::quota::{ByteRoom, InFlight, Quota, QuotaCheck, QuotaReached, Quotas};
 use crate::retention::{RetentionRules, present_with};
 use crate::storage::{
-    AddChecks, Advance, BlobInfo, BlobStore, ByteStream, Claim, Freeze, Head, MetadataStore,
-    StoreError, Stores, check_digest, read_head,
+    AddChecks, Advance, BlobInfo, BlobStore, ByteStream, Claim, Freeze, Head, MetadataReads,
+    MetadataStore, StoreError, Stores, check_digest, read_head,
 };
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
@@ -99,6 +99,8 @@ pub struct Registry {
     /// Long-polls waiting, and package listings running (the reads whose cost filters set).
     waiting: Gate,
     listing: Gate,
+    /// Bytes of writes under way, charged to their tenants' byte quotas as they arrive.
+    inflight: InFlight,
 }
 
 impl Registry {
@@ -111,6 +113,7 @@ impl Registry {
             upload_locks: Arc::default(),
             waiting: Gate::default(),
             listing: Gate::default(),
+            inflight: InFlight::default(),
         }
     }
 
@@ -295,15 +298,18 @@ impl Registry {
     ) -> Result<FileRecord> {
         let (media_type, expected) = self.check_new_file(&new)?;
         let max_file = self.config.max_file_bytes;
-        let quota = ByteRoom::binding(self.quota().byte_room(tenant).await?, max_file);
+        let room = self.quota().byte_room(tenant).await?;
+        let quota = ByteRoom::binding(room, max_file);
         let max_len = quota.map_or(max_file, |q| q.left());
         let explain = |e: StoreError| match (quota, e) {
             (Some(quota), StoreError::TooLarge { .. }) => quota.exceeded(),
-            (_, e) => e.into(),
+            (_, e) => QuotaReached::within(&e).unwrap_or_else(|| place_error(e)),
         };
         // A small body is taken whole and goes to the metadata store, which checks the package
         // in the same step that adds the file; a large one is refused before its bytes are
-        // taken when the package is not open.
+        // taken when the package is not open or the path taken, charged to the quota as it
+        // arrives, and checked once more just before it is published (`Admission`): a write
+        // refused leaves no bytes behind.
         let inline_max = self.config.inline_max_bytes.min(INLINE_FILE_BYTES);
         let claim = BlobClaimer::new(&*self.meta);
         let head = read_head(body, inline_max, max_len).await;
@@ -316,8 +322,20 @@ impl Registry {
                 (BlobInfo { digest, size }, Some(bytes))
             }
             Head::Partial(body) => {
-                self.open_package(tenant, package_id).await?;
-                let put = write_blob(&*self.blobs, body, expected, max_len, &claim).await;
+                let place = Place {
+                    reads: self.meta.reads(),
+                    tenant,
+                    package: package_id,
+                    path: &new.path,
+                };
+                place.check().await.map_err(place_error)?;
+                let body = self.inflight.meter(tenant, room, body);
+                let admission = Admission {
+                    place,
+                    max_bytes: self.quota().max_bytes(tenant),
+                    claim: &claim,
+                };
+                let put = write_blob(&*self.blobs, body, expected, max_len, &admission).await;
                 (put.map_err(explain)?, None)
             }
         };
@@ -424,7 +442,12 @@ impl Registry {
             file_id: None,
             staging: Staging::default(),
         };
-        self.meta.create_upload(&record).await?;
+        let max_open = self
+            .config
+            .quotas
+            .get(tenant)
+            .and_then(|q| q.max_open_uploads);
+        self.meta.create_upload(&record, max_open).await?;
         Ok(record.upload)
     }
 
@@ -445,9 +468,11 @@ impl Registry {
         let offset = record.upload.offset;
         let max_file = self.config.max_file_bytes;
         let (size, room) = append_room(offset, record.upload.size, &chunk, max_file)?;
-        let quota = ByteRoom::binding(self.quota().byte_room(tenant).await?, room);
+        let byte_room = self.quota().byte_room(tenant).await?;
+        let quota = ByteRoom::binding(byte_room, room);
         let max_len = chunk_limit(room, quota, chunk.len)?;
         let hasher = restore_hasher(&record)?;
+        let body = self.inflight.meter(tenant, byte_room, body);
         // Writing the staged bytes and moving the offset run to their end under the lock even
         // if the request goes away: a half-finished append must not overlap the next one.
         let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
@@ -461,25 +486,47 @@ impl Registry {
                 .stage_append(&id, &record.staging, offset, body, max_len)
                 .await;
             let hasher = hashed.await.map_err(Append::Stage)?;
-            let staging = staged.map_err(Append::Stage)?;
-            if let Some(len) = declared_len
+            let staging = match staged {
+                Ok(staging) => staging,
+                Err(e) => {
+                    // What a failed append wrote past the offset (a directory's file) goes too.
+                    let _ = blobs
+                        .stage_revert(&id, &record.staging, &record.staging, offset)
+                        .await;
+                    return Err(Append::Stage(e));
+                }
+            };
+            let refused = if let Some(len) = declared_len
                 && hasher.len() - offset != len
             {
-                return Err(Append::Length(len));
+                Append::Length(len)
+            } else {
+                let expires_at = Timestamp::now().plus_secs(ttl);
+                let advanced = meta
+                    .advance_upload(Advance {
+                        tenant: &owned_tenant,
+                        id,
+                        from_offset: offset,
+                        hasher: &hasher,
+                        staging: &staging,
+                        size,
+                        expires_at,
+                        max_bytes,
+                    })
+                    .await;
+                match advanced {
+                    Ok(record) => return Ok(record),
+                    Err(e) => Append::Advance(e),
+                }
+            };
+            // Refused after its bytes were staged: they go now, not when the upload ends.
+            if let Err(e) = blobs
+                .stage_revert(&id, &record.staging, &staging, offset)
+                .await
+            {
+                tracing::warn!(upload = %id, error = %e, "could not take back a refused append");
             }
-            let expires_at = Timestamp::now().plus_secs(ttl);
-            meta.advance_upload(Advance {
-                tenant: &owned_tenant,
-                id,
-                from_offset: offset,
-                hasher: &hasher,
-                staging: &staging,
-                size,
-                expires_at,
-                max_bytes,
-            })
-            .await
-            .map_err(Append::Advance)
+            Err(refused)
         })
         .await
         .map_err(|e| StoreError::Database(format!("append failed: {e}")))?;
@@ -491,7 +538,8 @@ impl Registry {
             Err(Append::Stage(StoreError::TooLarge { .. })) => {
                 Err(too_large(declared_len, quota, size, offset, max_file))
             }
-            Err(Append::Stage(e)) => Err(e.into()),
+
+            Err(Append::Stage(e)) => Err(QuotaReached::within(&e).unwrap_or_else(|| e.into())),
         }
     }
 
@@ -792,6 +840,65 @@ impl Registry {
             StoreError::NotFound => RegistryError::NotFound(Resource::Upload),
             other => other.into(),
         }
+    }
+}
+
+/// Where a single-shot file is to go: checked before its body is taken, and again just before
+/// its bytes are published.
+struct Place<'a> {
+    reads: &'a dyn MetadataReads,
+    tenant: &'a str,
+    package: PackageId,
+    path: &'a str,
+}
+
+impl Place<'_> {
+    /// The package is the tenant's and open, the path free.
+    async fn check(&self) -> std::result::Result<(), StoreError> {
+        let scope = Scope::from(self.tenant);
+        let package = self.reads.package(&scope, self.package).await?;
+        match package {
+            None => Err(StoreError::NotFound),
+            Some(p) if p.state == PackageState::Finalized => Err(StoreError::PackageFinalized),
+            Some(_) if self.reads.path_taken(self.package, self.path).await? => {
+                Err(StoreError::PathTaken(self.path.to_string()))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// A refusal of [`Place::check`] as the registry answers it (a package that is not there, or
+/// another tenant's, is a `404`).
+fn place_error(e: StoreError) -> RegistryError {
+    match e {
+        StoreError::NotFound => RegistryError::NotFound(Resource::Package),
+        e => e.into(),
+    }
+}
+
+/// The claim of a single-shot file's bytes, made just before they are published: the place
+/// and the byte quota are checked once more first (the body may have taken hours), so that a
+/// write refused then has its staged bytes discarded at once instead of published for garbage
+/// collection to find. (A refusal between this and the record, a race of milliseconds, still
+/// leaves its bytes to the collection.)
+struct Admission<'a> {
+    place: Place<'a>,
+    max_bytes: Option<u64>,
+    claim: &'a BlobClaimer<'a>,
+}
+
+#[async_trait::async_trait]
+impl Claim for Admission<'_> {
+    async fn claim(&self, blob: &BlobInfo) -> std::result::Result<(), StoreError> {
+        self.place.check().await?;
+        if let Some(limit) = self.max_bytes {
+            let used = self.place.reads.usage(self.place.tenant).await?.bytes;
+            if used.saturating_add(blob.size) > limit {
+                return Err(StoreError::QuotaExceeded { limit, used });
+            }
+        }
+        self.claim.claim(blob).await
     }
 }
 

@@ -82,6 +82,9 @@ pub enum StoreError {
     /// A write would take the tenant past its byte quota; nothing changed.
     #[error("byte quota exceeded: {used} of {limit} used")]
     QuotaExceeded { limit: u64, used: u64 },
+    /// A new upload would pass the tenant's open-upload quota; nothing changed.
+    #[error("open-upload quota exceeded: {used} of {limit} open")]
+    TooManyOpenUploads { limit: u64, used: u64 },
     /// A compare-and-set lost: the record is no longer in the state the caller read.
     #[error("the record changed concurrently")]
     Stale,
@@ -198,6 +201,19 @@ pub trait BlobStore: Send + Sync + 'static {
         max_len: u64,
     ) -> Result<Staging, StoreError>;
 
+    /// Takes back what an append staged (`after`, returned by
+    /// [`stage_append`](Self::stage_append) on `before` at `offset`) when the append was then
+    /// refused (its compare-and-set lost, a quota, a length that was not as declared): the
+    /// bytes of a refused write go at once, not when the upload ends. Only what that append
+    /// itself wrote goes.
+    async fn stage_revert(
+        &self,
+        upload: &UploadId,
+        before: &Staging,
+        after: &Staging,
+        offset: u64,
+    ) -> Result<(), StoreError>;
+
     /// Makes the first `blob.size` staged bytes of `upload` (as `staging` describes them) the
     /// blob `blob.digest`, leaving the staged bytes in place (so a complete that fails later
     /// leaves the upload resumable).
@@ -297,6 +313,9 @@ pub trait MetadataReads: Send + Sync {
     /// Digests doomed by a generation of the `gc` lease other than `lease` and never released
     /// (a collection that stopped, or lost its lease), at most 1,000.
     async fn doomed_blobs(&self, lease: u64) -> Result<Vec<Sha256Digest>, StoreError>;
+
+    /// Whether the package has a file at `path`.
+    async fn path_taken(&self, package: PackageId, path: &str) -> Result<bool, StoreError>;
 
     /// Which of `digests` no file stored in the blob store uses.
     async fn unreferenced(&self, digests: &[Sha256Digest])
@@ -463,7 +482,14 @@ pub trait MetadataStore: Send + Sync + 'static {
         ttl: std::time::Duration,
     ) -> Result<Option<u64>, StoreError>;
 
-    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
+    /// Records a new open upload, unless its tenant would then have more than `max_open`
+    /// open uploads (`TooManyOpenUploads`), checked in the same transaction: a burst of
+    /// creations cannot pass the quota between a check and the inserts.
+    async fn create_upload(
+        &self,
+        upload: &UploadRecord,
+        max_open: Option<u64>,
+    ) -> Result<(), StoreError>;
 
     /// Moves an open upload as `advance` says — offset, hash state, staging state, expiry,
     /// and size when it was unknown — in one compare-and-set. `Stale` if the offset is no

@@ -363,6 +363,29 @@ impl BlobStore for FsBlobStore {
         Ok(Staging::default())
     }
 
+    /// The upload's file cut back to `offset` (the registry's lock keeps other appends out).
+    async fn stage_revert(
+        &self,
+        upload: &UploadId,
+        _before: &Staging,
+        _after: &Staging,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        let path = self.staging_path(upload);
+        Ok(
+            blocking(move || match OpenOptions::new().write(true).open(&path) {
+                Ok(file) if file.metadata()?.len() > offset => {
+                    file.set_len(offset)?;
+                    file.sync_all()
+                }
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            })
+            .await?,
+        )
+    }
+
     async fn stage_commit(
         &self,
         upload: &UploadId,

@@ -694,7 +694,11 @@ impl MetadataStore for PgStore {
         Ok(taken.map(|g| g as u64))
     }
 
-    async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
+    async fn create_upload(
+        &self,
+        u: &UploadRecord,
+        max_open: Option<u64>,
+    ) -> Result<(), StoreError> {
         in_transaction!(self, |conn| {
             sqlx::query(&format!(
                 "INSERT INTO uploads ({UPLOAD_COLUMNS}) \
@@ -714,6 +718,7 @@ impl MetadataStore for PgStore {
             .await
             .map_err(sql_error)?;
             add_usage(conn, &u.tenant, u.upload.offset as i64, 0, 1).await?;
+            check_open_uploads(conn, &u.tenant, max_open).await?;
             Ok(((), None))
         });
         Ok(())

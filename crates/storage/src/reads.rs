@@ -256,6 +256,17 @@ impl MetadataReads for Reads {
         hexes.iter().map(|h| digest_of(h)).collect()
     }
 
+    async fn path_taken(&self, package: PackageId, path: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT 1 FROM files WHERE package_id = $1 AND path = $2";
+        let found: Option<i32> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(package.to_string())
+            .bind(path)
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        Ok(found.is_some())
+    }
+
     async fn unreferenced(
         &self,
         digests: &[Sha256Digest],

@@ -530,6 +530,31 @@ macro_rules! transaction_steps {
             Ok(())
         }
 
+        /// `TooManyOpenUploads` if `tenant` now has more than `max_open` open uploads (after
+        /// [`add_usage`] counted the new one, which on PostgreSQL also locked the row).
+        async fn check_open_uploads(
+            conn: &mut $conn,
+            tenant: &str,
+            max_open: Option<u64>,
+        ) -> Result<(), StoreError> {
+            let Some(limit) = max_open else {
+                return Ok(());
+            };
+            let open: i64 =
+                sqlx::query_scalar("SELECT open_uploads FROM tenant_usage WHERE tenant = $1")
+                    .bind(tenant)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+            if open as u64 > limit {
+                return Err(StoreError::TooManyOpenUploads {
+                    limit,
+                    used: open as u64 - 1,
+                });
+            }
+            Ok(())
+        }
+
         /// Deletes a (locked) package's rows and takes it off its tenant's usage.
         async fn delete_package_rows(
             conn: &mut $conn,

@@ -939,6 +939,26 @@ impl BlobStore for S3BlobStore {
         Ok(Staging(staging))
     }
 
+    /// Deletes the objects `after` names that `before` does not: this append's own (an append
+    /// racing on another replica writes objects of its own, which only its state names).
+    async fn stage_revert(
+        &self,
+        upload: &UploadId,
+        before: &Staging,
+        after: &Staging,
+        _offset: u64,
+    ) -> Result<(), StoreError> {
+        let kept: std::collections::HashSet<String> =
+            parse_staging(before)?.into_iter().map(|s| s.key).collect();
+        let own: Vec<_> = parse_staging(after)?
+            .into_iter()
+            .filter(|s| !kept.contains(&s.key))
+            .map(|s| Ok(Path::from(s.key)))
+            .collect();
+        tracing::debug!(upload = %upload, objects = own.len(), "reverting a refused append");
+        self.delete_all(futures::stream::iter(own).boxed()).await
+    }
+
     async fn stage_commit(
         &self,
         upload: &UploadId,

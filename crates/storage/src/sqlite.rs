@@ -988,7 +988,11 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn create_upload(&self, u: &UploadRecord) -> Result<(), StoreError> {
+    async fn create_upload(
+        &self,
+        u: &UploadRecord,
+        max_open: Option<u64>,
+    ) -> Result<(), StoreError> {
         let u = u.clone();
         self.write(Undo::Writer, move |conn, _| {
             Box::pin(async move {
@@ -1009,6 +1013,7 @@ impl MetadataStore for SqliteStore {
                 .await
                 .map_err(sql_error)?;
                 add_usage(conn, &u.tenant, u.upload.offset as i64, 0, 1).await?;
+                check_open_uploads(conn, &u.tenant, max_open).await?;
                 Ok(((), None))
             })
         })

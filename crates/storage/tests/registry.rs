@@ -1140,3 +1140,56 @@ async fn another_tenants_cached_file_is_looked_up_like_an_unknown_id() {
         "as an unknown id"
     );
 }
+
+/// A single-shot file refused for its path is refused before its body is taken, and one whose
+/// path was taken while its body was arriving is refused before its bytes are published: in
+/// both cases no bytes stay behind for garbage collection to find (twenty refused 512 KiB
+/// bodies left 10 MiB on disk before).
+#[tokio::test]
+async fn refused_single_shot_files_leave_no_bytes() {
+    let env = Env::new().await;
+    let r = env.registry.clone();
+    let pkg = env.package().await;
+    r.add_file(TENANT, pkg.id, file("taken"), body(b"first", 1))
+        .await
+        .unwrap();
+    let blobs_before = env.blob_files().await;
+    for seed in 0..20 {
+        let refused = r
+            .add_file(
+                TENANT,
+                pkg.id,
+                file("taken"),
+                body(&bytes(512 * 1024, seed), 7),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(RegistryError::PathTaken(_))),
+            "{refused:?}"
+        );
+    }
+    // Taken while the body arrives.
+    let (feed, fed) = futures::channel::mpsc::unbounded::<std::io::Result<bytes::Bytes>>();
+    feed.unbounded_send(Ok(bytes::Bytes::from(bytes(300 * 1024, 99))))
+        .unwrap();
+    let slow = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            r.add_file(TENANT, pkg.id, file("raced"), Box::pin(fed))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    r.add_file(TENANT, pkg.id, file("raced"), body(b"won", 1))
+        .await
+        .unwrap();
+    drop(feed);
+    let lost = slow.await.unwrap();
+    assert!(matches!(lost, Err(RegistryError::PathTaken(_))), "{lost:?}");
+    assert_eq!(
+        env.blob_files().await,
+        blobs_before,
+        "no blob of a refused write"
+    );
+    assert_eq!(env.temp_files().await, Vec::<String>::new());
+}

@@ -660,3 +660,140 @@ async fn a_stranger_neither_waits_for_nor_holds_up_an_upload_under_way() {
     let done = owner.await.unwrap().unwrap();
     assert_eq!(done.offset, 5);
 }
+
+fn quota(max_bytes: Option<u64>, max_open_uploads: Option<u64>) -> RegistryConfig {
+    let quota = artifactstore_core::quota::Quota {
+        max_bytes,
+        max_open_uploads,
+    };
+    RegistryConfig {
+        quotas: [(TENANT.to_string(), quota)].into_iter().collect(),
+        ..RegistryConfig::default()
+    }
+}
+
+/// A body that sends `first`, then waits until the sender says more (or is dropped).
+fn held_body(
+    first: &[u8],
+) -> (
+    futures::channel::mpsc::UnboundedSender<std::io::Result<bytes::Bytes>>,
+    artifactstore_core::storage::ByteStream,
+) {
+    let (feed, fed) = futures::channel::mpsc::unbounded();
+    feed.unbounded_send(Ok(bytes::Bytes::copy_from_slice(first)))
+        .unwrap();
+    (feed, Box::pin(fed))
+}
+
+/// Two appends under way at once share the room the tenant's byte quota leaves, charged as
+/// their bytes arrive: the second is refused `507` while the first holds its share (each got
+/// all of it before, and the quota held only the accounting, not the disk).
+#[tokio::test]
+async fn parallel_appends_share_the_byte_quota_as_bytes_arrive() {
+    let env = Env::with_config(quota(Some(1000), None)).await;
+    let r = env.registry.clone();
+    let (one, two) = (
+        r.create_upload(TENANT, None).await.unwrap(),
+        r.create_upload(TENANT, None).await.unwrap(),
+    );
+    let (feed, body_one) = held_body(&[1; 600]);
+    let first = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            r.append_upload(TENANT, one.id, Chunk::default(), body_one)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = r
+        .append_upload(TENANT, two.id, Chunk::default(), body(&[2; 600], 3))
+        .await;
+    assert!(
+        matches!(
+            second,
+            Err(RegistryError::QuotaExceeded {
+                quota: "max_bytes",
+                ..
+            })
+        ),
+        "{second:?}"
+    );
+    drop(feed);
+    assert_eq!(first.await.unwrap().unwrap().offset, 600);
+    // Its share given back once recorded: what is left is the quota's.
+    let rest = r
+        .append_upload(TENANT, two.id, Chunk::default(), body(&[2; 400], 3))
+        .await
+        .unwrap();
+    assert_eq!(rest.offset, 400);
+}
+
+/// `max_open_uploads` holds under a burst: it is checked in the transaction that creates the
+/// upload, not only before it.
+#[tokio::test]
+async fn a_burst_of_new_uploads_stops_at_the_quota() {
+    let env = Env::with_config(quota(None, Some(3))).await;
+    let creations = (0..20).map(|_| {
+        let r = env.registry.clone();
+        tokio::spawn(async move { r.create_upload(TENANT, None).await })
+    });
+    let mut created = 0;
+    for creation in creations {
+        match creation.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(RegistryError::QuotaExceeded {
+                quota: "max_open_uploads",
+                ..
+            }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(created, 3);
+    assert_eq!(env.registry.usage(TENANT).await.unwrap().0.open_uploads, 3);
+}
+
+/// An append refused after its bytes were staged (here: shorter than it declared) takes them
+/// back at once: nothing of it stays staged until the upload ends.
+#[tokio::test]
+async fn a_refused_append_leaves_no_bytes_behind() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let up = r.create_upload(TENANT, None).await.unwrap();
+    r.append_upload(TENANT, up.id, at(0, 4), body(b"abcd", 2))
+        .await
+        .unwrap();
+    let before = staged_bytes(&env).await;
+    let refused = r
+        .append_upload(
+            TENANT,
+            up.id,
+            at(4, 9_000_000),
+            body(&[7; 9_000_000 - 1], 5),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(RegistryError::LengthMismatch { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        staged_bytes(&env).await,
+        before,
+        "the refused bytes are gone"
+    );
+    let status = r.upload(TENANT, up.id).await.unwrap();
+    assert_eq!(status.offset, 4);
+}
+
+/// The bytes an upload has staged: the blob directory's file sizes, or S3 objects' count
+/// (each append is an object of its own).
+async fn staged_bytes(env: &Env) -> u64 {
+    match &env.blob_url {
+        Some(_) => env.staged_files().await.len() as u64,
+        None => env
+            .staged_files()
+            .await
+            .iter()
+            .map(|path| std::fs::metadata(path).map_or(0, |m| m.len()))
+            .sum(),
+    }
+}
