@@ -48,6 +48,12 @@ pub enum RegistryError {
     PathTaken(String),
     #[error("the upload is already completed")]
     UploadCompleted,
+    /// The package holds the most files a package may; nothing was added.
+    #[error("the package already holds {limit} files, the most a package may")]
+    TooManyFiles { limit: u64 },
+    /// The package's manifest would be larger than a manifest may be; nothing changed.
+    #[error("the manifest would be {size} bytes, more than the {limit} a manifest may be")]
+    ManifestTooLarge { size: usize, limit: usize },
     #[error("the upload has {offset} of its declared {size} bytes")]
     UploadIncomplete { offset: u64, size: u64 },
     /// A chunk that does not start at the upload's offset; nothing was written.

@@ -17,6 +17,12 @@ pub const MAX_METADATA_VALUE_BYTES: usize = 1024;
 pub const MAX_METADATA_TOTAL_BYTES: usize = 16 * 1024;
 /// A media type such as `application/vnd.acme+json; charset=utf-8`.
 pub const MAX_MEDIA_TYPE_BYTES: usize = 255;
+/// Files one package may hold by default: a bound on its manifest (and on what finalize builds
+/// in memory).
+pub const DEFAULT_MAX_FILES_PER_PACKAGE: u64 = 100_000;
+/// The largest manifest by default (its CBOR or its JSON, whichever is longer): finalize
+/// refuses a package whose manifest would be larger (`422`), before storing anything.
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 /// `metadata.KEY=VALUE` and `has_metadata=KEY` filters of one `GET /packages`, together: each
 /// costs the listing a lookup per candidate package.
 pub const MAX_LIST_FILTERS: usize = 16;

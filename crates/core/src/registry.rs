@@ -48,6 +48,9 @@ pub struct RegistryConfig {
     pub max_waiting_per_scope: usize,
     /// Package listings one tenant may run at once (each may cost a scan its filters set).
     pub max_reads_per_tenant: usize,
+    /// Files a package may hold, and the largest manifest finalize stores.
+    pub max_files_per_package: u64,
+    pub max_manifest_bytes: usize,
     /// Single-shot files of at most this many bytes ([`INLINE_FILE_BYTES`] at most) keep their
     /// bytes with their record in the metadata store, durable in the same commit.
     pub inline_max_bytes: u64,
@@ -66,6 +69,8 @@ impl Default for RegistryConfig {
             max_waiting: 4096,
             max_waiting_per_scope: 1024,
             max_reads_per_tenant: limits::DEFAULT_MAX_READS_PER_TENANT,
+            max_files_per_package: limits::DEFAULT_MAX_FILES_PER_PACKAGE,
+            max_manifest_bytes: limits::DEFAULT_MAX_MANIFEST_BYTES,
             inline_max_bytes: INLINE_FILE_BYTES,
             retention: RetentionRules::new(),
             quotas: Quotas::new(),
@@ -236,6 +241,11 @@ impl Registry {
             let manifest = Manifest::new(&package, finalized_at, files)
                 .encode()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let size = manifest.cbor.len().max(manifest.json.len());
+            let limit = self.config.max_manifest_bytes;
+            if size > limit {
+                return Err(RegistryError::ManifestTooLarge { size, limit });
+            }
             let data = serde_json::json!({
                 "manifest_digest": manifest.digest.content_address(),
                 "file_count": file_count,
@@ -764,6 +774,7 @@ impl Registry {
         let checks = AddChecks {
             claim,
             max_bytes: self.quota().max_bytes(&file.tenant),
+            max_files: self.config.max_files_per_package,
         };
         match self
             .meta
@@ -775,6 +786,9 @@ impl Registry {
             // The claim lapsed (this write stalled longer than the grace period) and a
             // collection took the bytes: nothing was recorded; the client sends them again.
             Err(StoreError::Stale) => Err(StoreError::Unavailable(GC_TOOK_THE_BYTES).into()),
+            Err(StoreError::TooManyFiles) => Err(RegistryError::TooManyFiles {
+                limit: self.config.max_files_per_package,
+            }),
             Err(e) => Err(self.upload_error(e)),
         }
     }

@@ -82,6 +82,9 @@ pub enum StoreError {
     /// A write would take the tenant past its byte quota; nothing changed.
     #[error("byte quota exceeded: {used} of {limit} used")]
     QuotaExceeded { limit: u64, used: u64 },
+    /// The package holds [`AddChecks::max_files`] files already; nothing changed.
+    #[error("the package holds the most files a package may")]
+    TooManyFiles,
     /// A new upload would pass the tenant's open-upload quota; nothing changed.
     #[error("open-upload quota exceeded: {used} of {limit} open")]
     TooManyOpenUploads { limit: u64, used: u64 },
@@ -261,6 +264,8 @@ pub struct AddChecks {
     pub claim: Option<i64>,
     /// The tenant's byte quota: `QuotaExceeded` if the file's new bytes would pass it.
     pub max_bytes: Option<u64>,
+    /// Files a package may hold: `TooManyFiles` if it holds that many already.
+    pub max_files: u64,
 }
 
 /// An upload's move to a new offset ([`MetadataStore::advance_upload`]).

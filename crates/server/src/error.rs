@@ -59,7 +59,9 @@ impl ApiError {
         use RegistryError as R;
         match self {
             Self::Registry(e) => match e {
-                R::Invalid(_) | R::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                R::Invalid(_) | R::DigestMismatch { .. } | R::ManifestTooLarge { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 R::NotFound(_) => StatusCode::NOT_FOUND,
                 R::PackageFinalized
                 | R::PackageHeld
@@ -67,6 +69,7 @@ impl ApiError {
                 | R::PathTaken(_)
                 | R::UploadCompleted
                 | R::UploadIncomplete { .. }
+                | R::TooManyFiles { .. }
                 | R::ConcurrentUpdate => StatusCode::CONFLICT,
                 R::OffsetMismatch { .. } | R::BeyondDeclaredSize { .. } => {
                     StatusCode::RANGE_NOT_SATISFIABLE
@@ -110,6 +113,8 @@ impl ApiError {
                 R::NotFinalized => "package-not-finalized",
                 R::PathTaken(_) => "path-taken",
                 R::UploadCompleted => "upload-completed",
+                R::TooManyFiles { .. } => "too-many-files",
+                R::ManifestTooLarge { .. } => "manifest-too-large",
                 R::UploadIncomplete { .. } => "upload-incomplete",
                 R::OffsetMismatch { .. } => "offset-mismatch",
                 R::BeyondDeclaredSize { .. } => "beyond-declared-size",

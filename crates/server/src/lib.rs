@@ -103,6 +103,8 @@ impl AppState {
             max_waiting: settings.max_pollers,
             max_waiting_per_scope: settings.max_pollers_per_tenant,
             max_reads_per_tenant: settings.max_listings_per_tenant,
+            max_files_per_package: settings.max_files_per_package,
+            max_manifest_bytes: settings.max_manifest_bytes,
             inline_max_bytes: settings.inline_max_bytes,
             retention: settings.retention.clone(),
             quotas: settings.quotas.clone(),

@@ -502,15 +502,18 @@ impl MetadataStore for PgStore {
                     .await
                     .map_err(sql_error)?;
             }
-            sqlx::query(
+            let count: i64 = sqlx::query_scalar(
                 "UPDATE packages SET file_count = file_count + 1, \
-                         total_size = total_size + $1 WHERE id = $2",
+                         total_size = total_size + $1 WHERE id = $2 RETURNING file_count",
             )
             .bind(file.size as i64)
             .bind(file.package_id.to_string())
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(sql_error)?;
+            if count as u64 > checks.max_files {
+                return Err(StoreError::TooManyFiles);
+            }
             // An upload's bytes were counted as it grew: completing it only closes it.
             match upload {
                 Some(_) => add_usage(conn, &file.tenant, 0, 0, -1).await?,

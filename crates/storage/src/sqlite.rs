@@ -545,7 +545,8 @@ static ADD_FILE_BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
     const ADDED: &str = "EXISTS (SELECT 1 FROM files WHERE id = ?)";
     format!(
         "INSERT INTO files ({FILE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
-         WHERE EXISTS (SELECT 1 FROM packages WHERE id = ? AND tenant = ? AND state = 'open') \
+         WHERE EXISTS (SELECT 1 FROM packages WHERE id = ? AND tenant = ? AND state = 'open' \
+              AND file_count < ?) \
          AND (? IS NULL OR EXISTS \
               (SELECT 1 FROM uploads WHERE id = ? AND tenant = ? AND state = 'open')) \
          AND (? IS NULL OR EXISTS (SELECT 1 FROM blob_claims \
@@ -569,9 +570,10 @@ async fn add_refusal(
     file: &FileRecord,
     upload: Option<UploadId>,
     claim: Option<i64>,
+    max_files: u64,
 ) -> StoreError {
-    let state: Option<String> =
-        match sqlx::query_scalar("SELECT state FROM packages WHERE id = ? AND tenant = ?")
+    let state: Option<(String, i64)> =
+        match sqlx::query_as("SELECT state, file_count FROM packages WHERE id = ? AND tenant = ?")
             .bind(file.package_id.to_string())
             .bind(&file.tenant)
             .fetch_optional(&mut *conn)
@@ -580,10 +582,13 @@ async fn add_refusal(
             Ok(state) => state,
             Err(e) => return sql_error(e),
         };
-    match state.as_deref() {
+    match state {
         None => return StoreError::NotFound,
-        Some("open") => {}
-        Some(_) => return StoreError::PackageFinalized,
+        Some((state, _)) if state != "open" => return StoreError::PackageFinalized,
+        Some((_, count)) if count as u64 >= max_files => {
+            return StoreError::TooManyFiles;
+        }
+        Some(_) => {}
     }
     let upload_open = match upload {
         Some(upload) => match upload_state(conn, &file.tenant, upload).await {
@@ -744,6 +749,7 @@ impl MetadataStore for SqliteStore {
                     .bind(file.inline)
                     .bind(&package)
                     .bind(&file.tenant)
+                    .bind(checks.max_files as i64)
                     .bind(&upload_id)
                     .bind(&upload_id)
                     .bind(&file.tenant)
@@ -772,7 +778,7 @@ impl MetadataStore for SqliteStore {
                     .and_then(|row| row.try_get::<i64, _>("sequence").ok());
                 let Some(sequence) = sequence else {
                     // Not added: find out why (nothing has changed).
-                    return Err(add_refusal(conn, &file, upload, claim).await);
+                    return Err(add_refusal(conn, &file, upload, claim, checks.max_files).await);
                 };
                 let event = committed_event(event, sequence);
                 Ok((event.clone(), Some(event)))

@@ -1193,3 +1193,95 @@ async fn refused_single_shot_files_leave_no_bytes() {
     );
     assert_eq!(env.temp_files().await, Vec::<String>::new());
 }
+
+/// A package holds at most `max_files_per_package` files (checked where the file is added),
+/// and finalize stores no manifest larger than `max_manifest_bytes`: both bound what one
+/// package costs (finalize builds its manifest in memory).
+#[tokio::test]
+async fn files_per_package_and_manifest_size_are_capped() {
+    let env = Env::with_config(RegistryConfig {
+        max_files_per_package: 3,
+        max_manifest_bytes: 2000,
+        ..RegistryConfig::default()
+    })
+    .await;
+    let r = &env.registry;
+    let pkg = env.package().await;
+    for name in ["a", "b", "c"] {
+        r.add_file(TENANT, pkg.id, file(name), body(name.as_bytes(), 1))
+            .await
+            .unwrap();
+    }
+    let fourth = r.add_file(TENANT, pkg.id, file("d"), body(b"d", 1)).await;
+    assert!(
+        matches!(fourth, Err(RegistryError::TooManyFiles { limit: 3 })),
+        "{fourth:?}"
+    );
+    assert_eq!(r.package(TENANT, pkg.id).await.unwrap().file_count, 3);
+    assert!(
+        r.finalize(TENANT, pkg.id).await.is_ok(),
+        "3 short paths fit"
+    );
+
+    let long = env.package().await;
+    for i in 0..3 {
+        let path = format!("{i}/{}", "p".repeat(800));
+        r.add_file(TENANT, long.id, file(&path), body(b"x", 1))
+            .await
+            .unwrap();
+    }
+    let refused = r.finalize(TENANT, long.id).await;
+    assert!(
+        matches!(
+            refused,
+            Err(RegistryError::ManifestTooLarge { limit: 2000, .. })
+        ),
+        "{refused:?}"
+    );
+    let still = r.package(TENANT, long.id).await.unwrap();
+    assert_eq!(still.state, PackageState::Open);
+}
+
+/// Naming another tenant's stored digest with other bytes tells nothing: the bytes are always
+/// taken and hashed first, and the refusal is the one an unknown digest gets (on S3 a
+/// digest's pointer was once looked up before the body was read, answering faster and
+/// differently for stored digests). Nothing of the refused bytes stays.
+#[tokio::test]
+async fn a_wrong_body_for_a_stored_digest_answers_as_for_an_unknown_one() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let theirs = bytes(300 * 1024, 41);
+    let pkg = env.package().await;
+    r.add_file(TENANT, pkg.id, file("secret"), body(&theirs, 9))
+        .await
+        .unwrap();
+    let blobs = env.blob_files().await;
+    let mine = r.create_package("beta", new_package()).await.unwrap();
+    let wrong = bytes(300 * 1024, 42);
+    let mut answers = Vec::new();
+    for (path, expected) in [
+        ("stored", Sha256Digest::of(&theirs)),
+        ("unknown", Sha256Digest::of(b"nobody stored this")),
+    ] {
+        let new = NewFile {
+            sha256: Some(expected.hex()),
+            ..file(path)
+        };
+        match r.add_file("beta", mine.id, new, body(&wrong, 5)).await {
+            Err(RegistryError::DigestMismatch {
+                expected: e,
+                actual,
+            }) => {
+                assert_eq!(e, expected);
+                answers.push(actual);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "the same answer, the digest of what was sent"
+    );
+    assert_eq!(env.blob_files().await, blobs);
+    assert_eq!(env.temp_files().await, Vec::<String>::new());
+}

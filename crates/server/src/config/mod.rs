@@ -104,6 +104,10 @@ settings! {
     max_listings_per_tenant: usize, usize, "ARTIFACTSTORE_MAX_LISTINGS_PER_TENANT", "8",
         "Package listings (GET /packages, whose filters set their cost) one tenant may run at \
          once; beyond them 429 with Retry-After.";
+    max_files_per_package: u64, u64, "ARTIFACTSTORE_MAX_FILES_PER_PACKAGE", "100000",
+        "Files one package may hold (409 beyond): a bound on its manifest.";
+    max_manifest_bytes: usize, usize, "ARTIFACTSTORE_MAX_MANIFEST_BYTES", "67108864",
+        "Largest manifest finalize stores, CBOR or JSON (422 beyond, nothing changed).";
     query_timeout_secs: u64, u64, "ARTIFACTSTORE_QUERY_TIMEOUT_SECS", "10",
         "Seconds a database query may run before it is stopped and answered 503 with \
          Retry-After: every PostgreSQL statement (statement_timeout; migrations excepted), \
@@ -190,6 +194,8 @@ pub struct Settings {
     pub max_pollers: usize,
     pub max_pollers_per_tenant: usize,
     pub max_listings_per_tenant: usize,
+    pub max_files_per_package: u64,
+    pub max_manifest_bytes: usize,
     pub query_timeout: Duration,
     pub inline_max_bytes: u64,
     /// Connection threads pinned one per CPU ([`crate::edge::Workers::start`]).
@@ -351,6 +357,16 @@ impl ServeArgs {
                 self.max_listings_per_tenant
                     .or(file.max_listings_per_tenant),
                 artifactstore_core::limits::DEFAULT_MAX_READS_PER_TENANT,
+            )?,
+            max_files_per_package: positive(
+                "max_files_per_package",
+                self.max_files_per_package.or(file.max_files_per_package),
+                artifactstore_core::limits::DEFAULT_MAX_FILES_PER_PACKAGE,
+            )?,
+            max_manifest_bytes: positive(
+                "max_manifest_bytes",
+                self.max_manifest_bytes.or(file.max_manifest_bytes),
+                artifactstore_core::limits::DEFAULT_MAX_MANIFEST_BYTES,
             )?,
             query_timeout: secs(
                 self.query_timeout_secs.or(file.query_timeout_secs),
