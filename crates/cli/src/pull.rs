@@ -179,6 +179,14 @@ async fn file_ids(client: &Client, package: &str) -> CliResult<Vec<(String, Stri
 async fn destination(dir: &Path, path: &str) -> CliResult<PathBuf> {
     validate::path(path).map_err(|m| CliError::Integrity(format!("manifest path {path:?} {m}")))?;
     let segments: Vec<&str> = path.split('/').collect();
+    if cfg!(windows)
+        && let Some(bad) = segments.iter().find(|s| !windows_safe(s))
+    {
+        return Err(CliError::Integrity(format!(
+            "manifest path {path:?}: {bad:?} is not a name Windows can hold in a directory \
+             (a drive, a device, a stream, or a name Windows would change)"
+        )));
+    }
     let mut at = dir.to_path_buf();
     for (i, segment) in segments.iter().enumerate() {
         at.push(segment);
@@ -212,6 +220,29 @@ async fn destination(dir: &Path, path: &str) -> CliResult<PathBuf> {
         }
     }
     Ok(at)
+}
+
+/// Whether Windows keeps `segment` as a plain name inside a directory: no drive (`C:`) or
+/// alternate data stream (`a:b`), none of its other reserved characters, no trailing dot or
+/// space (which it strips), and no device name (`CON`, `NUL`, `COM1`, …, with any extension),
+/// which it opens instead of a file. `PathBuf::push` of `C:x` would leave the target.
+fn windows_safe(segment: &str) -> bool {
+    const DEVICES: [&str; 4] = ["CON", "PRN", "AUX", "NUL"];
+    let reserved = |c: char| "<>:\"\\|?*".contains(c) || c < ' ';
+    let stem = segment
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .trim_end()
+        .to_ascii_uppercase();
+    let device = DEVICES.contains(&stem.as_str())
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit()
+            && stem.as_bytes()[3] != b'0')
+        || stem.starts_with("COM\u{b9}")
+        || stem.starts_with("LPT\u{b9}");
+    !segment.chars().any(reserved) && !segment.ends_with(['.', ' ']) && !device
 }
 
 fn refuse_link(path: &Path) -> CliError {
@@ -343,4 +374,45 @@ async fn fetch(
         .await
         .map_err(|e| CliError::io(&dest.display().to_string(), e))?;
     Ok("")
+}
+
+#[cfg(test)]
+mod windows_names {
+    use super::windows_safe;
+
+    #[test]
+    fn drives_streams_devices_and_stripped_names_are_not_plain_names() {
+        for bad in [
+            "C:",
+            "C:evil",
+            "a:b",
+            "CON",
+            "con.txt",
+            "Nul",
+            "COM1",
+            "lpt9.log",
+            "AUX.tar.gz",
+            "name.",
+            "name ",
+            "a<b",
+            "a|b",
+            "a?b",
+            "a*b",
+            "a\"b",
+            "back\\slash",
+        ] {
+            assert!(!windows_safe(bad), "{bad:?}");
+        }
+        for good in [
+            "app",
+            "app.exe",
+            "COM10",
+            "LPT0",
+            "console.log",
+            "con-fig",
+            ".hidden",
+        ] {
+            assert!(windows_safe(good), "{good:?}");
+        }
+    }
 }

@@ -106,7 +106,12 @@ pub struct Registry {
     listing: Gate,
     /// Bytes of writes under way, charged to their tenants' byte quotas as they arrive.
     inflight: InFlight,
+    /// The last readiness probe: when, and its answer.
+    readiness: tokio::sync::Mutex<Option<(Instant, std::result::Result<(), String>)>>,
 }
+
+/// How long a readiness probe's answer stands.
+pub const READY_FRESH: Duration = Duration::from_secs(1);
 
 impl Registry {
     pub fn new(stores: Stores, config: RegistryConfig) -> Self {
@@ -119,6 +124,7 @@ impl Registry {
             waiting: Gate::default(),
             listing: Gate::default(),
             inflight: InFlight::default(),
+            readiness: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -139,11 +145,29 @@ impl Registry {
         present_with(&self.config.retention, package)
     }
 
-    /// Both stores answer.
+    /// Both stores answer. Probed at most once per [`READY_FRESH`] whatever the request
+    /// rate (anyone may ask, without a token): callers meanwhile get the last answer, and
+    /// callers during a probe wait for it.
     pub async fn ready(&self) -> Result<()> {
-        self.meta.reads().ping().await?;
-        self.blobs.ping().await?;
-        Ok(())
+        let mut last = self.readiness.lock().await;
+        let fresh = last
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < READY_FRESH)
+            .map(|(_, answer)| answer.clone());
+        let answer = match fresh {
+            Some(answer) => answer,
+            None => {
+                let probed = async {
+                    self.meta.reads().ping().await?;
+                    self.blobs.ping().await
+                }
+                .await;
+                let answer = probed.map_err(|e| e.to_string());
+                *last = Some((Instant::now(), answer.clone()));
+                answer
+            }
+        };
+        answer.map_err(|e| RegistryError::Storage(StoreError::Database(e)))
     }
 
     // ---- packages ----------------------------------------------------------------------

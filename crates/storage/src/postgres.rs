@@ -87,6 +87,32 @@ pub struct PgStore {
     stop: watch::Sender<bool>,
 }
 
+/// The TLS mode a URL that names none gets: libpq's default, `prefer`, would fall back to a
+/// plain connection without a word, so a host reached over a network gets `verify-full`
+/// (encrypted, the server's certificate checked against the system's roots or `sslrootcert`),
+/// and only a loopback address or a Unix socket `prefer`. `None` when the URL says.
+fn default_ssl_mode(url: &str, host: &str) -> Option<sqlx::postgres::PgSslMode> {
+    use sqlx::postgres::PgSslMode;
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query
+        .split('&')
+        .any(|pair| pair.to_ascii_lowercase().starts_with("sslmode="))
+    {
+        return None;
+    }
+    let local = host.starts_with('/')
+        || host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    Some(if local {
+        PgSslMode::Prefer
+    } else {
+        PgSslMode::VerifyFull
+    })
+}
+
 impl PgStore {
     /// Connects to `url` (`postgres://…`), applies pending migrations (under PostgreSQL's
     /// advisory lock, so replicas starting together do not race) and starts the follower.
@@ -102,6 +128,16 @@ impl PgStore {
         budget: Duration,
     ) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(sql_error)?;
+        let options = match default_ssl_mode(url, options.get_host()) {
+            Some(mode) => {
+                tracing::warn!(
+                    sslmode = ?mode,
+                    "the database URL names no sslmode: using {mode:?} (add ?sslmode=… to choose)"
+                );
+                options.ssl_mode(mode)
+            }
+            None => options,
+        };
         // Migrations may rewrite a large table: no budget for them, on a connection of their
         // own (under PostgreSQL's advisory lock, so replicas starting together do not race).
         let mut migrating = PgConnection::connect_with(&options)
@@ -830,5 +866,26 @@ impl MetadataStore for PgStore {
             }
             Ok((taken, None))
         }))
+    }
+}
+
+#[cfg(test)]
+mod ssl_defaults {
+    use super::default_ssl_mode;
+    use sqlx::postgres::PgSslMode;
+
+    #[test]
+    fn a_url_without_sslmode_gets_verify_full_unless_it_stays_on_the_host() {
+        let mode = |url: &str, host: &str| default_ssl_mode(url, host);
+        let verified = |m| matches!(m, Some(PgSslMode::VerifyFull));
+        let preferred = |m| matches!(m, Some(PgSslMode::Prefer));
+        assert!(verified(mode("postgres://u@db.example/x", "db.example")));
+        assert!(verified(mode("postgres://u@10.0.0.5/x", "10.0.0.5")));
+        assert!(preferred(mode("postgres://u@127.0.0.1/x", "127.0.0.1")));
+        assert!(preferred(mode("postgres://u@localhost/x", "localhost")));
+        assert!(preferred(mode("postgres://u@[::1]/x", "[::1]")));
+        assert!(preferred(mode("postgres:///x", "/var/run/postgresql")));
+        assert!(mode("postgres://u@db/x?sslmode=disable", "db").is_none());
+        assert!(mode("postgres://u@db/x?a=b&SSLMODE=require", "db").is_none());
     }
 }

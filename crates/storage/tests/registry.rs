@@ -1285,3 +1285,19 @@ async fn a_wrong_body_for_a_stored_digest_answers_as_for_an_unknown_one() {
     assert_eq!(env.blob_files().await, blobs);
     assert_eq!(env.temp_files().await, Vec::<String>::new());
 }
+
+/// Readiness (asked anonymously, as often as anyone likes) probes the stores at most once a
+/// second: a flood of probes right after the database went away is answered from the last
+/// probe, and only the next second's probe sees the outage.
+#[tokio::test]
+async fn readiness_is_probed_at_most_once_a_second() {
+    let env = Env::new().await;
+    env.registry.ready().await.unwrap();
+    env.meta.close().await;
+    for _ in 0..100 {
+        env.registry.ready().await.unwrap();
+    }
+    tokio::time::sleep(artifactstore_core::registry::READY_FRESH + Duration::from_millis(100))
+        .await;
+    assert!(env.registry.ready().await.is_err());
+}

@@ -221,7 +221,7 @@ impl ServeArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?
+                toml::from_str(&text).map_err(|e| file_error(path, &text, &e))?
             }
             None => FileConfig::default(),
         };
@@ -385,6 +385,23 @@ impl ServeArgs {
 }
 
 /// A timeout in whole seconds; 0 would cut every client at once.
+/// A configuration file's parse error by line and column, without the line itself: the file
+/// holds tokens, and an error message ends up in logs.
+fn file_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!(", line {line}, column {column}")
+    });
+    err(format!(
+        "{}{}: {}",
+        path.display(),
+        at.unwrap_or_default(),
+        e.message()
+    ))
+}
+
 fn secs(value: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         Some(0) => Err(err("timeouts are at least 1 second")),
@@ -415,6 +432,22 @@ mod tests {
             tokens: tokens.map(str::to_string),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_broken_file_is_named_by_line_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[tokens]]\ntenant = \"acme\"\ntoken = \"s3cr3t-token-value\" read_only = true\n",
+        )
+        .unwrap();
+        let mut a = args(None);
+        a.config = Some(path);
+        let message = a.resolve().unwrap_err().to_string();
+        assert!(!message.contains("s3cr3t"), "{message}");
+        assert!(message.contains("line 3"), "{message}");
     }
 
     #[test]
