@@ -67,11 +67,22 @@ pub struct Auth {
     tokens: Vec<TokenEntry>,
     /// What a request without credentials may read; `None` when anonymous reads are off.
     anon: Option<Scope>,
+    /// Each tenant's request rate, counted once its token is known.
+    throttle: std::sync::Arc<crate::throttle::Throttle>,
 }
 
 impl Auth {
     pub fn new(tokens: Vec<TokenEntry>, anon: Option<Scope>) -> Self {
-        Self { tokens, anon }
+        Self {
+            tokens,
+            anon,
+            throttle: Default::default(),
+        }
+    }
+
+    /// The same, counting each tenant's requests against `throttle`'s rate.
+    pub fn with_throttle(self, throttle: std::sync::Arc<crate::throttle::Throttle>) -> Self {
+        Self { throttle, ..self }
     }
 
     pub fn len(&self) -> usize {
@@ -145,9 +156,11 @@ impl Auth {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::Unauthorized);
         }
-        self.lookup(token.trim())
-            .map(Some)
-            .ok_or(ApiError::Unauthorized)
+        let caller = self.lookup(token.trim()).ok_or(ApiError::Unauthorized)?;
+        self.throttle
+            .tenant(&caller.tenant)
+            .map_err(|wait| ApiError::throttled("tenant", wait))?;
+        Ok(Some(caller))
     }
 }
 

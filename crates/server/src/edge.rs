@@ -46,6 +46,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::error::ApiError;
+use crate::throttle::Throttle;
 
 /// The edge's limits; every one is a setting (README, "Configuration").
 #[derive(Clone, Debug)]
@@ -67,6 +68,8 @@ pub struct EdgeLimits {
     pub h2_max_streams: u32,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub shutdown_grace: Duration,
+    /// Requests and connections per client address (and, in [`crate::auth`], per tenant).
+    pub throttle: Arc<Throttle>,
 }
 
 impl Default for EdgeLimits {
@@ -81,6 +84,7 @@ impl Default for EdgeLimits {
             max_connections: 8192,
             h2_max_streams: 128,
             shutdown_grace: Duration::from_secs(30),
+            throttle: Arc::default(),
         }
     }
 }
@@ -832,7 +836,7 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -863,6 +867,16 @@ pub async fn serve(
             connections: connections.clone(),
             stop: stop.clone(),
         };
+        // Over its address's share: answered `429` and closed, taking no slot of the cap.
+        let Some(slot) = limits.throttle.connect(peer.ip()) else {
+            if tls.is_none()
+                && let Ok(tcp) = TcpStream::from_std(tcp)
+            {
+                let refused = ApiError::throttled("address", Duration::from_secs(1));
+                tasks.spawn(refuse(tcp, refused));
+            }
+            continue;
+        };
         // Taken here, in accept order; only a connection at the cap waits, on its worker.
         let permit = permits.clone().try_acquire_owned().ok();
         let (permits, waiting) = (permits.clone(), waiting.clone());
@@ -875,11 +889,14 @@ pub async fn serve(
                 Some(permit) => permit,
                 None => match connection.wait_for_room(&permits, &waiting).await {
                     Some(permit) => permit,
-                    None if connection.tls.is_none() => return refuse(tcp).await,
+                    None if connection.tls.is_none() => {
+                        return refuse(tcp, ApiError::Overloaded).await;
+                    }
                     None => return,
                 },
             };
-            connection.run(tcp, permit).await;
+            connection.run(tcp, peer.ip(), permit).await;
+            drop(slot);
         };
         tasks.spawn_on(task, workers.next());
     }
@@ -927,19 +944,24 @@ impl<A: App> Connection<A> {
             .ok()
     }
 
-    async fn run(self, tcp: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) {
+    async fn run(
+        self,
+        tcp: TcpStream,
+        peer: std::net::IpAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let state = Arc::new(ConnState::new());
         // Counts from accept: a TLS handshake is part of the first head's time.
         state.head_since.store(now_ms(), Ordering::Release);
         let id = self.connections.add(state.clone());
         let tracked = Tracked::new(tcp, state.clone());
         match self.tls.clone() {
-            None => self.serve_io(tracked, &state).await,
+            None => self.serve_io(tracked, peer, &state).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.limits.header_timeout, acceptor.accept(tracked));
                 match handshake.await {
-                    Ok(Ok(tls)) => self.serve_io(tls, &state).await,
+                    Ok(Ok(tls)) => self.serve_io(tls, peer, &state).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
@@ -949,7 +971,7 @@ impl<A: App> Connection<A> {
         drop(permit);
     }
 
-    async fn serve_io<I>(&self, io: I, state: &Arc<ConnState>)
+    async fn serve_io<I>(&self, io: I, peer: std::net::IpAddr, state: &Arc<ConnState>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -958,6 +980,14 @@ impl<A: App> Connection<A> {
         let limits = self.limits.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(&conn_state);
+            // The client's rate, by its real address behind a trusted proxy.
+            let throttle = &limits.throttle;
+            let throttled = match throttle.per_address {
+                Some(_) => throttle
+                    .request(throttle.trusted.client(peer, request.headers()))
+                    .err(),
+                None => None,
+            };
             // A request without a body (most reads) has nothing to time.
             let mut body_ended = None;
             let http1 = request.version() < axum::http::Version::HTTP_2;
@@ -971,7 +1001,12 @@ impl<A: App> Connection<A> {
             });
             let app = app.clone();
             async move {
-                let mut response = app.oneshot(request).await?;
+                let mut response = match throttled {
+                    Some(wait) => axum::response::IntoResponse::into_response(ApiError::throttled(
+                        "address", wait,
+                    )),
+                    None => app.oneshot(request).await?,
+                };
                 // hyper closes an HTTP/1 connection whose request body was left unread (a body
                 // refused early) once the response is out; saying so keeps the client from
                 // sending its next request on it, which would race that close.
@@ -1060,9 +1095,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Answers a connection past the cap with a `503` problem document and closes it.
-async fn refuse(mut tcp: TcpStream) {
-    let (status, body) = ApiError::Overloaded.problem_bytes();
+/// Answers a connection refused before any request (`503` at the cap, `429` over its
+/// address's share) with a problem document and closes it.
+async fn refuse(mut tcp: TcpStream, refusal: ApiError) {
+    let (status, body) = refusal.problem_bytes();
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n",

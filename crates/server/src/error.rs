@@ -35,6 +35,10 @@ pub enum ApiError {
     /// The server is at its connection cap with every connection busy.
     #[error("the server is at its connection limit; retry shortly")]
     Overloaded,
+    /// The client address or the tenant is over its request rate (or the address over its
+    /// connections); retry after the seconds given.
+    #[error("too many requests from this {0}; retry after the time in Retry-After")]
+    Throttled(&'static str, u64),
     /// The parts before the `file` part of a multipart body are too large or too many.
     #[error("{0}")]
     MultipartHead(String),
@@ -48,6 +52,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A refusal by the [`Throttle`](crate::throttle::Throttle): `what` is over its rate, for
+    /// `wait` (sent as whole seconds, at least one).
+    pub fn throttled(what: &'static str, wait: std::time::Duration) -> Self {
+        Self::Throttled(what, wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::Invalid(vec![FieldError {
             field: field.into(),
@@ -94,6 +104,7 @@ impl ApiError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Throttled(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::MultipartHead(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -141,6 +152,7 @@ impl ApiError {
             Self::TooLarge { .. } => "too-large",
             Self::NotAcceptable(_) => "not-acceptable",
             Self::Overloaded => "overloaded",
+            Self::Throttled(..) => "rate-limited",
             Self::MultipartHead(_) => "multipart-head-too-large",
             Self::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             Self::Invalid(_) => "invalid-request",
@@ -271,6 +283,9 @@ impl IntoResponse for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"artifactstore\""),
                 );
+            }
+            Self::Throttled(_, seconds) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
             }
             Self::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -12,6 +12,7 @@ pub mod multipart;
 pub mod observe;
 pub mod openapi;
 pub mod shortcut;
+pub mod throttle;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -297,3 +297,104 @@ async fn downloads_are_sandboxed_and_manifest_json_is_validated() {
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(r.headers()["etag"], etag.as_str());
 }
+
+/// `n` requests at once-after-another to `path` with `headers`; the statuses.
+async fn burst(app: &TestApp, n: usize, token: Option<&str>, forwarded: Option<&str>) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let mut request = app.req(Method::GET, "/packages", token);
+        if let Some(client) = forwarded {
+            request = request.header("x-forwarded-for", client);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let wait = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(wait.parse::<u64>().unwrap() >= 1, "{wait}");
+            let p: Value = response.json().await.unwrap();
+            assert!(p["type"].as_str().unwrap().ends_with("rate-limited"), "{p}");
+        }
+        statuses.push(status);
+    }
+    statuses
+}
+
+fn limited(statuses: &[u16]) -> bool {
+    statuses.contains(&429) && statuses.iter().all(|s| *s == 200 || *s == 429)
+}
+
+/// Requests per client address: beyond the rate, `429` with `Retry-After`. `X-Forwarded-For`
+/// from a client that is not a trusted proxy changes nothing; behind a trusted proxy it names
+/// the client, which is then counted on its own.
+#[tokio::test]
+async fn requests_are_limited_per_client_address_and_per_real_client_behind_a_proxy() {
+    let direct = TestApp::builder()
+        .args(|a| a.requests_per_sec_per_address = Some(5))
+        .start()
+        .await;
+    assert!(limited(&burst(&direct, 40, Some(ACME), None).await));
+    // A spoofed header does not buy a fresh bucket.
+    let spoofed = burst(&direct, 3, Some(ACME), Some("203.0.113.77")).await;
+    assert!(spoofed.contains(&429), "{spoofed:?}");
+
+    let proxied = TestApp::builder()
+        .args(|a| {
+            a.requests_per_sec_per_address = Some(5);
+            a.trusted_proxies = Some("127.0.0.1, ::1".into());
+        })
+        .start()
+        .await;
+    assert!(limited(
+        &burst(&proxied, 40, Some(ACME), Some("203.0.113.1")).await
+    ));
+    let other = burst(&proxied, 3, Some(ACME), Some("203.0.113.2")).await;
+    assert_eq!(
+        other,
+        [200, 200, 200],
+        "another client behind the same proxy"
+    );
+    // What a client wrote itself, left of what the proxy appended, is not taken.
+    let forged = burst(&proxied, 1, Some(ACME), Some("198.51.100.5, 203.0.113.1")).await;
+    assert_eq!(forged, [429]);
+}
+
+/// Requests per tenant: one tenant's burst is limited, another tenant is not.
+#[tokio::test]
+async fn requests_are_limited_per_tenant() {
+    let app = TestApp::builder()
+        .args(|a| a.requests_per_sec_per_tenant = Some(5))
+        .start()
+        .await;
+    assert!(limited(&burst(&app, 40, Some(ACME), None).await));
+    assert_eq!(burst(&app, 3, Some(BETA), None).await, [200, 200, 200]);
+}
+
+/// Connections per client address: beyond the cap a new one is answered `429` and closed.
+#[tokio::test]
+async fn connections_are_limited_per_client_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::builder()
+        .args(|a| a.max_connections_per_address = Some(3))
+        .start()
+        .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = app.req(Method::GET, "/healthz", None).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

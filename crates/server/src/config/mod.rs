@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::edge::EdgeLimits;
+use crate::throttle::{Throttle, TrustedProxies};
 
 /// Largest JSON request body, by default.
 pub const DEFAULT_MAX_JSON_BYTES: usize = 1024 * 1024;
@@ -101,6 +102,19 @@ settings! {
         "Long-polls waiting at once, in all.";
     max_pollers_per_tenant: usize, usize, "ARTIFACTSTORE_MAX_POLLERS_PER_TENANT", "1024",
         "Long-polls waiting at once, per tenant.";
+    requests_per_sec_per_address: u32, u32, "ARTIFACTSTORE_REQUESTS_PER_SEC_PER_ADDRESS", "0",
+        "Requests per second each client address may make (twice that in a burst); beyond, \
+         429 with Retry-After. 0: off.";
+    requests_per_sec_per_tenant: u32, u32, "ARTIFACTSTORE_REQUESTS_PER_SEC_PER_TENANT", "0",
+        "Requests per second each tenant's tokens may make together (twice that in a burst); \
+         beyond, 429 with Retry-After. 0: off.";
+    max_connections_per_address: usize, usize, "ARTIFACTSTORE_MAX_CONNECTIONS_PER_ADDRESS", "0",
+        "Open connections each client address may hold; beyond, a new one is answered 429 \
+         and closed. 0: off.";
+    trusted_proxies: String, Vec<String>, "ARTIFACTSTORE_TRUSTED_PROXIES", "none",
+        "Load balancers (addresses or networks, comma-separated: 10.0.0.0/8,::1) whose \
+         X-Forwarded-For names the real client, which the limits per address then count; \
+         their own connections are not counted.";
     max_listings_per_tenant: usize, usize, "ARTIFACTSTORE_MAX_LISTINGS_PER_TENANT", "8",
         "Package listings (GET /packages, whose filters set their cost) one tenant may run at \
          once; beyond them 429 with Retry-After.";
@@ -248,12 +262,39 @@ impl ServeArgs {
         artifactstore_storage::Locations::parse(&database_url, &blob_url)
             .map_err(|e| err(e.to_string()))?;
 
+        let trusted = match (self.trusted_proxies.as_deref(), file.trusted_proxies) {
+            (Some(list), _) => list.split(',').map(str::to_string).collect(),
+            (None, Some(list)) => list,
+            (None, None) => Vec::new(),
+        };
+        let trusted = trusted
+            .iter()
+            .map(|net| net.trim())
+            .filter(|net| !net.is_empty())
+            .map(|net| {
+                net.parse()
+                    .map_err(|e| err(format!("trusted_proxies: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let throttle = std::sync::Arc::new(Throttle::new(
+            self.requests_per_sec_per_address
+                .or(file.requests_per_sec_per_address)
+                .unwrap_or(0),
+            self.requests_per_sec_per_tenant
+                .or(file.requests_per_sec_per_tenant)
+                .unwrap_or(0),
+            self.max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(0),
+            TrustedProxies(trusted),
+        ));
         let auth = access::resolve(
             self.tokens.as_deref(),
             file.tokens.as_deref().unwrap_or_default(),
             self.anon_read.or(file.anon_read).unwrap_or(false),
             self.anon_tenant.or(file.anon_tenant),
-        )?;
+        )?
+        .with_throttle(throttle.clone());
         let (retention_classes, retention, quotas) = lifecycle::resolve(
             self.retention_classes,
             file.retention_classes,
@@ -331,6 +372,7 @@ impl ServeArgs {
                     self.h2_max_streams.or(file.h2_max_streams),
                     defaults.h2_max_streams,
                 )?,
+                throttle,
                 shutdown_grace: Duration::from_secs(
                     self.shutdown_grace_secs
                         .or(file.shutdown_grace_secs)
