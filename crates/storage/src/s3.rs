@@ -26,7 +26,9 @@
 //!   cancel, expiry, a collection of uploads no longer open) aborts its multipart uploads
 //!   with its other objects;
 //! - `clock/now` — rewritten by each sweep to read the S3 server's time: every age a sweep
-//!   compares is the server's, never a replica's.
+//!   compares is the server's, never a replica's;
+//! - `sweep/mark` — the ULID from which the next sweep judges data objects (see
+//!   `collect_orphans`).
 //!
 //! A sweep deletes a data object only if it is older than the grace, no pointer names it and
 //! no live journal does. A writer publishes only within half the grace of the last moment its
@@ -446,6 +448,27 @@ impl S3BlobStore {
             drop(journal);
             self.delete_quietly(&path).await;
         }
+    }
+
+    /// Where the orphan sweep starts (see `collect_orphans`), if a sweep has run.
+    async fn sweep_mark(&self) -> Result<Option<ulid::Ulid>, StoreError> {
+        match self.store.get(&self.key("sweep/mark")).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(s3)?;
+                let text = String::from_utf8_lossy(&bytes);
+                Ok(ulid::Ulid::from_string(text.trim()).ok())
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3(e)),
+        }
+    }
+
+    async fn set_sweep_mark(&self, mark: ulid::Ulid) -> Result<(), StoreError> {
+        self.store
+            .put(&self.key("sweep/mark"), PutPayload::from(mark.to_string()))
+            .await
+            .map_err(s3)
+            .map(drop)
     }
 
     /// The S3 server's time now: the `Last-Modified` of an object written for the purpose.
@@ -1059,9 +1082,10 @@ impl BlobStore for S3BlobStore {
             .collect())
     }
 
-    /// Every pointer first, then their data objects, each kind in DeleteObjects batches: a
-    /// collection stopped in between leaves objects no pointer names, which
-    /// [`collect_orphans`](BlobStore::collect_orphans) finds.
+    /// The data objects first, then their pointers, each kind in DeleteObjects batches: a
+    /// collection stopped in between leaves pointers to nothing of digests still doomed,
+    /// which the next collection adopts and deletes again (never a data object no pointer
+    /// names, which the windowed sweep might not look at again).
     async fn delete_blobs(&self, digests: &[Sha256Digest]) -> Result<(), StoreError> {
         let found = self.fresh_pointers(digests.to_vec()).await?;
         let (mut keys, mut data) = (Vec::new(), Vec::new());
@@ -1070,7 +1094,7 @@ impl BlobStore for S3BlobStore {
             keys.push(Ok(self.pointer_key(&digest)));
             data.push(Ok(Path::from(pointer.key)));
         }
-        for batch in [keys, data] {
+        for batch in [data, keys] {
             self.delete_all(futures::stream::iter(batch).boxed())
                 .await?;
         }
@@ -1100,29 +1124,61 @@ impl BlobStore for S3BlobStore {
     }
 
     /// Data objects older than `grace` by the S3 server's clock that no pointer names and no
-    /// live journal protects: a writer that crashed before publishing, a collection stopped
-    /// between pointer and object, the loser of a pointer race that could not delete its own;
-    /// and multipart uploads a crash left (found by their journals).
+    /// live journal protects: a writer that crashed before publishing, the loser of a pointer
+    /// race that could not delete its own; and multipart uploads a crash left (found by their
+    /// journals).
+    ///
+    /// Paged by time: only data objects named from the sweep's mark on (`sweep/mark`, a
+    /// ULID: every object older was judged by an earlier sweep) are looked at, and only the
+    /// pointers written since shortly before the mark are read, since a pointer is written
+    /// after its object. So a sweep holds the writes of one window (the interval since the
+    /// last sweep, plus the grace), not the bucket. A bucket's first sweep has no mark and
+    /// reads it all, once.
     async fn collect_orphans(&self, grace: Duration) -> Result<u64, StoreError> {
         let now = self.server_now().await?;
         let before = Timestamp::from_millis(now.as_millis() - grace.as_millis() as i64);
         let aborted = self.collect_multipart(before).await?;
-        let data = self.written_before("data", before).await?;
-        if data.is_empty() {
-            return Ok(aborted);
-        }
+        let mark = self.sweep_mark().await?;
+        let data: Vec<_> = {
+            let prefix = self.key("data");
+            let listing = match mark {
+                Some(mark) => self
+                    .store
+                    .list_with_offset(Some(&prefix), &self.key(&format!("data/{mark}"))),
+                None => self.store.list(Some(&prefix)),
+            };
+            listing
+                .try_filter(|meta| futures::future::ready(written(meta) < before))
+                .try_collect()
+                .await
+                .map_err(s3)?
+        };
         // Listed after the data objects, journals first and then pointers: a writer deletes
         // its journal only once its pointer exists, so an object published meanwhile is seen
         // in one or the other.
-        let mut named = self.journaled(before).await?;
-        let mut after = None;
-        loop {
-            let page = self.list_blobs(after, 1000).await?;
-            let Some(&(last, _)) = page.last() else { break };
-            after = Some(last);
-            let digests = page.iter().map(|(digest, _)| *digest).collect();
-            let pointers = self.fresh_pointers(digests).await?;
-            named.extend(pointers.into_iter().map(|(_, p)| p.key));
+        let live = self.journaled(before).await?;
+        let mut named = live.clone();
+        if !data.is_empty() {
+            // Pointers of objects named after the mark were written after it (give or take
+            // the replicas' clocks, which the grace covers).
+            let since = mark.map_or(Timestamp::from_millis(0), |mark| {
+                Timestamp::from_millis(mark.timestamp_ms() as i64 - grace.as_millis() as i64)
+            });
+            let recent: Vec<Sha256Digest> = self
+                .store
+                .list(Some(&self.key("blobs/sha256")))
+                .try_filter(|meta| futures::future::ready(written(meta) >= since))
+                .try_filter_map(|meta| {
+                    let digest = meta.location.filename().and_then(Sha256Digest::from_hex);
+                    futures::future::ready(Ok(digest))
+                })
+                .try_collect()
+                .await
+                .map_err(s3)?;
+            for page in recent.chunks(1000) {
+                let pointers = self.fresh_pointers(page.to_vec()).await?;
+                named.extend(pointers.into_iter().map(|(_, p)| p.key));
+            }
         }
         let orphans: Vec<_> = data
             .into_iter()
@@ -1131,6 +1187,20 @@ impl BlobStore for S3BlobStore {
             .collect();
         let removed = orphans.len() as u64;
         self.delete_all(futures::stream::iter(orphans).boxed())
+            .await?;
+        // Every object named before `before - grace` (by a replica's clock) has now been
+        // judged old enough: the next sweep starts there, or earlier at the object of a
+        // multipart upload still under way (named when it began, however long ago), so that
+        // it is judged once complete.
+        let next = before.as_millis() - grace.as_millis() as i64;
+        let next = ulid::Ulid::from_parts(next.max(0) as u64, 0);
+        let under_way = live
+            .iter()
+            .filter_map(|key| key.rsplit('/').next()?.parse::<ulid::Ulid>().ok())
+            .min();
+        let next = under_way.map_or(next, |first| first.min(next));
+        // Just before it: `list_with_offset` lists what comes after the mark.
+        self.set_sweep_mark(ulid::Ulid(next.0.saturating_sub(1)))
             .await?;
         Ok(aborted + removed)
     }

@@ -546,3 +546,49 @@ async fn a_collector_that_lost_its_lease_dooms_and_releases_nothing() {
     meta.release_blobs(&[doomed], new).await.unwrap();
     assert_eq!(meta.claim_blob(&doomed, 8).await.unwrap(), Some(8));
 }
+
+/// The orphan sweep is paged by time: after a bucket's first sweep, each reads only the data
+/// objects named since the last one and the pointers written since shortly before it, not
+/// the whole bucket. Shown by an old pointer made unreadable: a sweep that read every pointer
+/// would fail on it; this one deletes the new orphan and never looks at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs S3 (make test starts it)"]
+async fn the_sweep_reads_only_what_was_written_since_the_last_one() {
+    use object_store::ObjectStoreExt;
+    let env = Env::new().await;
+    let url = env.blob_url.clone().expect("an S3 store");
+    let blobs = open_blobs(env.dir.path(), Some(&url)).await;
+    let data = Bytes::from(bytes(1000, 5));
+    let blob = BlobInfo {
+        size: data.len() as u64,
+        digest: Sha256Digest::of(&data),
+    };
+    blobs.store_small(blob, vec![data]).await.unwrap();
+    assert_eq!(blobs.collect_orphans(Duration::ZERO).await.unwrap(), 0);
+
+    let pointer = object_file(&env.blob_files().await[0]);
+    std::fs::write(&pointer, b"not a pointer").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&pointer)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+        .unwrap();
+    let rest = url.trim_start_matches("s3://");
+    let (bucket, prefix) = rest.split_once('/').unwrap();
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .unwrap();
+    let orphan = format!("{prefix}/data/{}", ulid::Ulid::new());
+    s3.put(&orphan.as_str().into(), b"left by a crash".to_vec().into())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(blobs.collect_orphans(Duration::ZERO).await.unwrap(), 1);
+    let gone = s3.head(&orphan.as_str().into()).await;
+    assert!(
+        matches!(gone, Err(object_store::Error::NotFound { .. })),
+        "{gone:?}"
+    );
+}
