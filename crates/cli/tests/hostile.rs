@@ -781,3 +781,109 @@ async fn a_trickling_request_body_is_cut_and_a_slow_honest_one_is_not() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"offset\":8000"), "{response}");
 }
+
+/// A socket whose reads and writes stop (stay pending) once `frozen` is set, until it is
+/// cleared: a peer that vanished without closing.
+struct Freezable {
+    inner: TcpStream,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Freezable {
+    fn stalled(&self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
+            // Looked at again shortly: a frozen peer answers nothing, a thawed one goes on.
+            let waker = cx.waker().clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waker.wake();
+            });
+            return true;
+        }
+        false
+    }
+}
+
+impl tokio::io::AsyncRead for Freezable {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stalled(cx) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Freezable {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.stalled(cx) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/2 peer that vanishes (stops answering, never closes) while its long-poll waits is
+/// noticed by the server's keep-alive PING going unanswered, and its connection closed, long
+/// before the long-poll's own end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_http2_peer_is_found_by_keep_alive_pings() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    // PING after 1 s of silence (half the idle timeout), PONG due within 2 s.
+    let server = start(
+        dir.path(),
+        &["--idle-timeout-secs", "2", "--body-timeout-secs", "2"],
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let io = Freezable {
+        inner: tcp,
+        frozen: frozen.clone(),
+    };
+    let (mut client, connection) = h2::client::handshake(io).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://127.0.0.1:{}/events?wait=30", server.port))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    frozen.store(true, Ordering::Release);
+    // Two intervals and a timeout, with room: the server has pinged and given up by then.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    frozen.store(false, Ordering::Release);
+    let answered = tokio::time::timeout(Duration::from_secs(5), response).await;
+    match answered {
+        Ok(Err(_)) => {}
+        Ok(Ok(r)) => panic!(
+            "the long-poll was answered {} on a connection thought alive",
+            r.status()
+        ),
+        Err(_) => panic!("the connection is still open: no keep-alive ping closed it"),
+    }
+    let _ = driver.await;
+}

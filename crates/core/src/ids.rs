@@ -62,10 +62,16 @@ impl<K: IdKind> Id<K> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let generators = guard.get_or_insert_with(HashMap::new);
-        if generators.len() >= GENERATORS_KEPT && !generators.contains_key(tenant) {
-            generators.clear();
+        // Looked up before anything is inserted: no allocation for a tenant seen before.
+        if !generators.contains_key(tenant) {
+            if generators.len() >= GENERATORS_KEPT {
+                generators.clear();
+            }
+            generators.insert(tenant.to_string(), Generator::new());
         }
-        let generator = generators.entry(tenant.to_string()).or_default();
+        let Some(generator) = generators.get_mut(tenant) else {
+            return Self::from_ulid(Ulid::new());
+        };
         // Overflow needs 2^80 ids in one millisecond; fall back to a random ULID then.
         let ulid = generator.generate().unwrap_or_else(|_| Ulid::new());
         Self::from_ulid(ulid)

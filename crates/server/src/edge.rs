@@ -97,8 +97,10 @@ const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 /// How long a busy connection's bodies must have moved nothing before, at the connection
 /// cap, it may be closed to make room for a new one.
 pub const STALLED_EVICTABLE: Duration = Duration::from_secs(2);
-/// HTTP/2 keep-alive: a PING after this much silence, and the connection closed when its
-/// PONG does not come back within `H2_PING_TIMEOUT` (a peer that vanished mid-request).
+/// HTTP/2 keep-alive: a PING after this much silence (or half the idle timeout, if shorter),
+/// and the connection closed when its PONG does not come back within `H2_PING_TIMEOUT` (or
+/// the body timeout, if shorter): a peer that vanished while a request waits (a long-poll) is
+/// noticed without a write to time.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Connections that may wait (at most a second) for another one to be closed at the cap;
@@ -827,8 +829,8 @@ pub async fn serve(
         .max_header_list_size(H2_MAX_HEADER_LIST)
         .max_pending_accept_reset_streams(Some(limits.h2_max_streams as usize))
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+        .keep_alive_interval(Some(H2_PING_INTERVAL.min(limits.idle_timeout / 2)))
+        .keep_alive_timeout(H2_PING_TIMEOUT.min(limits.body_timeout));
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
