@@ -147,6 +147,11 @@ impl PgStore {
             .run(&mut migrating)
             .await
             .map_err(|e| StoreError::Database(e.to_string()))?;
+        // Read on the same connection: what opening the store runs is never under the budget.
+        let last: i64 = sqlx::query_scalar("SELECT last FROM event_counter")
+            .fetch_one(&mut migrating)
+            .await
+            .map_err(sql_error)?;
         let _ = migrating.close().await;
         // A statement that runs past the budget fails instead of holding a request (and its
         // connection): a scan an attacker shaped, or a database that stopped answering.
@@ -156,10 +161,6 @@ impl PgStore {
             .max_connections(POOL)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
-            .await
-            .map_err(sql_error)?;
-        let last: i64 = sqlx::query_scalar("SELECT last FROM event_counter")
-            .fetch_one(&pool)
             .await
             .map_err(sql_error)?;
         let tail = Arc::new(EventTail::new(last as u64, tail_events));

@@ -672,17 +672,28 @@ fn quota(max_bytes: Option<u64>, max_open_uploads: Option<u64>) -> RegistryConfi
     }
 }
 
-/// A body that sends `first`, then waits until the sender says more (or is dropped).
+/// A body that sends `first`, then waits until the sender says more (or is dropped); the
+/// receiver hears once `first` has been taken from the body (and so, in the same poll, charged
+/// to the quota by the registry's meter).
 fn held_body(
     first: &[u8],
 ) -> (
     futures::channel::mpsc::UnboundedSender<std::io::Result<bytes::Bytes>>,
     artifactstore_core::storage::ByteStream,
+    tokio::sync::oneshot::Receiver<()>,
 ) {
+    use futures::StreamExt;
     let (feed, fed) = futures::channel::mpsc::unbounded();
     feed.unbounded_send(Ok(bytes::Bytes::copy_from_slice(first)))
         .unwrap();
-    (feed, Box::pin(fed))
+    let (taken, heard) = tokio::sync::oneshot::channel();
+    let mut taken = Some(taken);
+    let body = fed.inspect(move |_| {
+        if let Some(taken) = taken.take() {
+            let _ = taken.send(());
+        }
+    });
+    (feed, Box::pin(body), heard)
 }
 
 /// Two appends under way at once share the room the tenant's byte quota leaves, charged as
@@ -696,7 +707,7 @@ async fn parallel_appends_share_the_byte_quota_as_bytes_arrive() {
         r.create_upload(TENANT, None).await.unwrap(),
         r.create_upload(TENANT, None).await.unwrap(),
     );
-    let (feed, body_one) = held_body(&[1; 600]);
+    let (feed, body_one, taken) = held_body(&[1; 600]);
     let first = {
         let r = r.clone();
         tokio::spawn(async move {
@@ -704,7 +715,8 @@ async fn parallel_appends_share_the_byte_quota_as_bytes_arrive() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its 600 bytes are charged by the time they have left the body.
+    taken.await.unwrap();
     let second = r
         .append_upload(TENANT, two.id, Chunk::default(), body(&[2; 600], 3))
         .await;
