@@ -617,7 +617,14 @@ impl Registry {
                 actual: digest,
             });
         }
-        self.open_package(tenant, package_id).await?;
+        // Before the staged bytes become a blob (on S3, a copy): a refusal now leaves none.
+        let place = Place {
+            reads: self.meta.reads(),
+            tenant,
+            package: package_id,
+            path: &request.file.path,
+        };
+        place.check().await.map_err(place_error)?;
         let blob = BlobInfo {
             digest,
             size: offset,
@@ -779,14 +786,6 @@ impl Registry {
         Ok((media_type, expected))
     }
 
-    async fn open_package(&self, tenant: &str, id: PackageId) -> Result<Package> {
-        let package = self.package(tenant, id).await?;
-        if package.state == PackageState::Finalized {
-            return Err(RegistryError::PackageFinalized);
-        }
-        Ok(package)
-    }
-
     async fn record_file(
         &self,
         file: &FileRecord,
@@ -881,8 +880,8 @@ impl Registry {
     }
 }
 
-/// Where a single-shot file is to go: checked before its body is taken, and again just before
-/// its bytes are published.
+/// Where a new file is to go: checked before a single-shot body is taken (and again just
+/// before its bytes are published), and before an upload's staged bytes become a blob.
 struct Place<'a> {
     reads: &'a dyn MetadataReads,
     tenant: &'a str,

@@ -126,7 +126,11 @@ fn main() {
 async fn ingest_once(data: &Bytes, dir: &std::path::Path, blob_dir: &std::path::Path) -> Duration {
     let size = data.len();
     let db = dir.join(format!("m{}.db", ulid::Ulid::new()));
-    let meta = Arc::new(SqliteStore::open(db.to_str().unwrap()).await.unwrap());
+    let meta = Arc::new(
+        SqliteStore::open(db.to_str().unwrap(), &Default::default())
+            .await
+            .unwrap(),
+    );
     let blobs = Arc::new(FsBlobStore::open(blob_dir).await.unwrap());
     let registry = Registry::new(Stores { meta, blobs }, RegistryConfig::default());
     let new_package = NewPackage {

@@ -219,7 +219,6 @@ async fn open_meta(
     meta: &Meta,
     options: &OpenOptions,
 ) -> Result<Arc<dyn MetadataStore>, OpenError> {
-    let (tail, budget) = (options.tail_events, options.query_budget);
     match meta {
         #[cfg(feature = "sqlite")]
         Meta::Sqlite(url) => {
@@ -233,14 +232,10 @@ async fn open_meta(
                     source,
                 })?;
             }
-            Ok(Arc::new(
-                crate::SqliteStore::open_with(url, tail, budget).await?,
-            ))
+            Ok(Arc::new(crate::SqliteStore::open(url, options).await?))
         }
         #[cfg(feature = "postgres")]
-        Meta::Postgres(url) => Ok(Arc::new(
-            crate::PgStore::open_with(url, tail, budget).await?,
-        )),
+        Meta::Postgres(url) => Ok(Arc::new(crate::PgStore::open(url, options).await?)),
         #[allow(unreachable_patterns)]
         _ => unreachable!("Locations::parse refuses engines left out of the build"),
     }

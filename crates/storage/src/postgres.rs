@@ -24,9 +24,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Connection, Postgres};
 use tokio::sync::{Notify, watch};
 
+use crate::open::OpenOptions;
 use crate::reads::{Pool, Reads};
 use crate::rows::*;
-use crate::tail::{EventTail, TAIL_EVENTS};
+use crate::tail::EventTail;
 
 /// The texts that read the database's clock, written for PostgreSQL.
 static SQL: std::sync::LazyLock<ClockTexts> =
@@ -115,18 +116,10 @@ fn default_ssl_mode(url: &str, host: &str) -> Option<sqlx::postgres::PgSslMode> 
 
 impl PgStore {
     /// Connects to `url` (`postgres://…`), applies pending migrations (under PostgreSQL's
-    /// advisory lock, so replicas starting together do not race) and starts the follower.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with(url, TAIL_EVENTS, crate::open::DEFAULT_QUERY_BUDGET).await
-    }
-
-    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few),
-    /// every statement stopped after `budget` (`StoreError::OverBudget`).
-    pub async fn open_with(
-        url: &str,
-        tail_events: usize,
-        budget: Duration,
-    ) -> Result<Self, StoreError> {
+    /// advisory lock, so replicas starting together do not race) and starts the follower;
+    /// every request statement is stopped after `options.query_budget`.
+    pub async fn open(url: &str, options: &OpenOptions) -> Result<Self, StoreError> {
+        let (tail_events, budget) = (options.tail_events, options.query_budget);
         let options = PgConnectOptions::from_str(url).map_err(sql_error)?;
         let options = match default_ssl_mode(url, options.get_host()) {
             Some(mode) => {

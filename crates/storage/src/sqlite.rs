@@ -14,9 +14,10 @@ use artifactstore_core::storage::{
     AddChecks, Advance, Freeze, MetadataReads, MetadataStore, StoreError,
 };
 
+use crate::open::OpenOptions;
 use crate::reads::{Pool, Reads};
 use crate::rows::*;
-use crate::tail::{EventTail, TAIL_EVENTS};
+use crate::tail::EventTail;
 use artifactstore_core::*;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -179,18 +180,9 @@ struct Outcome {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain path) and
-    /// applies pending migrations.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with(url, TAIL_EVENTS, crate::open::DEFAULT_QUERY_BUDGET).await
-    }
-
-    /// [`open`](Self::open), keeping `tail_events` recent events in memory (tests use a few),
-    /// listings stopped after `budget` (`StoreError::OverBudget`).
-    pub async fn open_with(
-        url: &str,
-        tail_events: usize,
-        budget: Duration,
-    ) -> Result<Self, StoreError> {
+    /// applies pending migrations; listings are stopped after `options.query_budget`.
+    pub async fn open(url: &str, options: &OpenOptions) -> Result<Self, StoreError> {
+        let (tail_events, budget) = (options.tail_events, options.query_budget);
         let url = if url.starts_with("sqlite:") {
             url.to_string()
         } else {
@@ -1156,7 +1148,9 @@ mod tests {
     async fn a_job_failing_after_its_writes_leaves_no_trace_and_its_group_commits() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("meta.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
+        let store = SqliteStore::open(&url, &OpenOptions::default())
+            .await
+            .unwrap();
         // On this current-thread runtime the writer task runs only once all four wait, so it
         // takes them as one group, in this order, into one transaction.
         let (a, refused, broken, c) = tokio::join!(

@@ -574,12 +574,7 @@ async fn the_sweep_reads_only_what_was_written_since_the_last_one() {
         .unwrap()
         .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
         .unwrap();
-    let rest = url.trim_start_matches("s3://");
-    let (bucket, prefix) = rest.split_once('/').unwrap();
-    let s3 = object_store::aws::AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .build()
-        .unwrap();
+    let (s3, prefix) = s3(&url);
     let orphan = format!("{prefix}/data/{}", ulid::Ulid::new());
     s3.put(&orphan.as_str().into(), b"left by a crash".to_vec().into())
         .await

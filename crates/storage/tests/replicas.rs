@@ -213,7 +213,7 @@ async fn tls_to_postgres_is_used_and_verified() {
         url.contains("sslmode=verify-full"),
         "tools/with-backends.sh starts PostgreSQL with TLS; this one has none: {url}"
     );
-    let store = PgStore::open(&url).await.unwrap();
+    let store = PgStore::open(&url, &Default::default()).await.unwrap();
     store.reads().ping().await.unwrap();
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
     let (connections, encrypted): (i64, i64) = sqlx::query_as(
@@ -229,7 +229,7 @@ async fn tls_to_postgres_is_used_and_verified() {
     let (head, _) = url.split_once("sslrootcert=").unwrap();
     let wrong = format!("{head}sslrootcert=/etc/ssl/certs/ca-certificates.crt");
     assert!(
-        PgStore::open(&wrong).await.is_err(),
+        PgStore::open(&wrong, &Default::default()).await.is_err(),
         "an unverified server was accepted"
     );
 }

@@ -263,8 +263,8 @@ async fn failed_complete_leaves_the_upload_open() {
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound(_)), "{err:?}");
 
-    // The path-taken attempt got as far as the blob store; appending more must not change
-    // what it stored there.
+    // The path-taken attempt is refused before the staged bytes become a blob; appending more
+    // must not change the bytes of the same content stored afterwards either.
     let len = hello.len() as u64;
     let up_state = r.upload(TENANT, up.id).await.unwrap();
     assert_eq!((up_state.state, up_state.offset), (UploadState::Open, len));
@@ -273,7 +273,7 @@ async fn failed_complete_leaves_the_upload_open() {
         .unwrap();
     let blobs = open_blobs(env.dir.path(), env.blob_url.as_deref()).await;
     let stored = blobs.size(&Sha256Digest::of(&hello)).await.unwrap();
-    assert_eq!(stored, Some(len), "the append wrote into the stored blob");
+    assert_eq!(stored, None, "a refused complete stores no blob");
     let other = r.create_package(TENANT, new_package()).await.unwrap();
     let g = r
         .add_file(
@@ -287,7 +287,7 @@ async fn failed_complete_leaves_the_upload_open() {
         )
         .await
         .unwrap();
-    assert!(!g.inline, "read from the blob the failed complete stored");
+    assert!(!g.inline, "read from the blob store");
     assert_eq!(g.sha256(), Sha256Digest::of(&hello));
     let (_, stream) = r.open_file(TENANT, g.id, None).await.unwrap();
     assert!(
@@ -808,4 +808,47 @@ async fn staged_bytes(env: &Env) -> u64 {
             .map(|path| std::fs::metadata(path).map_or(0, |m| m.len()))
             .sum(),
     }
+}
+
+/// A complete refused for its path (or a closed package) is refused before the upload's
+/// staged bytes become a blob: no blob is left for garbage collection, and the upload stays
+/// open at its offset.
+#[tokio::test]
+async fn a_complete_to_a_taken_path_makes_no_blob() {
+    let env = Env::new().await;
+    let r = &env.registry;
+    let pkg = env.package().await;
+    r.add_file(
+        TENANT,
+        pkg.id,
+        NewFile {
+            path: "taken".into(),
+            ..Default::default()
+        },
+        body(b"x", 1),
+    )
+    .await
+    .unwrap();
+    let blobs = env.blob_files().await;
+    let up = r.create_upload(TENANT, None).await.unwrap();
+    let data = bytes(300 * 1024, 8);
+    r.append_upload(TENANT, up.id, Chunk::default(), body(&data, 4))
+        .await
+        .unwrap();
+    let refused = r
+        .complete_upload(TENANT, up.id, complete(pkg.id, "taken", None))
+        .await;
+    assert!(
+        matches!(refused, Err(RegistryError::PathTaken(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        env.blob_files().await,
+        blobs,
+        "no blob of the refused complete"
+    );
+    assert_eq!(
+        r.upload(TENANT, up.id).await.unwrap().offset,
+        data.len() as u64
+    );
 }

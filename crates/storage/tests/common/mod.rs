@@ -190,7 +190,7 @@ fn names(paths: Vec<PathBuf>) -> Vec<String> {
 }
 
 /// An object store client for `s3://bucket/prefix`, and the prefix.
-fn s3(url: &str) -> (object_store::aws::AmazonS3, String) {
+pub fn s3(url: &str) -> (object_store::aws::AmazonS3, String) {
     let rest = url.strip_prefix("s3://").unwrap();
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let store = object_store::aws::AmazonS3Builder::from_env()
