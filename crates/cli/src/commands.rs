@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::client::{CliError, CliResult, Client};
+use crate::tags::{package_segment, resolve};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
@@ -124,6 +125,7 @@ pub async fn ls(client: &Client, args: LsArgs, json_output: bool) -> CliResult<(
 }
 
 pub async fn show(client: &Client, id: &str) -> CliResult<()> {
+    let id = resolve(client, id).await?.id;
     let package: Value = client
         .json(client.request(Method::GET, &format!("/packages/{id}")))
         .await?;
@@ -149,7 +151,7 @@ pub enum ManifestFormat {
   artifactstore manifest pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA
   artifactstore manifest pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA --format cbor -o manifest.cbor")]
 pub struct ManifestArgs {
-    /// Package id.
+    /// Package id, or REPO:TAG.
     pub id: String,
     #[arg(long, value_enum, default_value = "pretty")]
     pub format: ManifestFormat,
@@ -158,7 +160,8 @@ pub struct ManifestArgs {
     pub output: Option<PathBuf>,
 }
 
-pub async fn manifest(client: &Client, args: ManifestArgs) -> CliResult<()> {
+pub async fn manifest(client: &Client, mut args: ManifestArgs) -> CliResult<()> {
+    args.id = resolve(client, &args.id).await?.id;
     let bytes: Vec<u8> = match args.format {
         ManifestFormat::Cbor => {
             let request = client
@@ -329,16 +332,4 @@ pub async fn usage(client: &Client, json_output: bool) -> CliResult<()> {
         limit("max_open_uploads")
     );
     Ok(())
-}
-
-/// A package id as typed, refused unless it is one path segment of id characters (so that
-/// `rm 'x/hold'` cannot become another request).
-fn package_segment(id: &str) -> CliResult<&str> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        Ok(id)
-    } else {
-        Err(CliError::Usage(format!(
-            "{id:?} is not a package id (pkg_…)"
-        )))
-    }
 }

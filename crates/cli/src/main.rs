@@ -6,6 +6,7 @@ mod commands;
 mod progress;
 mod pull;
 mod push;
+mod tags;
 
 use std::process::ExitCode;
 
@@ -65,7 +66,7 @@ enum Command {
     /// Show one package.
     #[command(after_help = "Example:\n  artifactstore show pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA")]
     Show {
-        /// Package id.
+        /// Package id, or REPO:TAG.
         id: String,
     },
     /// Print events as JSON lines; --follow keeps tailing.
@@ -89,6 +90,26 @@ enum Command {
     },
     /// Show this tenant's usage (bytes, packages, open uploads) and quotas.
     Usage,
+    /// Point REPO:TAG at a finalized package (creating or moving the tag).
+    #[command(
+        after_help = "Example:\n  artifactstore tag pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA app:latest"
+    )]
+    Tag {
+        /// Package id, or REPO:TAG of the package to tag.
+        package: String,
+        /// REPO:TAG to set.
+        reference: String,
+    },
+    /// Delete a tag (the package stays).
+    Untag {
+        /// REPO:TAG.
+        reference: String,
+    },
+    /// List the tenant's tags, or one repository's.
+    Tags {
+        /// Only this repository.
+        repository: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -141,5 +162,8 @@ async fn run(connection: client::Connection, json: bool, command: Command) -> Re
         Command::Hold { id } => commands::hold(&client, &id, true, json).await,
         Command::Release { id } => commands::hold(&client, &id, false, json).await,
         Command::Usage => commands::usage(&client, json).await,
+        Command::Tag { package, reference } => tags::tag(&client, &package, &reference, json).await,
+        Command::Untag { reference } => tags::untag(&client, &reference, json).await,
+        Command::Tags { repository } => tags::list(&client, repository.as_deref(), json).await,
     }
 }

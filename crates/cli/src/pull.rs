@@ -28,7 +28,7 @@ const PARTIAL: &str = ".artifactstore-part";
   artifactstore pull pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA ./out
   artifactstore pull pkg_01JZ3NDEKTSV4RRFFQ69G5FAVA ./out --jobs 8")]
 pub struct PullArgs {
-    /// Package id.
+    /// Package id, or REPO:TAG.
     pub id: String,
     /// Directory to write the files into (created if missing).
     pub dir: PathBuf,
@@ -43,7 +43,11 @@ pub struct PullArgs {
     pub digest: Option<String>,
 }
 
-pub async fn run(client: &Client, args: PullArgs, json_output: bool) -> CliResult<()> {
+pub async fn run(client: &Client, mut args: PullArgs, json_output: bool) -> CliResult<()> {
+    let resolved = crate::tags::resolve(client, &args.id).await?;
+    args.id = resolved.id;
+    // Named by a tag: the package read must be the one tagged, even if the tag moves meanwhile.
+    args.digest = args.digest.or(resolved.manifest_digest);
     let manifest = verified_manifest(client, &args).await?;
     let ids = file_ids(client, &args.id).await?;
     tokio::fs::create_dir_all(&args.dir)

@@ -480,7 +480,76 @@ fn rm_hold_and_release() {
     assert!(table.contains("packages      0"), "{table}");
 }
 
-/// The blobs in a blob directory.
+/// `tag`, `tags`, `untag`, and `REPO:TAG` wherever `pull`, `show` and `manifest` take a
+/// package id; a moved tag reads the new package.
+#[test]
+fn tags_name_packages_for_pull_show_and_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), b"first").unwrap();
+    std::fs::write(src.join("sub/b.bin"), bytes(70_000, 3)).unwrap();
+    let push = |server: &Server| {
+        let pushed = json(&ok(&server.push(&src, &["--json"])));
+        pushed["package_id"].as_str().unwrap().to_string()
+    };
+    let first = push(&server);
+    std::fs::write(src.join("a.txt"), b"second").unwrap();
+    let second = push(&server);
+
+    assert_eq!(
+        ok(&server.run(&["tag", &first, "team/app:latest"])).trim(),
+        format!("team/app:latest -> {first}")
+    );
+    let shown = json(&ok(&server.run(&["show", "team/app:latest"])));
+    assert_eq!(shown["id"], first.as_str());
+    let out = dir.path().join("out1");
+    ok(&server.run(&["pull", "team/app:latest", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"first");
+
+    // Moved by naming the package through another tag.
+    ok(&server.run(&["tag", &second, "team/app:v2"]));
+    let moved = json(&ok(&server.run(&[
+        "tag",
+        "team/app:v2",
+        "team/app:latest",
+        "--json",
+    ])));
+    assert_eq!(moved["package_id"], second.as_str());
+    let table = ok(&server.run(&["manifest", "team/app:latest"]));
+    assert!(table.contains(&format!("package   {second}")), "{table}");
+    let out = dir.path().join("out2");
+    ok(&server.run(&["pull", "team/app:latest", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"second");
+    same_tree(&src, &out);
+
+    let listed = ok(&server.run(&["tags"]));
+    let names: Vec<&str> = listed
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(names, ["team/app:latest", "team/app:v2"]);
+    let lines = ok(&server.run(&["tags", "team/app", "--json"]));
+    assert_eq!(
+        json(lines.lines().next().unwrap())["package_id"],
+        second.as_str()
+    );
+
+    assert_eq!(
+        ok(&server.run(&["untag", "team/app:v2"])).trim(),
+        "untagged team/app:v2"
+    );
+    failed(&server.run(&["show", "team/app:v2"]), 4);
+    failed(&server.run(&["untag", "team/app:v2"]), 4);
+    // Names the server would refuse never leave the client.
+    for bad in ["../packages:x", "Team/app:x", "app", "app:x/y"] {
+        failed(&server.run(&["untag", bad]), 2);
+    }
+    failed(&server.run(&["show", "pkg/../x"]), 2);
+}
+
+/// The blobs in a blob directory./// The blobs in a blob directory.
 fn blob_count(blobs: &Path) -> usize {
     let mut n = 0;
     for fan in std::fs::read_dir(blobs.join("blobs/sha256")).unwrap() {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::storage::{BlobInfo, Claim, MetadataStore, StoreError};
+use crate::digest::Sha256Digest;
+use crate::storage::{BlobInfo, BlobStore, Claim, MetadataStore, StoreError};
 
 /// What a writer answers when a collection took the bytes it was about to record.
 pub(crate) const GC_TOOK_THE_BYTES: &str =
@@ -56,5 +57,37 @@ impl Claim for BlobClaimer<'_> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Gives up a write's claim (`generation`) of `digest` after its file was refused at the
+/// record (a race with another writer of the path, a finalize, a quota filled meanwhile): if
+/// no other writer is under way with the digest and no file uses it, the bytes this write
+/// published are deleted now rather than left to a collection. The doom is the writer's own
+/// (a negative token), checked just before the deletion; a collection adopts it only once it
+/// is a minute old, so a writer paused after its check is the one window, as for a
+/// collection paused after checking its lease. Failures only leave the bytes to the
+/// collection: they are logged, and the refusal stands as it was.
+pub(crate) async fn abandon(
+    meta: &dyn MetadataStore,
+    blobs: &dyn BlobStore,
+    digest: &Sha256Digest,
+    generation: i64,
+) {
+    let token = -((ulid::Ulid::new().random() as i64) & i64::MAX) - 1;
+    let outcome = async {
+        if !meta.abandon_blob(digest, generation, token).await? {
+            return Ok(false);
+        }
+        if !meta.reads().abandoned_stands(digest, token).await? {
+            return Ok(false);
+        }
+        blobs.delete_blobs(std::slice::from_ref(digest)).await?;
+        meta.release_abandoned(digest, token).await?;
+        Ok::<_, StoreError>(true)
+    };
+    match outcome.await {
+        Ok(deleted) => tracing::debug!(%digest, deleted, "a refused write gave up its claim"),
+        Err(e) => tracing::warn!(%digest, error = %e, "a refused write's bytes are left to GC"),
     }
 }

@@ -18,6 +18,7 @@ pub enum Resource {
     Package,
     File,
     Upload,
+    Tag,
 }
 
 impl Resource {
@@ -26,6 +27,7 @@ impl Resource {
             Self::Package => "package",
             Self::File => "file",
             Self::Upload => "upload",
+            Self::Tag => "tag",
         }
     }
 }
@@ -117,6 +119,8 @@ impl From<StoreError> for RegistryError {
             }
             StoreError::TooLarge { limit } => Self::TooLarge { limit },
             StoreError::PackageFinalized => Self::PackageFinalized,
+            StoreError::NotFinalized => Self::NotFinalized,
+            StoreError::Held => Self::PackageHeld,
             StoreError::PathTaken(path) => Self::PathTaken(path),
             StoreError::QuotaExceeded { limit, used } => Self::QuotaExceeded {
                 quota: "max_bytes",

@@ -7,6 +7,10 @@ pub const MAX_PRODUCER_BYTES: usize = 256;
 pub const MAX_SUBJECT_BYTES: usize = 256;
 /// `retention_class` and tenant names: `[a-z0-9][a-z0-9_-]{0,63}`.
 pub const MAX_CLASS_BYTES: usize = 64;
+/// A tag's repository (the OCI name syntax), in bytes.
+pub const MAX_REPOSITORY_BYTES: usize = 200;
+/// A tag (the OCI tag syntax), in bytes.
+pub const MAX_TAG_BYTES: usize = 128;
 /// Entries in a package's metadata map.
 pub const MAX_METADATA_ENTRIES: usize = 64;
 /// A metadata key: `[A-Za-z0-9][A-Za-z0-9._:/-]*`, at most this many bytes.

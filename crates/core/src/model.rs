@@ -235,6 +235,10 @@ pub enum EventType {
     PackageHeld,
     #[serde(rename = "package.released")]
     PackageReleased,
+    #[serde(rename = "tag.set")]
+    TagSet,
+    #[serde(rename = "tag.deleted")]
+    TagDeleted,
 }
 
 impl EventType {
@@ -246,6 +250,8 @@ impl EventType {
             Self::PackageDeleted => "package.deleted",
             Self::PackageHeld => "package.held",
             Self::PackageReleased => "package.released",
+            Self::TagSet => "tag.set",
+            Self::TagDeleted => "tag.deleted",
         }
     }
 
@@ -257,6 +263,8 @@ impl EventType {
             "package.deleted" => Some(Self::PackageDeleted),
             "package.held" => Some(Self::PackageHeld),
             "package.released" => Some(Self::PackageReleased),
+            "tag.set" => Some(Self::TagSet),
+            "tag.deleted" => Some(Self::TagDeleted),
             _ => None,
         }
     }
@@ -304,6 +312,80 @@ impl DeleteReason {
             Self::Request => "request",
             Self::Retention => "retention",
         }
+    }
+}
+
+/// A tag: a stable, movable name (`repository:tag`) for one finalized package of a tenant.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub tenant: String,
+    pub repository: String,
+    pub tag: String,
+    pub package_id: PackageId,
+    /// The package's CBOR manifest digest.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub manifest_digest: ContentAddress,
+    pub updated_at: Timestamp,
+}
+
+/// What [`MetadataStore::set_tag`](crate::storage::MetadataStore::set_tag) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TagChange {
+    /// The tag is new.
+    Created(Tag),
+    /// The tag named another package (`previous`) and now names this one.
+    Moved { tag: Tag, previous: PackageId },
+    /// The tag already named this package: nothing changed, no event.
+    Unchanged(Tag),
+}
+
+impl TagChange {
+    pub fn tag(&self) -> &Tag {
+        match self {
+            Self::Created(tag) | Self::Unchanged(tag) | Self::Moved { tag, .. } => tag,
+        }
+    }
+
+    /// Its `tag.set` event; none when nothing changed.
+    pub fn event(&self) -> Option<NewEvent> {
+        match self {
+            Self::Created(tag) => Some(tag.set_event(None)),
+            Self::Moved { tag, previous } => Some(tag.set_event(Some(*previous))),
+            Self::Unchanged(_) => None,
+        }
+    }
+}
+
+/// Why a tag was deleted (`data.reason` of `tag.deleted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagDeleteReason {
+    Request,
+    PackageDeleted,
+}
+
+impl Tag {
+    /// `tag.set`: the tag resource plus `previous_package_id`.
+    pub fn set_event(&self, previous: Option<PackageId>) -> NewEvent {
+        let previous = previous.map(|p| p.to_string());
+        self.event(EventType::TagSet, ("previous_package_id", previous.into()))
+    }
+
+    /// `tag.deleted`: the tag resource plus `reason`.
+    pub fn deleted_event(&self, reason: TagDeleteReason) -> NewEvent {
+        let reason = match reason {
+            TagDeleteReason::Request => "request",
+            TagDeleteReason::PackageDeleted => "package_deleted",
+        };
+        self.event(EventType::TagDeleted, ("reason", reason.into()))
+    }
+
+    fn event(&self, kind: EventType, (key, value): (&str, serde_json::Value)) -> NewEvent {
+        let mut event = new_event(kind, &self.tenant, self.package_id, self);
+        if let serde_json::Value::Object(data) = &mut event.data {
+            data.insert(key.to_string(), value);
+        }
+        event
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 use crate::blob_write::{hash_alongside, write_blob};
-use crate::claim::{BlobClaimer, GC_TOOK_THE_BYTES};
+use crate::claim::{BlobClaimer, GC_TOOK_THE_BYTES, abandon};
 use crate::digest::{Sha256Digest, Sha256Hasher};
 use crate::error::{FieldError, RegistryError, Resource, Result};
 use crate::ids::{FileId, PackageId, UploadId};
@@ -704,6 +704,78 @@ impl Registry {
         }
     }
 
+    // ---- tags --------------------------------------------------------------------------
+
+    /// Points `repository:tag` at a finalized package of the tenant. Idempotent: naming the
+    /// package it names already changes nothing and has no event.
+    pub async fn set_tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+        package_id: &str,
+    ) -> Result<TagChange> {
+        const NOT_AN_ID: &str = "not a package id (pkg_…)";
+        let package = package_id.parse::<PackageId>();
+        let mut errors = tag_name_errors(repository, tag);
+        if package.is_err() {
+            errors.push("package_id", NOT_AN_ID);
+        }
+        errors.into_result().map_err(RegistryError::Invalid)?;
+        let package = package.map_err(|_| RegistryError::invalid("package_id", NOT_AN_ID))?;
+        let at = Timestamp::now();
+        match self
+            .meta
+            .set_tag(tenant, repository, tag, package, at)
+            .await
+        {
+            Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Package)),
+            other => Ok(other?),
+        }
+    }
+
+    pub async fn tag(&self, tenant: &str, repository: &str, tag: &str) -> Result<Tag> {
+        check_tag_name(repository, tag)?;
+        let found = self.meta.reads().tag(tenant, repository, tag).await?;
+        found.ok_or(RegistryError::NotFound(Resource::Tag))
+    }
+
+    /// A page of the tenant's tags (of one repository, if given), by repository then tag.
+    pub async fn list_tags(
+        &self,
+        tenant: &str,
+        repository: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Tag>> {
+        if let Some(repository) = repository {
+            validate::repository(repository)
+                .map_err(|m| RegistryError::invalid("repository", m))?;
+        }
+        let after = match cursor {
+            Some(c) => Some(decode_tag_cursor(c).ok_or_else(invalid_cursor)?),
+            None => None,
+        };
+        let after = after.as_ref().map(|(r, t)| (r.as_str(), t.as_str()));
+        let limit = limits::clamp_limit(limit, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
+        let reads = self.meta.reads();
+        let mut items = reads
+            .list_tags(tenant, repository, after, limit + 1)
+            .await?;
+        let next_cursor = next_page(&mut items, limit, |t| {
+            hex::encode(format!("{}:{}", t.repository, t.tag))
+        });
+        Ok(Page { items, next_cursor })
+    }
+
+    pub async fn delete_tag(&self, tenant: &str, repository: &str, tag: &str) -> Result<Tag> {
+        check_tag_name(repository, tag)?;
+        match self.meta.delete_tag(tenant, repository, tag).await {
+            Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Tag)),
+            other => Ok(other?),
+        }
+    }
+
     // ---- events ------------------------------------------------------------------------
 
     /// The events in `scope` after `since`, oldest first; if there are none yet, waits up to
@@ -799,11 +871,16 @@ impl Registry {
             max_bytes: self.quota().max_bytes(&file.tenant),
             max_files: self.config.max_files_per_package,
         };
-        match self
+        let added = self
             .meta
             .add_file(file, upload, inline, checks, event)
-            .await
-        {
+            .await;
+        if let (Err(_), Some(generation)) = (&added, claim) {
+            // Published for this file and refused: delete the bytes now if no one else
+            // wants them.
+            abandon(&*self.meta, &*self.blobs, &file.sha256(), generation).await;
+        }
+        match added {
             Ok(_) => Ok(()),
             Err(StoreError::NotFound) => Err(RegistryError::NotFound(Resource::Package)),
             // The claim lapsed (this write stalled longer than the grace period) and a
@@ -917,8 +994,8 @@ fn place_error(e: StoreError) -> RegistryError {
 /// The claim of a single-shot file's bytes, made just before they are published: the place
 /// and the byte quota are checked once more first (the body may have taken hours), so that a
 /// write refused then has its staged bytes discarded at once instead of published for garbage
-/// collection to find. (A refusal between this and the record, a race of milliseconds, still
-/// leaves its bytes to the collection.)
+/// collection to find. (A refusal between this and the record, a race of milliseconds, has
+/// its bytes deleted by [`abandon`] instead.)
 struct Admission<'a> {
     place: Place<'a>,
     max_bytes: Option<u64>,
@@ -1122,6 +1199,28 @@ fn next_page<T>(items: &mut Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -
     } else {
         None
     }
+}
+
+/// What is wrong with a tag's name, half by half.
+fn tag_name_errors(repository: &str, tag: &str) -> validate::Errors {
+    let mut errors = validate::Errors::new();
+    errors.check("repository", validate::repository(repository));
+    errors.check("tag", validate::tag(tag));
+    errors
+}
+
+/// Both halves of a tag's name, or `Invalid`.
+fn check_tag_name(repository: &str, tag: &str) -> Result<()> {
+    tag_name_errors(repository, tag)
+        .into_result()
+        .map_err(RegistryError::Invalid)
+}
+
+/// A tags cursor: the hex of `repository:tag` (a tag holds no `:`).
+fn decode_tag_cursor(cursor: &str) -> Option<(String, String)> {
+    let text = String::from_utf8(hex::decode(cursor).ok()?).ok()?;
+    let (repository, tag) = text.rsplit_once(':')?;
+    Some((repository.to_string(), tag.to_string()))
 }
 
 /// Any hex is a cursor (the files after those bytes); ours are always a path's UTF-8.

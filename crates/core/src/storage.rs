@@ -73,6 +73,8 @@ pub enum StoreError {
     NotFound,
     #[error("the package is finalized")]
     PackageFinalized,
+    #[error("the package is not finalized")]
+    NotFinalized,
     #[error("the package already has a file at path {0:?}")]
     PathTaken(String),
     #[error("the upload is not open")]
@@ -316,8 +318,32 @@ pub trait MetadataReads: Send + Sync {
     ) -> Result<Vec<Package>, StoreError>;
 
     /// Digests doomed by a generation of the `gc` lease other than `lease` and never released
-    /// (a collection that stopped, or lost its lease), at most 1,000.
+    /// (a collection that stopped, or lost its lease), or by a writer a minute ago or more
+    /// (see [`MetadataStore::abandon_blob`]), at most 1,000.
     async fn doomed_blobs(&self, lease: u64) -> Result<Vec<Sha256Digest>, StoreError>;
+
+    /// Whether `token`'s doom of `digest` ([`MetadataStore::abandon_blob`]) still stands, not
+    /// adopted by a collection.
+    async fn abandoned_stands(&self, digest: &Sha256Digest, token: i64)
+    -> Result<bool, StoreError>;
+
+    /// The tag `repository:tag` of `tenant`.
+    async fn tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<Tag>, StoreError>;
+
+    /// Tags of `tenant` (of one `repository`, if given) after `after` (repository, tag), in
+    /// byte order of repository then tag, at most `limit`.
+    async fn list_tags(
+        &self,
+        tenant: &str,
+        repository: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Tag>, StoreError>;
 
     /// Whether the package has a file at `path`.
     async fn path_taken(&self, package: PackageId, path: &str) -> Result<bool, StoreError>;
@@ -442,6 +468,23 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// and its dooms wait for the next holder to adopt them.
     async fn release_blobs(&self, digests: &[Sha256Digest], lease: u64) -> Result<(), StoreError>;
 
+    /// A writer whose file was refused at its record gives up its claim (`generation`) of
+    /// `digest`: one writer fewer under way. If none is left and no file uses the digest,
+    /// dooms it with `token` (a negative number of the writer's own) and answers `true`; the
+    /// writer then deletes the bytes, having checked [`MetadataReads::abandoned_stands`] just
+    /// before, and calls [`release_abandoned`](Self::release_abandoned). A collection adopts a
+    /// writer's doom left unreleased for a minute.
+    async fn abandon_blob(
+        &self,
+        digest: &Sha256Digest,
+        generation: i64,
+        token: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The bytes `token` doomed ([`abandon_blob`](Self::abandon_blob)) are gone: the digest
+    /// may be claimed again. Nothing if a collection adopted the doom.
+    async fn release_abandoned(&self, digest: &Sha256Digest, token: i64) -> Result<(), StoreError>;
+
     /// Deletes inline bytes no file uses, at most `limit`; returns how many.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;
 
@@ -455,8 +498,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         event: NewEvent,
     ) -> Result<(Package, Option<Event>), StoreError>;
 
-    /// Deletes a package that is not held — its files, metadata and manifest — and appends
-    /// the event `event` builds from it, in one transaction; returns the package as it was.
+    /// Deletes a package that is not held — its files, metadata, manifest and the tags naming
+    /// it — and appends the event `event` builds from it, then one `tag.deleted`
+    /// (`package_deleted`) per tag in byte order, in one transaction; returns the package as
+    /// it was.
     /// `NotFound`, or `Held`, and then nothing changes. Each package is deleted (and its event
     /// appended) once, also when several callers race.
     async fn delete_package(
@@ -465,6 +510,27 @@ pub trait MetadataStore: Send + Sync + 'static {
         id: PackageId,
         event: EventFor,
     ) -> Result<Package, StoreError>;
+
+    /// Points `repository:tag` of `tenant` at the finalized package `package` (stamped `at`),
+    /// appending `tag.set` in the same transaction unless it named that package already.
+    /// `NotFound` for a package that is not the tenant's, `NotFinalized` for an open one.
+    async fn set_tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+        package: PackageId,
+        at: Timestamp,
+    ) -> Result<TagChange, StoreError>;
+
+    /// Deletes the tag `repository:tag` of `tenant`, appending `tag.deleted` (`request`) in
+    /// the same transaction; returns it as it was. `NotFound`.
+    async fn delete_tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Tag, StoreError>;
 
     /// Holds or releases a package; when that changes it, appends the event `event` builds
     /// from the changed package in the same transaction. `NotFound`.

@@ -106,6 +106,68 @@ pub fn slug(value: &str) -> Result<(), String> {
     }
 }
 
+/// The OCI name syntax, at most [`MAX_REPOSITORY_BYTES`]: components of
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`.
+pub fn repository(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_REPOSITORY_BYTES
+        && value.split('/').all(name_component);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)* \
+             and be at most {MAX_REPOSITORY_BYTES} bytes"
+        ))
+    }
+}
+
+/// One component of an OCI name: alphanumeric runs separated by `.`, `_`, `__` or `-+`.
+pub fn name_component(part: &str) -> bool {
+    let bytes = part.as_bytes();
+    let alnum = |b: &u8| matches!(b, b'a'..=b'z' | b'0'..=b'9');
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < bytes.len() && alnum(&bytes[i]) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == bytes.len() {
+            return true;
+        }
+        let sep = i;
+        while i < bytes.len() && !alnum(&bytes[i]) {
+            i += 1;
+        }
+        let ok = match &bytes[sep..i] {
+            b"." | b"_" | b"__" => true,
+            dashes => dashes.iter().all(|b| *b == b'-'),
+        };
+        if !ok {
+            return false;
+        }
+    }
+}
+
+/// The OCI tag syntax: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn tag(value: &str) -> Result<(), String> {
+    let bytes = value.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_TAG_BYTES
+        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
+    if ok {
+        Ok(())
+    } else {
+        Err("must match [A-Za-z0-9_][A-Za-z0-9._-]{0,127}".into())
+    }
+}
+
 /// A metadata key: `[A-Za-z0-9][A-Za-z0-9._:/-]*`, at most [`MAX_METADATA_KEY_BYTES`]. The
 /// alphabet keeps keys usable in `metadata.KEY=VALUE` query parameters without escaping.
 pub fn metadata_key(key: &str) -> Result<(), String> {
@@ -220,6 +282,34 @@ pub fn media_type(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oci_names_and_tags_both_sides() {
+        for ok in [
+            "a", "app", "acme/app", "a.b", "a_b", "a__b", "a---b", "x/y/z9", "0",
+        ] {
+            assert_eq!(repository(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(MAX_REPOSITORY_BYTES + 1);
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a.", ".a", "a._b", "a___b", "a-", "a b", &long,
+        ] {
+            assert!(repository(bad).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "latest",
+            "v1.2.3",
+            "_x",
+            "A-b_c.d",
+            "pkg_01J0000000000000000000000",
+        ] {
+            assert_eq!(tag(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(MAX_TAG_BYTES + 1);
+        for bad in ["", ".x", "-x", "a/b", "a:b", "é", &long] {
+            assert!(tag(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn path_rules_both_sides() {

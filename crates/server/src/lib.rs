@@ -40,7 +40,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::{ServeArgs, Settings};
 use error::ApiError;
-use handlers::{events, files, lifecycle, packages, service, uploads};
+use handlers::{events, files, lifecycle, packages, service, tags, uploads};
 
 /// How often expired upload sessions are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -193,6 +193,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
             uploads::cancel
         ))
         .routes(routes!(uploads::complete))
+        .routes(routes!(tags::list_tags))
+        .routes(routes!(tags::set_tag, tags::get_tag, tags::delete_tag))
         .routes(routes!(events::events))
         .routes(routes!(service::healthz))
         .routes(routes!(service::readyz))

@@ -93,6 +93,7 @@ pub fn complete(doc: &mut Value, settings: &Settings) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
+    spell_tag_paths(paths);
     for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else {
             continue;
@@ -116,6 +117,40 @@ pub fn complete(doc: &mut Value, settings: &Settings) {
         constrain_schemas(schemas, settings);
     }
 }
+
+/// The router's `/tags/{*name}` (one capture: the repository holds `/`) as the contract spells
+/// it, `/tags/{repository}/{tag}`, with a parameter for each half.
+fn spell_tag_paths(paths: &mut Map<String, Value>) {
+    const ROUTED: &str = "/tags/{*name}";
+    let Some(mut item) = paths.remove(ROUTED) else {
+        return;
+    };
+    let halves = json!([
+        {"name": "repository", "in": "path", "required": true,
+         "description": "The repository (OCI name syntax; may hold `/`)",
+         "schema": {"type": "string", "pattern": REPOSITORY_PATTERN, "maxLength": 200}},
+        {"name": "tag", "in": "path", "required": true, "description": "The tag",
+         "schema": {"type": "string", "pattern": TAG_PATTERN}},
+    ]);
+    for op in item
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|m| m.values_mut())
+    {
+        let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        params.retain(|p| p["name"] != "name");
+        params.splice(0..0, halves.as_array().cloned().unwrap_or_default());
+    }
+    paths.insert("/tags/{repository}/{tag}".into(), item);
+}
+
+/// The OCI name syntax of a tag's repository.
+const REPOSITORY_PATTERN: &str =
+    "^[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*$";
+/// The OCI tag syntax.
+const TAG_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$";
 
 fn complete_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     let secured = op.contains_key("security");

@@ -31,6 +31,10 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/retention"),
     ("get", "/usage"),
+    ("get", "/tags"),
+    ("put", "/tags/{repository}/{tag}"),
+    ("get", "/tags/{repository}/{tag}"),
+    ("delete", "/tags/{repository}/{tag}"),
     ("post", "/uploads"),
     ("delete", "/uploads/{id}"),
     ("get", "/uploads/{id}"),
@@ -65,7 +69,10 @@ async fn the_document_lists_exactly_the_served_routes() {
     // Every documented route is served: the router answers it with something other than its
     // no-route / method-not-allowed problems.
     for (method, path) in &documented {
-        let mut concrete = path.replace("{id}", "x");
+        let mut concrete = path
+            .replace("{id}", "x")
+            .replace("{repository}", "app")
+            .replace("{tag}", "x");
         if concrete == "/events" {
             concrete.push_str("?wait=0");
         }
@@ -97,6 +104,7 @@ async fn the_document_lists_exactly_the_served_routes() {
         "Problem",
         "NewPackage",
         "EventPage",
+        "Tag",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }

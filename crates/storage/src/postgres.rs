@@ -30,7 +30,7 @@ use crate::rows::*;
 use crate::tail::EventTail;
 
 /// The texts that read the database's clock, written for PostgreSQL.
-static SQL: std::sync::LazyLock<ClockTexts> =
+pub(crate) static SQL: std::sync::LazyLock<ClockTexts> =
     std::sync::LazyLock::new(|| ClockTexts::new(POSTGRES_NOW));
 
 static MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -58,6 +58,16 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "gc fencing",
         include_str!("../migrations/common/gc_fencing.sql"),
+    ),
+    (
+        6,
+        "claim writers",
+        include_str!("../migrations/common/claim_writers.sql"),
+    ),
+    (
+        7,
+        "tags",
+        include_str!("../migrations/postgres/0007_tags.sql"),
     ),
 ];
 
@@ -472,14 +482,15 @@ impl MetadataStore for PgStore {
             {
                 return Err(StoreError::UploadNotOpen);
             }
-            // A doom waits for this share lock, and then sees this file; a doom that came
-            // first leaves no claim standing here.
+            // A doom (a collection's or a refused writer's) waits for the claim row's lock
+            // taken below, and then sees this file; a doom that came first leaves no claim
+            // standing here.
             if checks.max_bytes.is_some() && upload.is_none() {
                 let used = used_bytes(conn, &file.tenant).await?;
                 check_quota(checks.max_bytes, used, file.size as i64)?;
             }
             if let Some(generation) = checks.claim {
-                let stands = sqlx::query(&format!("{CLAIM_STANDS} FOR SHARE"))
+                let stands = sqlx::query(RECORD_CLAIM)
                     .bind(file.sha256().hex())
                     .bind(generation)
                     .fetch_optional(&mut *conn)
@@ -587,6 +598,28 @@ impl MetadataStore for PgStore {
         outcomes.into_iter().filter_map(Result::transpose).collect()
     }
 
+    async fn abandon_blob(
+        &self,
+        digest: &Sha256Digest,
+        generation: i64,
+        token: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        let doomed = abandon_steps(&mut tx, digest, generation, token).await?;
+        tx.commit().await.map_err(sql_error)?;
+        Ok(doomed)
+    }
+
+    async fn release_abandoned(&self, digest: &Sha256Digest, token: i64) -> Result<(), StoreError> {
+        sqlx::query(RELEASE_ABANDONED)
+            .bind(digest.hex())
+            .bind(token)
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        Ok(())
+    }
+
     async fn release_blobs(&self, digests: &[Sha256Digest], lease: u64) -> Result<(), StoreError> {
         let hexes: Vec<String> = digests.iter().map(Sha256Digest::hex).collect();
         // RELEASE_BLOB for a whole array at once.
@@ -681,14 +714,54 @@ impl MetadataStore for PgStore {
         event: EventFor,
     ) -> Result<Package, StoreError> {
         let mut event = Some(event);
+        let id_text = id.to_string();
         Ok(in_transaction!(self, |conn| {
             let package = locked_package(conn, tenant, id).await?;
             if package.held {
                 return Err(StoreError::Held);
             }
             delete_package_rows(conn, &package).await?;
-            let sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
+            let mut sequence = append_event(conn, &take_event(&mut event)?(&package)).await?;
+            let named = TagFilter::Package(&id_text);
+            for tag in delete_tag_rows(conn, tenant, named).await? {
+                let gone = tag.deleted_event(TagDeleteReason::PackageDeleted);
+                sequence = append_event(conn, &gone).await?;
+            }
             Ok((package, Some(sequence)))
+        }))
+    }
+
+    async fn set_tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+        package: PackageId,
+        at: Timestamp,
+    ) -> Result<TagChange, StoreError> {
+        Ok(in_transaction!(self, |conn| {
+            let change = set_tag_steps(conn, tenant, repository, tag, package, at).await?;
+            let sequence = match change.event() {
+                Some(event) => Some(append_event(conn, &event).await?),
+                None => None,
+            };
+            Ok((change, sequence))
+        }))
+    }
+
+    async fn delete_tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Tag, StoreError> {
+        Ok(in_transaction!(self, |conn| {
+            let named = TagFilter::Named(repository, tag);
+            let tag = delete_tag_rows(conn, tenant, named).await?.pop();
+            let tag = tag.ok_or(StoreError::NotFound)?;
+            let gone = tag.deleted_event(TagDeleteReason::Request);
+            let sequence = append_event(conn, &gone).await?;
+            Ok((tag, Some(sequence)))
         }))
     }
 

@@ -246,14 +246,82 @@ impl MetadataReads for Reads {
     }
 
     async fn doomed_blobs(&self, lease: u64) -> Result<Vec<Sha256Digest>, StoreError> {
-        let sql = "SELECT sha256 FROM blob_claims WHERE doomed_at IS NOT NULL \
-                   AND (doomed_by IS NULL OR doomed_by <> $1) LIMIT 1000";
+        let sql = match &self.pool {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(_) => &crate::sqlite::SQL.doomed_blobs,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(_) => &crate::postgres::SQL.doomed_blobs,
+        };
         let hexes: Vec<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
             .bind(lease as i64)
             .fetch_all(p)
             .await
             .map_err(sql_error)?);
         hexes.iter().map(|h| digest_of(h)).collect()
+    }
+
+    async fn tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<Tag>, StoreError> {
+        let sql = format!(
+            "SELECT {TAG_COLUMNS} FROM tags WHERE tenant = $1 AND repository = $2 AND tag = $3"
+        );
+        on_pool!(&self.pool, |p| {
+            let row = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(repository)
+                .bind(tag)
+                .fetch_optional(p)
+                .await
+                .map_err(sql_error)?;
+            row.as_ref().map(tag_from_row).transpose()
+        })
+    }
+
+    async fn list_tags(
+        &self,
+        tenant: &str,
+        repository: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Tag>, StoreError> {
+        // A row-value comparison, so the primary key's order serves both the filter and the
+        // sort.
+        let sql = format!(
+            "SELECT {TAG_COLUMNS} FROM tags WHERE tenant = $1 \
+             AND (CAST($2 AS TEXT) IS NULL OR repository = $2) \
+             AND (repository, tag) > ($3, $4) ORDER BY repository, tag LIMIT $5"
+        );
+        let (after_repository, after_tag) = after.unwrap_or(("", ""));
+        on_pool!(&self.pool, |p| {
+            let rows = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(repository)
+                .bind(after_repository)
+                .bind(after_tag)
+                .bind(limit as i64)
+                .fetch_all(p)
+                .await
+                .map_err(sql_error)?;
+            rows.iter().map(tag_from_row).collect()
+        })
+    }
+
+    async fn abandoned_stands(
+        &self,
+        digest: &Sha256Digest,
+        token: i64,
+    ) -> Result<bool, StoreError> {
+        let found: Option<i32> = on_pool!(&self.pool, |p| sqlx::query_scalar(ABANDONED_STANDS)
+            .bind(digest.hex())
+            .bind(token)
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        Ok(found.is_some())
     }
 
     async fn path_taken(&self, package: PackageId, path: &str) -> Result<bool, StoreError> {

@@ -68,6 +68,24 @@ impl Fields for PgRow {
 pub(crate) const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, state, \
     created_at, finalized_at, file_count, total_size, manifest_digest, held";
 
+/// The columns of `tags`, in [`tag_from_row`]'s order.
+pub(crate) const TAG_COLUMNS: &str =
+    "tenant, repository, tag, package_id, manifest_digest, updated_at";
+
+pub(crate) fn tag_from_row(row: &impl Fields) -> Result<Tag, StoreError> {
+    let get_str = |name: &str| row.field::<String>(name).map_err(|_| corrupt("tag"));
+    Ok(Tag {
+        tenant: get_str("tenant")?,
+        repository: get_str("repository")?,
+        tag: get_str("tag")?,
+        package_id: get_str("package_id")?.parse().map_err(|_| corrupt("tag"))?,
+        manifest_digest: Sha256Digest::from_content_address(&get_str("manifest_digest")?)
+            .map(ContentAddress)
+            .ok_or(corrupt("tag digest"))?,
+        updated_at: Timestamp::from_millis(row.field("updated_at").map_err(|_| corrupt("tag"))?),
+    })
+}
+
 pub(crate) fn package_from_row(row: &impl Fields) -> Result<Package, StoreError> {
     let get_str = |name: &str| row.field::<String>(name).map_err(|_| corrupt("package"));
     let get_i64 = |name: &str| row.field::<i64>(name).map_err(|_| corrupt("package"));
@@ -376,16 +394,23 @@ pub(crate) struct ClockTexts {
     pub(crate) claim_blob: String,
     pub(crate) doom_blob: String,
     pub(crate) release_blob: String,
+    pub(crate) abandon_doom: String,
+    pub(crate) doomed_blobs: String,
 }
 
 impl ClockTexts {
     pub(crate) fn new(now: &str) -> Self {
-        let with_now = |text: &str| text.replace("{now}", now);
+        let with_now = |text: &str| {
+            text.replace("{now}", now)
+                .replace("{writer_doom_ms}", &WRITER_DOOM_MS.to_string())
+        };
         Self {
             lease: with_now(LEASE),
             claim_blob: with_now(CLAIM_BLOB),
             doom_blob: with_now(DOOM_BLOB),
             release_blob: with_now(RELEASE_BLOB),
+            abandon_doom: with_now(ABANDON_DOOM),
+            doomed_blobs: with_now(DOOMED_BLOBS),
         }
     }
 }
@@ -400,11 +425,47 @@ pub(crate) const LEASE: &str = "INSERT INTO leases (name, holder, expires_at, ge
      holder = excluded.holder, expires_at = excluded.expires_at \
      WHERE leases.holder = excluded.holder OR leases.expires_at < {now} RETURNING generation";
 
-/// Claims a digest for a write (`$1` digest, `$2` generation if new): a row comes back, with
-/// the claim's generation, unless a collection has doomed the digest.
-pub(crate) const CLAIM_BLOB: &str = "INSERT INTO blob_claims (sha256, generation, touched_at) \
-     VALUES ($1, $2, {now}) ON CONFLICT (sha256) DO UPDATE SET touched_at = excluded.touched_at \
+/// Claims a digest for a write (`$1` digest, `$2` generation if new), counting one more writer
+/// under way: a row comes back, with the claim's generation, unless the digest is doomed.
+pub(crate) const CLAIM_BLOB: &str = "INSERT INTO blob_claims (sha256, generation, touched_at, \
+     writers) VALUES ($1, $2, {now}, 1) ON CONFLICT (sha256) DO UPDATE SET \
+     touched_at = excluded.touched_at, writers = blob_claims.writers + 1 \
      WHERE blob_claims.doomed_at IS NULL RETURNING generation";
+
+/// The record of a file whose claim (`$1` digest, `$2` generation) still stands undoomed: one
+/// writer fewer. A row comes back only if the claim stood.
+pub(crate) const RECORD_CLAIM: &str = "UPDATE blob_claims SET writers = \
+     CASE WHEN writers > 0 THEN writers - 1 ELSE 0 END \
+     WHERE sha256 = $1 AND generation = $2 AND doomed_at IS NULL RETURNING writers";
+
+/// How long a writer's doom of bytes it alone claimed ([`ABANDON_DOOM`]) is left to that
+/// writer before a collection adopts it. The writer deletes the bytes milliseconds after
+/// dooming them: a doom older than this belongs to a writer that died or stalled, and adopting
+/// one sooner could let a stalled writer delete bytes published after the adoption.
+pub(crate) const WRITER_DOOM_MS: i64 = 60_000;
+
+/// A writer refused at its record (`$1` digest, `$2` its claim's generation, `$3` its own
+/// negative token) dooms bytes no other writer is under way with; the caller has taken one
+/// writer away with [`RECORD_CLAIM`] in the same transaction, found zero and checked that no
+/// file uses the digest. A row comes back if it is doomed by that token.
+pub(crate) const ABANDON_DOOM: &str = "UPDATE blob_claims SET doomed_at = {now}, doomed_by = $3 \
+     WHERE sha256 = $1 AND generation = $2 AND writers = 0 AND doomed_at IS NULL \
+     RETURNING sha256";
+
+/// A writer's doom (`$1` digest, `$2` its token) that no collection has adopted.
+pub(crate) const ABANDONED_STANDS: &str =
+    "SELECT 1 FROM blob_claims WHERE sha256 = $1 AND doomed_by = $2";
+
+/// The bytes a writer doomed (`$1` digest, `$2` its token) are gone: the digest may be claimed
+/// again. Nothing if a collection adopted the doom meanwhile.
+pub(crate) const RELEASE_ABANDONED: &str =
+    "DELETE FROM blob_claims WHERE sha256 = $1 AND doomed_by = $2";
+
+/// Digests doomed and never released, by a `gc` generation other than `$1` (a collection that
+/// stopped or lost its lease) or by a writer longer ago than [`WRITER_DOOM_MS`], at most 1,000.
+pub(crate) const DOOMED_BLOBS: &str = "SELECT sha256 FROM blob_claims WHERE doomed_at IS NOT NULL \
+     AND (doomed_by IS NULL OR (doomed_by >= 0 AND doomed_by <> $1) \
+          OR doomed_at < {now} - {writer_doom_ms}) LIMIT 1000";
 
 /// Dooms a digest (`$1` digest, `$2` grace in ms, `$3` the `gc` lease's generation) unless it
 /// was claimed within the grace, or adopts it if it is doomed already; only while that
@@ -414,8 +475,10 @@ pub(crate) const DOOM_BLOB: &str = "INSERT INTO blob_claims (sha256, generation,
      doomed_at, doomed_by) SELECT $1, 0, 0, {now}, $3 WHERE EXISTS (SELECT 1 FROM leases \
      WHERE name = 'gc' AND generation = $3 AND expires_at >= {now}) \
      ON CONFLICT (sha256) DO UPDATE SET doomed_at = excluded.doomed_at, \
-     doomed_by = excluded.doomed_by WHERE blob_claims.doomed_at IS NOT NULL \
-     OR blob_claims.touched_at < {now} - $2 RETURNING sha256";
+     doomed_by = excluded.doomed_by WHERE (blob_claims.doomed_at IS NOT NULL \
+     AND (COALESCE(blob_claims.doomed_by, 0) >= 0 OR blob_claims.doomed_at < {now} - {writer_doom_ms})) \
+     OR (blob_claims.doomed_at IS NULL AND blob_claims.touched_at < {now} - $2) \
+     RETURNING sha256";
 
 /// Whether a file stored in the blob store uses a digest (`$1`).
 pub(crate) const BLOB_IN_USE: &str = "SELECT 1 FROM files WHERE sha256 = $1 AND NOT inline LIMIT 1";
@@ -473,6 +536,12 @@ pub(crate) fn check_quota(
         }
         _ => Ok(()),
     }
+}
+
+/// Which tags [`delete_tag_rows`] deletes: one by name, or every tag naming a package.
+pub(crate) enum TagFilter<'a> {
+    Named(&'a str, &'a str),
+    Package(&'a str),
 }
 
 /// The steps both engines take the same way inside a change's transaction, defined once and
@@ -589,6 +658,142 @@ macro_rules! transaction_steps {
             .await
             .map_err(sql_error)?;
             package_from_row(&row)
+        }
+
+        /// [`MetadataStore::set_tag`]'s steps, after which the caller appends the event of a
+        /// change: the package locked and checked, then the tag inserted, or else locked and
+        /// moved (an insert that lost a race waits for the winner and then moves its row).
+        async fn set_tag_steps(
+            conn: &mut $conn,
+            tenant: &str,
+            repository: &str,
+            tag: &str,
+            package: PackageId,
+            at: Timestamp,
+        ) -> Result<TagChange, StoreError> {
+            let locked = locked_package(conn, tenant, package).await?;
+            let Some(manifest_digest) = locked.manifest_digest else {
+                return Err(StoreError::NotFinalized);
+            };
+            let new = Tag {
+                tenant: tenant.to_string(),
+                repository: repository.to_string(),
+                tag: tag.to_string(),
+                package_id: package,
+                manifest_digest,
+                updated_at: at,
+            };
+            let insert = format!(
+                "INSERT INTO tags ({TAG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (tenant, repository, tag) DO NOTHING"
+            );
+            let inserted = write_tag(conn, &insert, &new).await?;
+            if inserted == 1 {
+                return Ok(TagChange::Created(new));
+            }
+            let row = sqlx::query(&format!(
+                "SELECT {TAG_COLUMNS} FROM tags WHERE tenant = $1 AND repository = $2 \
+                 AND tag = $3{}",
+                $lock
+            ))
+            .bind(tenant)
+            .bind(repository)
+            .bind(tag)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+            let old = tag_from_row(&row)?;
+            if old.package_id == package {
+                return Ok(TagChange::Unchanged(old));
+            }
+            let update = "UPDATE tags SET package_id = $4, manifest_digest = $5, \
+                          updated_at = $6 WHERE tenant = $1 AND repository = $2 AND tag = $3";
+            write_tag(conn, update, &new).await?;
+            Ok(TagChange::Moved {
+                tag: new,
+                previous: old.package_id,
+            })
+        }
+
+        /// Runs `sql` with a tag's six columns as `$1`…`$6`; how many rows it changed.
+        async fn write_tag(conn: &mut $conn, sql: &str, tag: &Tag) -> Result<u64, StoreError> {
+            let done = sqlx::query(sql)
+                .bind(&tag.tenant)
+                .bind(&tag.repository)
+                .bind(&tag.tag)
+                .bind(tag.package_id.to_string())
+                .bind(tag.manifest_digest.to_string())
+                .bind(tag.updated_at.as_millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            Ok(done.rows_affected())
+        }
+
+        /// Deletes tags of `tenant` matching `filter`, returning them in byte order of
+        /// repository and tag.
+        async fn delete_tag_rows(
+            conn: &mut $conn,
+            tenant: &str,
+            filter: TagFilter<'_>,
+        ) -> Result<Vec<Tag>, StoreError> {
+            let named = format!(
+                "DELETE FROM tags WHERE tenant = $1 AND repository = $2 AND tag = $3 \
+                 RETURNING {TAG_COLUMNS}"
+            );
+            let of_package = format!(
+                "DELETE FROM tags WHERE tenant = $1 AND package_id = $2 RETURNING {TAG_COLUMNS}"
+            );
+            let query = match filter {
+                TagFilter::Named(repository, tag) => {
+                    sqlx::query(&named).bind(tenant).bind(repository).bind(tag)
+                }
+                TagFilter::Package(id) => sqlx::query(&of_package).bind(tenant).bind(id),
+            };
+            let rows = query.fetch_all(&mut *conn).await.map_err(sql_error)?;
+            let mut tags = rows
+                .iter()
+                .map(tag_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            tags.sort_by(|a, b| (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag)));
+            Ok(tags)
+        }
+
+        /// [`MetadataStore::abandon_blob`]'s steps: one writer fewer (which locks the claim
+        /// row on PostgreSQL), and at zero, if no file uses the digest (a statement of its
+        /// own, so it sees a file that committed while the lock was awaited), the doom.
+        async fn abandon_steps(
+            conn: &mut $conn,
+            digest: &Sha256Digest,
+            generation: i64,
+            token: i64,
+        ) -> Result<bool, StoreError> {
+            let hex = digest.hex();
+            let left: Option<i64> = sqlx::query_scalar(RECORD_CLAIM)
+                .bind(&hex)
+                .bind(generation)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            if left != Some(0) {
+                return Ok(false);
+            }
+            let used = sqlx::query(BLOB_IN_USE)
+                .bind(&hex)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            if used.is_some() {
+                return Ok(false);
+            }
+            let doomed = sqlx::query(&SQL.abandon_doom)
+                .bind(&hex)
+                .bind(generation)
+                .bind(token)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            Ok(doomed.is_some())
         }
     };
 }

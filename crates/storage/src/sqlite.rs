@@ -33,7 +33,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 const READERS: u32 = 4;
 
 /// The texts that read the database's clock, written for SQLite.
-static SQL: std::sync::LazyLock<ClockTexts> =
+pub(crate) static SQL: std::sync::LazyLock<ClockTexts> =
     std::sync::LazyLock::new(|| ClockTexts::new(SQLITE_NOW));
 
 static MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -76,6 +76,16 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "gc fencing",
         include_str!("../migrations/common/gc_fencing.sql"),
+    ),
+    (
+        9,
+        "claim writers",
+        include_str!("../migrations/common/claim_writers.sql"),
+    ),
+    (
+        10,
+        "tags",
+        include_str!("../migrations/sqlite/0010_tags.sql"),
     ),
 ];
 
@@ -165,8 +175,8 @@ enum Message {
 
 /// What a job did, and how to answer its caller.
 struct Outcome {
-    /// The event of its change, if it made one.
-    event: Option<Event>,
+    /// The events of its change, in order.
+    events: Vec<Event>,
     /// It failed, at whatever step: the writer undoes whatever it changed (its savepoint)
     /// while the rest of the group goes on.
     failed: bool,
@@ -288,15 +298,35 @@ impl SqliteStore {
         + Send
         + 'static,
     ) -> Result<T, StoreError> {
+        self.write_events(undo, move |conn, savepoint| {
+            Box::pin(async move {
+                let (value, event) = change(conn, savepoint).await?;
+                Ok((value, event.into_iter().collect()))
+            })
+        })
+        .await
+    }
+
+    /// [`write`](Self::write) for a change that appends several events.
+    async fn write_events<T: Send + 'static>(
+        &self,
+        undo: Undo,
+        change: impl for<'c> FnOnce(
+            &'c mut SqliteConnection,
+            &'c mut Savepoint,
+        ) -> BoxFuture<'c, Result<(T, Vec<Event>), StoreError>>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         let run: Run = Box::new(move |conn, savepoint| {
             Box::pin(async move {
-                let (result, event) = match change(conn, savepoint).await {
-                    Ok((value, event)) => (Ok(value), event),
-                    Err(e) => (Err(e), None),
+                let (result, events) = match change(conn, savepoint).await {
+                    Ok((value, events)) => (Ok(value), events),
+                    Err(e) => (Err(e), Vec::new()),
                 };
                 Outcome {
-                    event,
+                    events,
                     failed: result.is_err(),
                     deliver: Box::new(move |committed: Result<(), StoreError>| {
                         let _ = reply.send(committed.and(result));
@@ -370,7 +400,7 @@ async fn run_writer(
         };
         match committed {
             Ok(()) => {
-                let events: Vec<Event> = staged.iter().filter_map(|(e, _)| e.clone()).collect();
+                let events: Vec<Event> = staged.iter().flat_map(|(e, _)| e.clone()).collect();
                 published.publish(events);
                 for (_, deliver) in staged {
                     deliver(Ok(()));
@@ -398,11 +428,8 @@ async fn run_writer(
     }
 }
 
-/// What the writer keeps of each job of a group until the commit: its event and its answer.
-type Staged = Vec<(
-    Option<Event>,
-    Box<dyn FnOnce(Result<(), StoreError>) + Send>,
-)>;
+/// What the writer keeps of each job of a group until the commit: its events and its answer.
+type Staged = Vec<(Vec<Event>, Box<dyn FnOnce(Result<(), StoreError>) + Send>)>;
 
 /// Runs one job of a group inside a savepoint of the group's transaction, so that a job
 /// failing after some of its writes undoes exactly those and the rest of the group still
@@ -426,11 +453,11 @@ async fn run_job(
         savepoint.taken = true;
     }
     let Outcome {
-        event,
+        events,
         failed,
         deliver,
     } = (job.run)(conn, savepoint).await;
-    staged.push((event, deliver));
+    staged.push((events, deliver));
     savepoint.open |= savepoint.taken;
     // A job that failed before taking its own savepoint wrote nothing (its promise).
     if failed && savepoint.taken {
@@ -551,6 +578,8 @@ static ADD_FILE_BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
          INSERT INTO tenant_usage (tenant, bytes, open_uploads) SELECT ?, ?, ? WHERE {ADDED} \
          ON CONFLICT (tenant) DO UPDATE SET bytes = bytes + excluded.bytes, \
          open_uploads = open_uploads + excluded.open_uploads; \
+         UPDATE blob_claims SET writers = writers - 1 \
+         WHERE sha256 = ? AND generation = ? AND writers > 0 AND {ADDED}; \
          {} WHERE {ADDED} RETURNING sequence",
         insert_event_sql!()
     )
@@ -757,6 +786,7 @@ impl MetadataStore for SqliteStore {
                     None => (file.size as i64, 0),
                 };
                 let query = query.bind(&file.tenant).bind(bytes).bind(uploads).bind(&id);
+                let query = query.bind(&sha256).bind(claim).bind(&id);
                 let query = bind_event(query, &event, data).bind(&id);
                 let rows = match query.fetch_all(&mut *conn).await {
                     Ok(rows) => rows,
@@ -833,6 +863,39 @@ impl MetadataStore for SqliteStore {
                     }
                 }
                 Ok((doomed, None))
+            })
+        })
+        .await
+    }
+
+    /// One job on the writer: no file can be added between the count, the check and the doom.
+    async fn abandon_blob(
+        &self,
+        digest: &Sha256Digest,
+        generation: i64,
+        token: i64,
+    ) -> Result<bool, StoreError> {
+        let digest = *digest;
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                let doomed = abandon_steps(conn, &digest, generation, token).await?;
+                Ok((doomed, None))
+            })
+        })
+        .await
+    }
+
+    async fn release_abandoned(&self, digest: &Sha256Digest, token: i64) -> Result<(), StoreError> {
+        let hex = digest.hex();
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                sqlx::query(RELEASE_ABANDONED)
+                    .bind(hex)
+                    .bind(token)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                Ok(((), None))
             })
         })
         .await
@@ -924,22 +987,71 @@ impl MetadataStore for SqliteStore {
         id: PackageId,
         event: EventFor,
     ) -> Result<Package, StoreError> {
-        let tenant = tenant.to_string();
+        let (tenant, id_text) = (tenant.to_string(), id.to_string());
         let deleted = self
-            .write(Undo::Writer, move |conn, _| {
+            .write_events(Undo::Writer, move |conn, _| {
                 Box::pin(async move {
                     let package = locked_package(conn, &tenant, id).await?;
                     if package.held {
                         return Err(StoreError::Held);
                     }
                     delete_package_rows(conn, &package).await?;
-                    let event = append_event(conn, event(&package)).await?;
-                    Ok((package, Some(event)))
+                    let mut events = vec![append_event(conn, event(&package)).await?];
+                    let named = TagFilter::Package(&id_text);
+                    for tag in delete_tag_rows(conn, &tenant, named).await? {
+                        let gone = tag.deleted_event(TagDeleteReason::PackageDeleted);
+                        events.push(append_event(conn, gone).await?);
+                    }
+                    Ok((package, events))
                 })
             })
             .await?;
         self.reads.files.evict_package(id);
         Ok(deleted)
+    }
+
+    async fn set_tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+        package: PackageId,
+        at: Timestamp,
+    ) -> Result<TagChange, StoreError> {
+        let names = [tenant, repository, tag].map(str::to_string);
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                let [tenant, repository, tag] = &names;
+                let change = set_tag_steps(conn, tenant, repository, tag, package, at).await?;
+                let event = match change.event() {
+                    Some(event) => Some(append_event(conn, event).await?),
+                    None => None,
+                };
+                Ok((change, event))
+            })
+        })
+        .await
+    }
+
+    async fn delete_tag(
+        &self,
+        tenant: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Tag, StoreError> {
+        let names = [tenant, repository, tag].map(str::to_string);
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                let [tenant, repository, tag] = &names;
+                let named = TagFilter::Named(repository, tag);
+                let tag = delete_tag_rows(conn, tenant, named).await?.pop();
+                let tag = tag.ok_or(StoreError::NotFound)?;
+                let event = append_event(conn, tag.deleted_event(TagDeleteReason::Request));
+                let event = event.await?;
+                Ok((tag, Some(event)))
+            })
+        })
+        .await
     }
 
     async fn set_hold(

@@ -587,3 +587,110 @@ async fn the_sweep_reads_only_what_was_written_since_the_last_one() {
         "{gone:?}"
     );
 }
+
+/// A single-shot file refused at its record — after its bytes passed the last check and were
+/// published, here because another writer took its path meanwhile — has those bytes deleted
+/// at once, not left to a collection; its claim is released with them. The write is held
+/// between its last check and its claim by a collection's doom of its digest, so the other
+/// writer's record lands exactly there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_at_its_record_deletes_the_bytes_it_published() {
+    let env = Env::new().await;
+    let (meta, blobs) = (&env.meta, &env.stores.blobs);
+    let package = env.package().await;
+    let data = artifactstore_testkit::bytes(300_000, 77);
+    let digest = Sha256Digest::of(&data);
+    let lease = meta.lease("gc", "test", Duration::from_secs(60)).await;
+    let lease = lease.unwrap().expect("a free lease");
+    let doomed = meta.doom_blobs(&[digest], Duration::ZERO, lease).await;
+    assert_eq!(doomed.unwrap(), vec![digest]);
+
+    let registry = env.registry.clone();
+    let late = tokio::spawn(async move {
+        registry
+            .add_file(TENANT, package.id, file("app.tar"), body(&data, 16_384))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = b"another build of the same path".repeat(4_000);
+    let first = env
+        .registry
+        .add_file(TENANT, package.id, file("app.tar"), body(&other, 16_384))
+        .await
+        .unwrap();
+    assert!(
+        !late.is_finished(),
+        "the write was past its last check, waiting to claim, when the path was taken"
+    );
+    meta.release_blobs(&[digest], lease).await.unwrap();
+
+    let refused = late.await.unwrap();
+    assert!(
+        matches!(refused, Err(RegistryError::PathTaken(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        blobs.size(&digest).await.unwrap(),
+        None,
+        "bytes left behind"
+    );
+    assert_eq!(
+        meta.claim_blob(&digest, 42).await.unwrap(),
+        Some(42),
+        "the claim is released, not left doomed"
+    );
+    let read = env.registry.file(TENANT, first.id).await.unwrap();
+    assert_eq!(read.size, other.len() as u64);
+    assert!(blobs.size(&read.sha256()).await.unwrap().is_some());
+}
+
+/// A refused writer deletes only bytes nobody else wants: not while another writer of the same
+/// digest is under way (a claim not yet recorded), not while a file uses them; and its doom is
+/// its own, which a collection leaves to it while it is fresh.
+#[tokio::test]
+async fn a_refused_writer_leaves_bytes_others_want() {
+    let env = Env::new().await;
+    let meta = &env.meta;
+    let shared = Sha256Digest::of(b"two writers");
+    let generation = meta.claim_blob(&shared, 5).await.unwrap().unwrap();
+    assert_eq!(meta.claim_blob(&shared, 6).await.unwrap(), Some(generation));
+    assert!(
+        !meta.abandon_blob(&shared, generation, -1).await.unwrap(),
+        "doomed while another writer is under way"
+    );
+    assert!(meta.abandon_blob(&shared, generation, -2).await.unwrap());
+    assert_eq!(meta.claim_blob(&shared, 7).await.unwrap(), None, "doomed");
+    let lease = meta.lease("gc", "test", Duration::from_secs(60)).await;
+    let lease = lease.unwrap().expect("a free lease");
+    assert_eq!(meta.reads().doomed_blobs(lease).await.unwrap(), Vec::new());
+    let adopted = meta.doom_blobs(&[shared], Duration::ZERO, lease).await;
+    assert_eq!(
+        adopted.unwrap(),
+        Vec::new(),
+        "a fresh writer's doom adopted"
+    );
+    assert!(!meta.reads().abandoned_stands(&shared, -1).await.unwrap());
+    assert!(meta.reads().abandoned_stands(&shared, -2).await.unwrap());
+    meta.release_abandoned(&shared, -1).await.unwrap();
+    assert_eq!(meta.claim_blob(&shared, 7).await.unwrap(), None, "not -1's");
+    meta.release_abandoned(&shared, -2).await.unwrap();
+    assert_eq!(meta.claim_blob(&shared, 7).await.unwrap(), Some(7));
+
+    // A file uses the bytes: a writer refused later leaves them.
+    let package = env.package().await;
+    let data = artifactstore_testkit::bytes(200_000, 78);
+    let used = env
+        .registry
+        .add_file(TENANT, package.id, file("used"), body(&data, 16_384))
+        .await
+        .unwrap();
+    let generation = meta.claim_blob(&used.sha256(), 9).await.unwrap().unwrap();
+    assert!(
+        !meta
+            .abandon_blob(&used.sha256(), generation, -3)
+            .await
+            .unwrap()
+    );
+    let bytes = env.stores.blobs.size(&used.sha256()).await.unwrap();
+    assert_eq!(bytes, Some(data.len() as u64));
+}

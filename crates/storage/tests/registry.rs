@@ -665,8 +665,9 @@ async fn an_old_database_learns_where_its_files_live() {
     let env = {
         env.meta.close().await;
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        // Back to before migration 4: migrations 7 to 5 undone first (5 indexes `inline`).
+        // Back to before migration 4: the later ones undone first (5 indexes `inline`).
         for sql in [
+            "DROP TABLE tags",
             "DROP TABLE tenant_usage",
             "DROP TABLE blob_claims",
             "DROP INDEX files_by_sha256",

@@ -6,6 +6,7 @@ pub mod files;
 pub mod lifecycle;
 pub mod packages;
 pub mod service;
+pub mod tags;
 pub mod uploads;
 
 use artifactstore_core::error::Resource;
