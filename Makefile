@@ -23,15 +23,20 @@ dev:
 ## on the embedded stores and again on the shared ones (PostgreSQL).
 test: lint tools unit unit-shared
 
-## Python tools some tests use (openapi-spec-validator), in .venv-tools: the test that needs
+## Python tools some tests use (openapi-spec-validator, oras), in .venv-tools: the test that needs
 ## it is #[ignore]d, run by unit-shared, and fails saying so where the tool is missing.
 VALIDATOR := .venv-tools/bin/openapi-spec-validator
-tools: $(VALIDATOR)
+## PyPI's oras, the OCI client the /v2/ tests drive (a stamp file marks it installed).
+ORAS := .venv-tools/.oras-installed
+tools: $(VALIDATOR) $(ORAS)
 $(VALIDATOR):
 	@if command -v python3 >/dev/null 2>&1; then \
 	  python3 -m venv .venv-tools && .venv-tools/bin/pip install -q openapi-spec-validator \
 	  || echo "could not install openapi-spec-validator: its test will fail"; \
 	else echo "no python3: the OpenAPI validator test will fail"; fi
+$(ORAS): $(VALIDATOR)
+	@.venv-tools/bin/pip install -q 'oras>=0.2.40,<0.3' && touch $(ORAS) \
+	  || echo "could not install oras: the OCI client tests will fail"
 
 lint:
 	cargo fmt --all -- --check

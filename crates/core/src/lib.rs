@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod model;
+pub mod oci;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod quota;

@@ -2,7 +2,7 @@
 //! artifactstore's work. It validates, orders the calls to the two stores, and turns their
 //! outcomes into [`RegistryError`]s; it holds no state a second replica would need.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use crate::lifecycle;
 use crate::limits::{self, *};
 use crate::manifest::Manifest;
 use crate::model::*;
+use crate::oci;
 use crate::quota::{ByteRoom, InFlight, Quota, QuotaCheck, QuotaReached, Quotas};
 use crate::retention::{RetentionRules, present_with};
 use crate::storage::{
@@ -106,6 +107,8 @@ pub struct Registry {
     listing: Gate,
     /// Bytes of writes under way, charged to their tenants' byte quotas as they arrive.
     inflight: InFlight,
+    /// Digests of manifests served under `/v2/` that this process has remembered.
+    oci_known: KnownDigests,
     /// The last readiness probe: when, and its answer.
     readiness: tokio::sync::Mutex<Option<(Instant, std::result::Result<(), String>)>>,
 }
@@ -121,6 +124,7 @@ impl Registry {
             blobs,
             config,
             upload_locks: Arc::default(),
+            oci_known: KnownDigests::default(),
             waiting: Gate::default(),
             listing: Gate::default(),
             inflight: InFlight::default(),
@@ -776,6 +780,121 @@ impl Registry {
         }
     }
 
+    // ---- the OCI distribution face --------------------------------------------------------
+
+    /// The manifest `/v2/<tenant>/<repository>/manifests/<reference>` serves: a tag's
+    /// package, a package named by its id (in any repository of its tenant), or one named by
+    /// the digest of its manifest as served before. Every finalized package is served as its
+    /// deterministic OCI artifact manifest ([`oci::artifact_manifest`]).
+    pub async fn oci_manifest(
+        &self,
+        tenant: &str,
+        repository: &str,
+        reference: &oci::Reference,
+    ) -> Result<oci::Served> {
+        let unknown = || RegistryError::NotFound(Resource::Package);
+        let reads = self.meta.reads();
+        let package = match reference {
+            oci::Reference::Tag(tag) => match reads.tag(tenant, repository, tag).await? {
+                Some(tag) => tag.package_id,
+                None => tag.parse::<PackageId>().map_err(|_| unknown())?,
+            },
+            oci::Reference::Digest(digest) => reads
+                .oci_manifest_package(tenant, repository, digest)
+                .await?
+                .ok_or_else(unknown)?,
+        };
+        let served = self.served_manifest(tenant, package).await?;
+        match reference {
+            oci::Reference::Digest(digest) if *digest != served.digest => Err(unknown()),
+            _ => Ok(served),
+        }
+    }
+
+    /// A finalized package's manifest under `/v2/`, its digest remembered so that a client
+    /// that read it by tag or id can read it again by digest (once per digest and process:
+    /// a write only the first time a package is served).
+    async fn served_manifest(&self, tenant: &str, package: PackageId) -> Result<oci::Served> {
+        let scope = Scope::Tenant(tenant.to_string());
+        let stored = self.meta.reads().manifest(&scope, package).await?;
+        let stored = stored.ok_or(RegistryError::NotFound(Resource::Package))?;
+        let manifest: Manifest = serde_json::from_str(&stored.json)
+            .map_err(|_| StoreError::Corrupt(format!("the manifest of {package}")))?;
+        let bytes = oci::artifact_manifest(&manifest, &stored);
+        let digest = Sha256Digest::of(&bytes);
+        if self.oci_known.remember(digest) {
+            let remembered = self
+                .meta
+                .remember_oci_manifest(tenant, &digest, package)
+                .await;
+            if let Err(e) = remembered {
+                self.oci_known.forget(&digest);
+                return Err(e.into());
+            }
+        }
+        Ok(oci::Served {
+            bytes: bytes.into(),
+            media_type: oci::IMAGE_MANIFEST.to_string(),
+            digest,
+            package,
+        })
+    }
+
+    /// A blob of the tenant: a file's bytes, a package's CBOR manifest (the config of its
+    /// artifact), or the empty JSON object. Never another tenant's, whoever has the same bytes.
+    pub async fn oci_blob(&self, tenant: &str, digest: Sha256Digest) -> Result<oci::Blob> {
+        if digest == oci::empty_json_digest() {
+            return Ok(oci::Blob::Bytes(Bytes::from_static(oci::EMPTY_JSON_BYTES)));
+        }
+        let reads = self.meta.reads();
+        if let Some(file) = reads.file_by_digest(tenant, &digest).await? {
+            return Ok(oci::Blob::File(file));
+        }
+        match reads.manifest_by_digest(tenant, &digest).await? {
+            Some(cbor) => Ok(oci::Blob::Bytes(cbor)),
+            None => Err(RegistryError::NotFound(Resource::File)),
+        }
+    }
+
+    /// `DELETE /v2/…/manifests/<reference>`: a tag deletes the tag only; a digest deletes the
+    /// package it names (and its tags), refused while the package is held.
+    pub async fn oci_delete(
+        &self,
+        tenant: &str,
+        repository: &str,
+        reference: &oci::Reference,
+    ) -> Result<()> {
+        match reference {
+            oci::Reference::Tag(tag) => self.delete_tag(tenant, repository, tag).await.map(drop),
+            oci::Reference::Digest(_) => {
+                let served = self.oci_manifest(tenant, repository, reference).await?;
+                self.delete_package(tenant, served.package).await
+            }
+        }
+    }
+
+    /// A page of a repository's tag names after `last`, at most `limit`, and whether more
+    /// follow.
+    pub async fn oci_tags(
+        &self,
+        tenant: &str,
+        repository: &str,
+        last: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<String>, bool)> {
+        if limit == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let after = last.map(|tag| (repository, tag));
+        let reads = self.meta.reads();
+        let mut tags = reads
+            .list_tags(tenant, Some(repository), after, limit + 1)
+            .await?;
+        let more = tags.len() > limit as usize;
+        tags.truncate(limit as usize);
+        Ok((tags.into_iter().map(|t| t.tag).collect(), more))
+    }
+
     // ---- events ------------------------------------------------------------------------
 
     /// The events in `scope` after `since`, oldest first; if there are none yet, waits up to
@@ -1226,6 +1345,32 @@ fn decode_tag_cursor(cursor: &str) -> Option<(String, String)> {
 /// Any hex is a cursor (the files after those bytes); ours are always a path's UTF-8.
 fn decode_path_cursor(cursor: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&hex::decode(cursor).ok()?).into_owned())
+}
+
+/// Digests this process has remembered in the metadata store, so that serving a manifest
+/// writes only the first time; at most [`KnownDigests::MAX`], forgotten all at once beyond.
+#[derive(Default)]
+struct KnownDigests(Mutex<HashSet<Sha256Digest>>);
+
+impl KnownDigests {
+    const MAX: usize = 100_000;
+
+    /// `true` if `digest` is new here (the caller remembers it in the store).
+    fn remember(&self, digest: Sha256Digest) -> bool {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if known.contains(&digest) {
+            return false;
+        }
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        known.insert(digest)
+    }
+
+    fn forget(&self, digest: &Sha256Digest) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(digest);
+    }
 }
 
 /// One async mutex per upload id in use, so two requests never write the same upload's

@@ -322,6 +322,29 @@ pub trait MetadataReads: Send + Sync {
     /// (see [`MetadataStore::abandon_blob`]), at most 1,000.
     async fn doomed_blobs(&self, lease: u64) -> Result<Vec<Sha256Digest>, StoreError>;
 
+    /// A file of `tenant` with these bytes, if any.
+    async fn file_by_digest(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<FileRecord>, StoreError>;
+
+    /// The CBOR manifest of a finalized package of `tenant` whose manifest digest is `digest`.
+    async fn manifest_by_digest(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<Bytes>, StoreError>;
+
+    /// The package whose manifest under `/v2/` has `digest`, in `repository` of `tenant` (see
+    /// [`MetadataStore::remember_oci_manifest`]).
+    async fn oci_manifest_package(
+        &self,
+        tenant: &str,
+        repository: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<PackageId>, StoreError>;
+
     /// Whether `token`'s doom of `digest` ([`MetadataStore::abandon_blob`]) still stands, not
     /// adopted by a collection.
     async fn abandoned_stands(&self, digest: &Sha256Digest, token: i64)
@@ -484,6 +507,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The bytes `token` doomed ([`abandon_blob`](Self::abandon_blob)) are gone: the digest
     /// may be claimed again. Nothing if a collection adopted the doom.
     async fn release_abandoned(&self, digest: &Sha256Digest, token: i64) -> Result<(), StoreError>;
+
+    /// Remembers that the manifest served under `/v2/` for the finalized package `package` of
+    /// `tenant` has `digest`, in every repository of the tenant; idempotent; nothing for a
+    /// package that is gone. Deleted with the package.
+    async fn remember_oci_manifest(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+        package: PackageId,
+    ) -> Result<(), StoreError>;
 
     /// Deletes inline bytes no file uses, at most `limit`; returns how many.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;

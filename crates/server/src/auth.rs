@@ -148,19 +148,70 @@ impl Auth {
 
     /// The caller of a request: `Ok(None)` when it carries no credentials.
     fn caller(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
-        let Some(value) = headers.get(AUTHORIZATION) else {
-            return Ok(None);
+        self.caller_by(headers, Schemes::Bearer)
+    }
+
+    /// The caller of a request under `/v2/`, where clients also send the store token as the
+    /// password of HTTP Basic (any user name).
+    pub fn oci_caller(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+        self.caller_by(headers, Schemes::BearerOrBasic)
+    }
+
+    fn caller_by(&self, headers: &HeaderMap, schemes: Schemes) -> Result<Option<Caller>, ApiError> {
+        let token = match presented(headers, schemes) {
+            Presented::None => return Ok(None),
+            Presented::Malformed => return Err(ApiError::Unauthorized),
+            Presented::Token(token) => token,
         };
-        let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
-        let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthorized);
-        }
-        let caller = self.lookup(token.trim()).ok_or(ApiError::Unauthorized)?;
+        let caller = self.lookup(&token).ok_or(ApiError::Unauthorized)?;
         self.throttle
             .tenant(&caller.tenant)
             .map_err(|wait| ApiError::throttled("tenant", wait))?;
         Ok(Some(caller))
+    }
+}
+
+/// Which `Authorization` schemes a route takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Schemes {
+    Bearer,
+    BearerOrBasic,
+}
+
+enum Presented {
+    None,
+    Malformed,
+    Token(String),
+}
+
+/// The token a request presents, as Bearer or (under `/v2/`) as a Basic password.
+fn presented(headers: &HeaderMap, schemes: Schemes) -> Presented {
+    use base64::Engine;
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Presented::None;
+    };
+    let Some((scheme, credentials)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
+        return Presented::Malformed;
+    };
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Presented::Token(credentials.to_string());
+    }
+    if schemes == Schemes::BearerOrBasic && scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(credentials);
+        let pair = decoded.ok().and_then(|d| String::from_utf8(d).ok());
+        if let Some((_, password)) = pair.as_deref().and_then(|p| p.split_once(':')) {
+            return Presented::Token(password.to_string());
+        }
+    }
+    Presented::Malformed
+}
+
+/// The store token a `/v2/` request presents, as Bearer or Basic password.
+pub fn presented_token(headers: &HeaderMap) -> Option<String> {
+    match presented(headers, Schemes::BearerOrBasic) {
+        Presented::Token(token) => Some(token),
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod multipart;
 pub mod observe;
+pub mod oci;
 pub mod openapi;
 pub mod shortcut;
 pub mod throttle;
@@ -162,9 +163,10 @@ pub fn router(state: AppState) -> (Router, metrics::Routes) {
         format!("{DOCS}/{{*rest}}"),
     ];
     let templates = api.paths.paths.keys().chain(&docs).map(String::as_str);
-    let routes = metrics::Routes::new(templates.chain([OPENAPI_JSON]));
+    let routes = metrics::Routes::new(templates.chain([OPENAPI_JSON]).chain(oci::ROUTES));
     let doc = openapi::document(api, &state.settings);
     let router = router
+        .merge(oci::router())
         .merge(SwaggerUi::new(DOCS).external_url_unchecked(OPENAPI_JSON, doc))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -69,6 +69,7 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "tags",
         include_str!("../migrations/postgres/0007_tags.sql"),
     ),
+    (8, "oci", include_str!("../migrations/common/oci.sql")),
 ];
 
 /// The channel a commit notifies, with its sequence as payload.
@@ -608,6 +609,22 @@ impl MetadataStore for PgStore {
         let doomed = abandon_steps(&mut tx, digest, generation, token).await?;
         tx.commit().await.map_err(sql_error)?;
         Ok(doomed)
+    }
+
+    async fn remember_oci_manifest(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+        package: PackageId,
+    ) -> Result<(), StoreError> {
+        sqlx::query(REMEMBER_OCI_MANIFEST)
+            .bind(tenant)
+            .bind(digest.content_address())
+            .bind(package.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        Ok(())
     }
 
     async fn release_abandoned(&self, digest: &Sha256Digest, token: i64) -> Result<(), StoreError> {

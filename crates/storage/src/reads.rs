@@ -310,6 +310,59 @@ impl MetadataReads for Reads {
         })
     }
 
+    async fn file_by_digest(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        let sql =
+            format!("SELECT {FILE_COLUMNS} FROM files WHERE tenant = $1 AND sha256 = $2 LIMIT 1");
+        on_pool!(&self.pool, |p| {
+            let row = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(digest.hex())
+                .fetch_optional(p)
+                .await
+                .map_err(sql_error)?;
+            row.as_ref().map(file_from_row).transpose()
+        })
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let sql = "SELECT manifest_cbor FROM packages WHERE tenant = $1 AND manifest_digest = $2 \
+                   AND state = 'finalized' LIMIT 1";
+        let cbor: Option<Vec<u8>> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(tenant)
+            .bind(digest.content_address())
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        Ok(cbor.map(Bytes::from))
+    }
+
+    async fn oci_manifest_package(
+        &self,
+        tenant: &str,
+        repository: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<PackageId>, StoreError> {
+        let sql = "SELECT package_id FROM oci_manifests WHERE tenant = $1 AND digest = $2 \
+                   AND repository IN ('', $3) LIMIT 1";
+        let id: Option<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(tenant)
+            .bind(digest.content_address())
+            .bind(repository)
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        id.map(|id| id.parse().map_err(|_| corrupt("oci manifest")))
+            .transpose()
+    }
+
     async fn abandoned_stands(
         &self,
         digest: &Sha256Digest,

@@ -68,6 +68,13 @@ impl Fields for PgRow {
 pub(crate) const PACKAGE_COLUMNS: &str = "id, tenant, producer, subject, retention_class, metadata, state, \
     created_at, finalized_at, file_count, total_size, manifest_digest, held";
 
+/// Remembers the digest (`$2`) of the manifest served for a finalized package (`$3`) of a
+/// tenant (`$1`), under every repository; nothing for a package gone meanwhile.
+pub(crate) const REMEMBER_OCI_MANIFEST: &str = "INSERT INTO oci_manifests \
+     (tenant, repository, digest, package_id) SELECT $1, '', $2, $3 WHERE EXISTS \
+     (SELECT 1 FROM packages WHERE id = $3 AND tenant = $1 AND state = 'finalized') \
+     ON CONFLICT (tenant, repository, digest) DO NOTHING";
+
 /// The columns of `tags`, in [`tag_from_row`]'s order.
 pub(crate) const TAG_COLUMNS: &str =
     "tenant, repository, tag, package_id, manifest_digest, updated_at";
@@ -631,6 +638,7 @@ macro_rules! transaction_steps {
         ) -> Result<(), StoreError> {
             for sql in [
                 "DELETE FROM package_metadata WHERE package_id = $1",
+                "DELETE FROM oci_manifests WHERE package_id = $1",
                 "DELETE FROM files WHERE package_id = $1",
                 "DELETE FROM packages WHERE id = $1",
             ] {

@@ -87,6 +87,7 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "tags",
         include_str!("../migrations/sqlite/0010_tags.sql"),
     ),
+    (11, "oci", include_str!("../migrations/common/oci.sql")),
 ];
 
 /// Writes committed together at most (see [`run_writer`]).
@@ -880,6 +881,33 @@ impl MetadataStore for SqliteStore {
             Box::pin(async move {
                 let doomed = abandon_steps(conn, &digest, generation, token).await?;
                 Ok((doomed, None))
+            })
+        })
+        .await
+    }
+
+    async fn remember_oci_manifest(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+        package: PackageId,
+    ) -> Result<(), StoreError> {
+        let values = [
+            tenant.to_string(),
+            digest.content_address(),
+            package.to_string(),
+        ];
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                let [tenant, digest, package] = &values;
+                sqlx::query(REMEMBER_OCI_MANIFEST)
+                    .bind(tenant)
+                    .bind(digest)
+                    .bind(package)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                Ok(((), None))
             })
         })
         .await

@@ -667,6 +667,8 @@ async fn an_old_database_learns_where_its_files_live() {
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
         // Back to before migration 4: the later ones undone first (5 indexes `inline`).
         for sql in [
+            "DROP TABLE oci_manifests",
+            "DROP INDEX packages_by_manifest",
             "DROP TABLE tags",
             "DROP TABLE tenant_usage",
             "DROP TABLE blob_claims",

@@ -3,7 +3,7 @@
 use artifactstore_core::FileId;
 use artifactstore_core::error::Resource;
 use artifactstore_core::storage::ByteStream;
-use artifactstore_core::{FileRecord, Scope};
+use artifactstore_core::{FileRecord, Scope, Sha256Digest};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body::{Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use super::{PathId, parse_id};
@@ -84,11 +85,64 @@ async fn respond(
 ) -> ApiResult<Response> {
     let id = parse_id(id, Resource::File)?;
     let file = state.registry.file(scope, id).await?;
-    let etag = header_value(format_args!("\"{}\"", file.content_address))?;
+    let content = Content::File {
+        file,
+        media_type: None,
+    };
+    serve(state, content, headers, method).await
+}
+
+/// Bytes served by a download or under `/v2/`: a file's, or bytes at hand.
+pub enum Content {
+    /// A file, as its own media type unless another is given.
+    File {
+        file: Arc<FileRecord>,
+        media_type: Option<&'static str>,
+    },
+    Bytes {
+        bytes: Bytes,
+        media_type: String,
+        digest: Sha256Digest,
+    },
+}
+
+impl Content {
+    fn size(&self) -> u64 {
+        match self {
+            Self::File { file, .. } => file.size,
+            Self::Bytes { bytes, .. } => bytes.len() as u64,
+        }
+    }
+
+    fn digest(&self) -> Sha256Digest {
+        match self {
+            Self::File { file, .. } => file.sha256(),
+            Self::Bytes { digest, .. } => *digest,
+        }
+    }
+
+    fn media_type(&self) -> &str {
+        match self {
+            Self::File { file, media_type } => media_type.unwrap_or(&file.media_type),
+            Self::Bytes { media_type, .. } => media_type,
+        }
+    }
+}
+
+/// Answers a `GET` or `HEAD` of `content`: strong ETag (its content address), `304`, one
+/// `Range`, immutable caching, and a sandbox for whatever the bytes are.
+pub async fn serve(
+    state: &AppState,
+    content: Content,
+    headers: &HeaderMap,
+    method: &Method,
+) -> ApiResult<Response> {
+    let size = content.size();
+    let etag = header_value(format_args!("\"sha256:{}\"", content.digest().hex()))?;
     let etag_text = etag.to_str().unwrap_or_default();
     let not_modified = if_none_match(headers, etag_text);
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if if_range_allows(headers, etag_text) => parse_range(value, file.size),
+        Some(value) if if_range_allows(headers, etag_text) => parse_range(value, size),
         _ => RangeRequest::Full,
     };
     // Sized for every header below: growing the map costs reallocations on each request.
@@ -114,35 +168,35 @@ async fn respond(
         return Ok(answer(StatusCode::NOT_MODIFIED, out, Body::empty()));
     }
     let (status, range) = match range {
-        RangeRequest::Full => (StatusCode::OK, 0..file.size),
+        RangeRequest::Full => (StatusCode::OK, 0..size),
         RangeRequest::Partial(r) => {
-            let content_range = header_value(format_args!(
-                "bytes {}-{}/{}",
-                r.start,
-                r.end - 1,
-                file.size
-            ))?;
+            let content_range =
+                header_value(format_args!("bytes {}-{}/{}", r.start, r.end - 1, size))?;
             out.insert(header::CONTENT_RANGE, content_range);
             (StatusCode::PARTIAL_CONTENT, r)
         }
         RangeRequest::Unsatisfiable => {
-            return Err(ApiError::RangeNotSatisfiable { size: file.size });
+            return Err(ApiError::RangeNotSatisfiable { size });
         }
     };
-    let media_type = HeaderValue::from_str(&file.media_type).map_err(cannot_send)?;
+    let media_type = HeaderValue::from_str(content.media_type()).map_err(cannot_send)?;
     out.insert(header::CONTENT_TYPE, media_type);
     let length = range.end - range.start;
     if method == Method::HEAD {
         out.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         return Ok(answer(status, out, Body::empty()));
     }
-    let stream = state.registry.read_file(&file, range).await?;
-    let body = Download {
-        stream,
-        remaining: length,
-        file: file.id,
+    let body = match content {
+        Content::File { file, .. } => Body::new(Download {
+            stream: state.registry.read_file(&file, range).await?,
+            remaining: length,
+            file: file.id,
+        }),
+        Content::Bytes { bytes, .. } => {
+            Body::from(bytes.slice(range.start as usize..range.end as usize))
+        }
     };
-    Ok(answer(status, out, Body::new(body)))
+    Ok(answer(status, out, body))
 }
 
 /// A download's bytes as a body of known length: hyper writes `Content-Length` from it
