@@ -197,3 +197,147 @@ fn skopeo_inspects_lists_copies_and_deletes() {
     let tags = list_tags(&image, &creds);
     assert_eq!(tags["Tags"], serde_json::json!([]));
 }
+
+#[test]
+#[ignore = "needs oras in .venv-tools (make test installs it)"]
+fn oras_pushes_a_nested_tree_in_chunks_and_pulls_it_back() {
+    let python = oras_python();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let src = dir.path().join("src");
+    tree(&src);
+    let names: Vec<String> = files(&src).into_iter().map(|(p, _)| p).collect();
+    // oras titles a layer with the file's base name unless told otherwise.
+    let annotations: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                serde_json::json!({ "org.opencontainers.image.title": n }),
+            )
+        })
+        .collect();
+    let annotation_file = dir.path().join("annotations.json");
+    std::fs::write(&annotation_file, serde_json::to_vec(&annotations).unwrap()).unwrap();
+    let host = format!("127.0.0.1:{}", server.port);
+    let out = dir.path().join("out");
+    let script = format!(
+        "import oras.client\n\
+         c = oras.client.OrasClient(hostname={host:?}, insecure=True)\n\
+         c.login(username='ci', password={TOKEN:?}, hostname={host:?})\n\
+         r = c.push(target={target:?}, files={names:?}, annotation_file={ann:?}, \
+                    do_chunked=True, chunk_size=1000000)\n\
+         assert r.status_code == 201, r.status_code\n\
+         c.pull(target={target:?}, outdir={out:?})\n",
+        target = format!("{host}/acme/team/pushed:v1"),
+        ann = annotation_file.to_str().unwrap(),
+        out = out.to_str().unwrap(),
+    );
+    let pushed = Command::new(&python)
+        .args(["-c", &script])
+        .current_dir(&src)
+        .output()
+        .unwrap();
+    ok(&pushed);
+    assert_eq!(files(&out), files(&src));
+    // The push is a package like any other: our CLI pulls the same tree by its tag.
+    let again = dir.path().join("again");
+    ok(&server.run(&["pull", "team/pushed:v1", again.to_str().unwrap()]));
+    assert_eq!(files(&again), files(&src));
+}
+
+/// Writes a multi-architecture OCI layout: two image manifests (config + one layer each)
+/// under an index tagged `multi`; the index's digest.
+fn multi_arch_layout(dir: &Path) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let digest = artifactstore_core::Sha256Digest::of(bytes);
+        std::fs::write(blobs.join(digest.hex()), bytes).unwrap();
+        (digest.content_address(), bytes.len())
+    };
+    let mut manifests = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let config = format!(
+            r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+        );
+        let (config, config_size) = put(config.as_bytes());
+        let (layer, layer_size) = put(&artifactstore_testkit::bytes(100_000, arch.len() as u64));
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
+        });
+        let (digest, size) = put(&serde_json::to_vec(&manifest).unwrap());
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests,
+    });
+    let (index, size) = put(&serde_json::to_vec(&index).unwrap());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": index, "size": size,
+        "annotations": {"org.opencontainers.image.ref.name": "multi"},
+    }]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    index
+}
+
+#[test]
+#[ignore = "needs skopeo (make test installs it)"]
+fn skopeo_copies_a_multi_architecture_index_in_and_out_with_its_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let layout = dir.path().join("layout");
+    let index = multi_arch_layout(&layout);
+    let image = format!("docker://127.0.0.1:{}/acme/multi", server.port);
+    let creds = format!("ci:{TOKEN}");
+    ok(&skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &format!("oci:{}:multi", layout.display()),
+        &format!("{image}:multi"),
+    ]));
+    let raw = ok(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &format!("{image}:multi"),
+    ]));
+    assert_eq!(
+        artifactstore_core::Sha256Digest::of(raw.as_bytes()).content_address(),
+        index
+    );
+    let back = dir.path().join("back");
+    ok(&skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &format!("{image}:multi"),
+        &format!("oci:{}:multi", back.display()),
+    ]));
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(top["manifests"][0]["digest"], index.as_str());
+    // Every blob and manifest came back byte for byte.
+    let blobs = |d: &Path| files(&d.join("blobs"));
+    assert_eq!(blobs(&back), blobs(&layout));
+    assert_eq!(
+        list_tags(&image, &creds)["Tags"],
+        serde_json::json!(["multi"])
+    );
+}

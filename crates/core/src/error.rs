@@ -48,6 +48,10 @@ pub enum RegistryError {
     NotFinalized,
     #[error("the package already has a file at path {0:?}")]
     PathTaken(String),
+    /// A pushed manifest references blobs or manifests the tenant does not have; nothing
+    /// was stored.
+    #[error("the manifest references what this repository does not have: {}", .0.iter().map(|d| d.content_address()).collect::<Vec<_>>().join(", "))]
+    ManifestBlobUnknown(Vec<Sha256Digest>),
     #[error("the upload is already completed")]
     UploadCompleted,
     /// The package holds the most files a package may; nothing was added.

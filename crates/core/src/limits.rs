@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_FILES_PER_PACKAGE: u64 = 100_000;
 /// The largest manifest by default (its CBOR or its JSON, whichever is longer): finalize
 /// refuses a package whose manifest would be larger (`422`), before storing anything.
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
+/// Largest manifest a push through `/v2/` may store, by default (what OCI clients must
+/// support at least).
+pub const DEFAULT_MAX_OCI_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// `metadata.KEY=VALUE` and `has_metadata=KEY` filters of one `GET /packages`, together: each
 /// costs the listing a lookup per candidate package.
 pub const MAX_LIST_FILTERS: usize = 16;

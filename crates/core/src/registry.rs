@@ -2,7 +2,7 @@
 //! artifactstore's work. It validates, orders the calls to the two stores, and turns their
 //! outcomes into [`RegistryError`]s; it holds no state a second replica would need.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use crate::quota::{ByteRoom, InFlight, Quota, QuotaCheck, QuotaReached, Quotas};
 use crate::retention::{RetentionRules, present_with};
 use crate::storage::{
     AddChecks, Advance, BlobInfo, BlobStore, ByteStream, Claim, Freeze, Head, MetadataReads,
-    MetadataStore, StoreError, Stores, check_digest, read_head,
+    MetadataStore, PushedManifest, StoreError, Stores, check_digest, read_head,
 };
 use crate::timestamp::Timestamp;
 use crate::validate::{self, Errors};
@@ -112,6 +112,11 @@ pub struct Registry {
     /// The last readiness probe: when, and its answer.
     readiness: tokio::sync::Mutex<Option<(Instant, std::result::Result<(), String>)>>,
 }
+
+/// The producer of packages made by pushes through `/v2/`.
+pub const OCI_PRODUCER: &str = "oci";
+/// Their retention class, unless the configured classes lack it (then the first of those).
+pub const OCI_RETENTION_CLASS: &str = "standard";
 
 /// How long a readiness probe's answer stands.
 pub const READY_FRESH: Duration = Duration::from_secs(1);
@@ -434,6 +439,14 @@ impl Registry {
         let file = self.file(scope, id).await?;
         let stream = self.read_file(&file, range.unwrap_or(0..file.size)).await?;
         Ok((file, stream))
+    }
+
+    /// The bytes `range` of a blob the caller has looked up ([`Registry::oci_blob`]).
+    pub async fn read_blob(&self, blob: BlobInfo, range: Range<u64>) -> Result<ByteStream> {
+        if range.start > range.end || range.end > blob.size {
+            return Err(RegistryError::invalid("range", "outside the blob"));
+        }
+        Ok(self.blobs.read(&blob.digest, range).await?)
     }
 
     /// The bytes `range` of a file the caller has looked up (and so was allowed to see).
@@ -815,6 +828,21 @@ impl Registry {
     /// that read it by tag or id can read it again by digest (once per digest and process:
     /// a write only the first time a package is served).
     async fn served_manifest(&self, tenant: &str, package: PackageId) -> Result<oci::Served> {
+        let reads = self.meta.reads();
+        let package_of_tenant = reads
+            .package(&Scope::Tenant(tenant.into()), package)
+            .await?;
+        if package_of_tenant.is_some()
+            && let Some((media_type, bytes)) = reads.pushed_manifest(package).await?
+        {
+            let digest = Sha256Digest::of(&bytes);
+            return Ok(oci::Served {
+                bytes,
+                media_type,
+                digest,
+                package,
+            });
+        }
         let scope = Scope::Tenant(tenant.to_string());
         let stored = self.meta.reads().manifest(&scope, package).await?;
         let stored = stored.ok_or(RegistryError::NotFound(Resource::Package))?;
@@ -850,8 +878,11 @@ impl Registry {
         if let Some(file) = reads.file_by_digest(tenant, &digest).await? {
             return Ok(oci::Blob::File(file));
         }
-        match reads.manifest_by_digest(tenant, &digest).await? {
-            Some(cbor) => Ok(oci::Blob::Bytes(cbor)),
+        if let Some(cbor) = reads.manifest_by_digest(tenant, &digest).await? {
+            return Ok(oci::Blob::Bytes(cbor));
+        }
+        match self.oci_blob_size(tenant, digest).await? {
+            Some(size) => Ok(oci::Blob::Stored(BlobInfo { digest, size })),
             None => Err(RegistryError::NotFound(Resource::File)),
         }
     }
@@ -871,6 +902,245 @@ impl Registry {
                 self.delete_package(tenant, served.package).await
             }
         }
+    }
+
+    /// Turns an upload session's bytes into a blob of the tenant, pushed through `/v2/`: the
+    /// digest must be `expected`; the bytes are claimed and published, recorded as the
+    /// tenant's, and the session is closed. Until a manifest references it, the blob lives at
+    /// least the GC grace (its claim's age).
+    pub async fn oci_complete_blob(
+        &self,
+        tenant: &str,
+        id: UploadId,
+        expected: Sha256Digest,
+    ) -> Result<BlobInfo> {
+        let (_guard, record) = self.lock_open_upload(tenant, id).await?;
+        let digest = restore_hasher(&record)?.finish();
+        if digest != expected {
+            return Err(RegistryError::DigestMismatch {
+                expected,
+                actual: digest,
+            });
+        }
+        let blob = BlobInfo {
+            digest,
+            size: record.upload.offset,
+        };
+        let claim = BlobClaimer::new(&*self.meta);
+        claim.claim(&blob).await?;
+        self.blobs.stage_commit(&id, &record.staging, blob).await?;
+        let generation = claim.generation().unwrap_or_default();
+        match self.meta.record_oci_blob(tenant, blob, generation).await {
+            Err(StoreError::Stale) => Err(StoreError::Unavailable(GC_TOOK_THE_BYTES)),
+            other => other,
+        }?;
+        self.meta
+            .delete_upload(tenant, id)
+            .await
+            .map_err(|e| self.upload_error(e))?;
+        if let Err(e) = self.blobs.stage_discard(&id).await {
+            tracing::warn!(upload = %id, error = %e, "could not discard staged bytes");
+        }
+        Ok(blob)
+    }
+
+    /// Stores a manifest pushed to `repository` as a finalized package of the tenant (`oci`
+    /// its producer, the repository its subject, the blobs it references its files), keeping
+    /// its exact bytes; by tag, the tag is set too. Every referenced blob must be the
+    /// tenant's and present, every manifest an index names already pushed to the repository
+    /// (`ManifestBlobUnknown` lists those that are not; nothing is stored). Pushing the same
+    /// manifest again changes nothing but the tag.
+    pub async fn oci_put_manifest(
+        &self,
+        tenant: &str,
+        repository: &str,
+        reference: &oci::Reference,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<oci::Pushed> {
+        let parsed =
+            oci::parse(media_type, &bytes).map_err(|m| RegistryError::invalid("manifest", m))?;
+        let digest = Sha256Digest::of(&bytes);
+        if let oci::Reference::Digest(named) = reference
+            && *named != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                expected: *named,
+                actual: digest,
+            });
+        }
+        let reads = self.meta.reads();
+        let known = reads
+            .oci_manifest_package(tenant, repository, &digest)
+            .await?;
+        let package = match known {
+            Some(package) => package,
+            None => {
+                self.store_pushed(tenant, repository, media_type, &bytes, &parsed)
+                    .await?
+            }
+        };
+        if let oci::Reference::Tag(tag) = reference {
+            self.set_tag(tenant, repository, tag, &package.to_string())
+                .await?;
+        }
+        Ok(oci::Pushed {
+            digest,
+            package,
+            subject: parsed.subject,
+        })
+    }
+
+    /// The package of a newly pushed manifest: checked references, then the package, its
+    /// files, its finalization and the manifest's record; a failure on the way deletes the
+    /// package again.
+    async fn store_pushed(
+        &self,
+        tenant: &str,
+        repository: &str,
+        media_type: &str,
+        bytes: &[u8],
+        parsed: &oci::Parsed,
+    ) -> Result<PackageId> {
+        let mut missing = Vec::new();
+        for blob in &parsed.blobs {
+            if self.oci_blob_size(tenant, blob.digest).await? != Some(blob.size) {
+                missing.push(blob.digest);
+            }
+        }
+        let reads = self.meta.reads();
+        for child in &parsed.manifests {
+            let found = reads.oci_manifest_package(tenant, repository, &child.digest);
+            if found.await?.is_none() {
+                missing.push(child.digest);
+            }
+        }
+        if !missing.is_empty() {
+            return Err(RegistryError::ManifestBlobUnknown(missing));
+        }
+        let class = match &self.config.retention_classes {
+            Some(classes) if !classes.contains(OCI_RETENTION_CLASS) => {
+                classes.iter().next().cloned().unwrap_or_default()
+            }
+            _ => OCI_RETENTION_CLASS.to_string(),
+        };
+        let new = NewPackage {
+            producer: OCI_PRODUCER.into(),
+            subject: repository.into(),
+            retention_class: class,
+            metadata: BTreeMap::new(),
+        };
+        let package = self.create_package(tenant, new).await?.id;
+        let digest = Sha256Digest::of(bytes);
+        let stored = async {
+            let paths = oci::file_paths(&parsed.blobs);
+            let mut added = BTreeSet::new();
+            for (blob, path) in parsed.blobs.iter().zip(paths) {
+                if added.insert(path.clone()) {
+                    self.add_pushed_blob(tenant, package, path, blob).await?;
+                }
+            }
+            self.finalize(tenant, package).await?;
+            let pushed = PushedManifest {
+                tenant,
+                repository,
+                digest,
+                package,
+                media_type,
+                bytes,
+                subject: parsed.subject,
+                artifact_type: parsed.artifact_type.as_deref(),
+            };
+            Ok::<_, RegistryError>(self.meta.record_pushed_manifest(pushed).await?)
+        };
+        let recorded = stored.await;
+        match recorded {
+            Ok(winner) if winner == package => Ok(package),
+            // A concurrent push of the same manifest recorded its package first.
+            Ok(winner) => {
+                self.delete_package(tenant, package).await?;
+                Ok(winner)
+            }
+            Err(e) => {
+                if let Err(undo) = self.delete_package(tenant, package).await {
+                    tracing::warn!(%package, error = %undo, "a failed push left its package");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The size of a blob the tenant may reference: a file's, or one it pushed whose bytes
+    /// are still there.
+    async fn oci_blob_size(&self, tenant: &str, digest: Sha256Digest) -> Result<Option<u64>> {
+        let reads = self.meta.reads();
+        if let Some(file) = reads.file_by_digest(tenant, &digest).await? {
+            return Ok(Some(file.size));
+        }
+        if reads.oci_blob(tenant, &digest).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.blobs.size(&digest).await?)
+    }
+
+    /// Adds a blob already stored as a file of an open package: claimed, checked present
+    /// after the claim (a collection may have taken it before), recorded with its claim.
+    async fn add_pushed_blob(
+        &self,
+        tenant: &str,
+        package: PackageId,
+        path: String,
+        blob: &oci::Descriptor,
+    ) -> Result<()> {
+        let media_type = if validate::media_type(&blob.media_type).is_ok() {
+            blob.media_type.clone()
+        } else {
+            "application/octet-stream".to_string()
+        };
+        let mut file = FileRecord::new(tenant, package, path, blob.size, media_type, blob.digest);
+        let reads = self.meta.reads();
+        let existing = reads.file_by_digest(tenant, &blob.digest).await?;
+        if let Some(existing) = existing.filter(|f| f.inline) {
+            // Small bytes live beside their files in the metadata store.
+            let bytes = reads.inline_blob(&existing.sha256()).await?;
+            let bytes = bytes.ok_or(RegistryError::ManifestBlobUnknown(vec![blob.digest]))?;
+            file.inline = true;
+            return self.record_file(&file, None, Some(bytes), None).await;
+        }
+        let info = BlobInfo {
+            digest: blob.digest,
+            size: blob.size,
+        };
+        let claim = BlobClaimer::new(&*self.meta);
+        claim.claim(&info).await?;
+        if self.blobs.size(&blob.digest).await? != Some(blob.size) {
+            return Err(RegistryError::ManifestBlobUnknown(vec![blob.digest]));
+        }
+        self.record_file(&file, None, None, claim.generation())
+            .await
+    }
+
+    /// Manifests pushed to `repository` whose subject is `subject` (the referrers API), with
+    /// those of `artifact_type` only, if given.
+    pub async fn oci_referrers(
+        &self,
+        tenant: &str,
+        repository: &str,
+        subject: Sha256Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<oci::Referrer>> {
+        let reads = self.meta.reads();
+        let limit = oci::MAX_REFERENCES as u32;
+        let mut found = reads.referrers(tenant, repository, &subject, limit).await?;
+        if let Some(kind) = artifact_type {
+            found.retain(|r| r.artifact_type.as_deref() == Some(kind));
+        }
+        Ok(found)
+    }
+
+    /// Whether the tenant has a blob (for a cross-repository mount).
+    pub async fn oci_has_blob(&self, tenant: &str, digest: Sha256Digest) -> Result<bool> {
+        Ok(self.oci_blob_size(tenant, digest).await?.is_some())
     }
 
     /// A page of a repository's tag names after `last`, at most `limit`, and whether more

@@ -257,6 +257,19 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn collect_orphans(&self, grace: std::time::Duration) -> Result<u64, StoreError>;
 }
 
+/// A manifest pushed through `/v2/`, as [`MetadataStore::record_pushed_manifest`] keeps it.
+#[derive(Clone, Copy, Debug)]
+pub struct PushedManifest<'a> {
+    pub tenant: &'a str,
+    pub repository: &'a str,
+    pub digest: Sha256Digest,
+    pub package: PackageId,
+    pub media_type: &'a str,
+    pub bytes: &'a [u8],
+    pub subject: Option<Sha256Digest>,
+    pub artifact_type: Option<&'a str>,
+}
+
 /// What [`MetadataStore::add_file`] checks besides the package and upload, in the same
 /// transaction that adds the file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -344,6 +357,29 @@ pub trait MetadataReads: Send + Sync {
         repository: &str,
         digest: &Sha256Digest,
     ) -> Result<Option<PackageId>, StoreError>;
+
+    /// The size of a blob `tenant` pushed through `/v2/` (no manifest may reference it yet).
+    async fn oci_blob(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// The bytes and media type of the manifest pushed for `package`, if it was pushed.
+    async fn pushed_manifest(
+        &self,
+        package: PackageId,
+    ) -> Result<Option<(String, Bytes)>, StoreError>;
+
+    /// Manifests pushed to `repository` of `tenant` whose subject is `subject`, at most
+    /// `limit`, by digest.
+    async fn referrers(
+        &self,
+        tenant: &str,
+        repository: &str,
+        subject: &Sha256Digest,
+        limit: u32,
+    ) -> Result<Vec<crate::oci::Referrer>, StoreError>;
 
     /// Whether `token`'s doom of `digest` ([`MetadataStore::abandon_blob`]) still stands, not
     /// adopted by a collection.
@@ -517,6 +553,23 @@ pub trait MetadataStore: Send + Sync + 'static {
         digest: &Sha256Digest,
         package: PackageId,
     ) -> Result<(), StoreError>;
+
+    /// Records a blob `tenant` pushed through `/v2/`, while the claim (`generation`) the push
+    /// made of its digest still stands (`Stale` otherwise), taking the push off the claim's
+    /// writers. Idempotent.
+    async fn record_oci_blob(
+        &self,
+        tenant: &str,
+        blob: BlobInfo,
+        generation: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Records the manifest pushed to a repository as `pushed.package`'s, unless that
+    /// repository has one with that digest already: the package recorded for it, either way.
+    async fn record_pushed_manifest(
+        &self,
+        pushed: PushedManifest<'_>,
+    ) -> Result<PackageId, StoreError>;
 
     /// Deletes inline bytes no file uses, at most `limit`; returns how many.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;

@@ -84,9 +84,10 @@ impl ApiError {
                 R::OffsetMismatch { .. } | R::BeyondDeclaredSize { .. } => {
                     StatusCode::RANGE_NOT_SATISFIABLE
                 }
-                R::LengthMismatch { .. } | R::SizeMismatch { .. } | R::Body(_) => {
-                    StatusCode::BAD_REQUEST
-                }
+                R::LengthMismatch { .. }
+                | R::SizeMismatch { .. }
+                | R::Body(_)
+                | R::ManifestBlobUnknown(_) => StatusCode::BAD_REQUEST,
                 R::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 R::QuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 R::TooManyWaiting { .. } | R::TooManyReads => StatusCode::TOO_MANY_REQUESTS,
@@ -123,6 +124,7 @@ impl ApiError {
                 R::PackageHeld => "package-held",
                 R::NotFinalized => "package-not-finalized",
                 R::PathTaken(_) => "path-taken",
+                R::ManifestBlobUnknown(_) => "manifest-blob-unknown",
                 R::UploadCompleted => "upload-completed",
                 R::TooManyFiles { .. } => "too-many-files",
                 R::ManifestTooLarge { .. } => "manifest-too-large",

@@ -5,13 +5,16 @@
 
 use artifactstore_core::error::Resource;
 use artifactstore_core::oci::{self, Reference};
-use artifactstore_core::{RegistryError, Scope, Sha256Digest};
+use artifactstore_core::registry::Chunk;
+use artifactstore_core::storage::ByteStream;
+use artifactstore_core::{RegistryError, Scope, Sha256Digest, Upload, UploadId};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -46,6 +49,7 @@ enum Target<'a> {
     Blob(&'a str),
     Uploads(Option<&'a str>),
     TagsList,
+    Referrers(&'a str),
 }
 
 /// `<name>/<target>` split from the end, so a repository may hold `blobs` or `manifests` as a
@@ -64,6 +68,7 @@ fn split(path: &str) -> Option<(&str, Target<'_>)> {
         ("tags", "list") => Some((name, Target::TagsList)),
         ("manifests", reference) => Some((name, Target::Manifest(reference))),
         ("blobs", digest) => Some((name, Target::Blob(digest))),
+        ("referrers", digest) => Some((name, Target::Referrers(digest))),
         _ => None,
     }
 }
@@ -134,8 +139,14 @@ async fn dispatch(
     Path(rest): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    let answer = route(&state, &method, &rest, query.as_deref(), &headers).await;
+    let request = Request {
+        method: &method,
+        query: query.as_deref(),
+        headers: &headers,
+    };
+    let answer = route(&state, &rest, request, body).await;
     match answer {
         Ok(mut response) => {
             version_header(response.headers_mut());
@@ -145,13 +156,30 @@ async fn dispatch(
     }
 }
 
+/// The parts of a request the handlers below read.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    method: &'a Method,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+}
+
+impl Request<'_> {
+    /// The first value of a query parameter.
+    fn param(&self, key: &str) -> Option<String> {
+        query_pairs(self.query)
+            .into_iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
+    }
+}
+
 async fn route(
     state: &AppState,
-    method: &Method,
     path: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
+    request: Request<'_>,
+    body: Body,
 ) -> Result<Response, OciError> {
+    let (method, headers) = (request.method, request.headers);
     let not_found = || OciError::new(Code::NameUnknown, ApiError::NoRoute(path.to_string()));
     let (name, target) = split(path).ok_or_else(not_found)?;
     let write = !matches!(*method, Method::GET | Method::HEAD);
@@ -160,9 +188,13 @@ async fn route(
         true => Scope::Tenant(writer(state, headers)?.tenant),
     };
     let repo = repo(name, &scope)?;
+    let at = Place { repo: &repo, name };
     match (method.clone(), target) {
         (Method::GET | Method::HEAD, Target::Manifest(reference)) => {
             get_manifest(state, &repo, reference, method, headers).await
+        }
+        (Method::PUT, Target::Manifest(reference)) => {
+            put_manifest(state, at, reference, headers, body).await
         }
         (Method::DELETE, Target::Manifest(reference)) => {
             delete_manifest(state, &repo, reference).await
@@ -170,7 +202,38 @@ async fn route(
         (Method::GET | Method::HEAD, Target::Blob(digest)) => {
             get_blob(state, &repo, digest, method, headers).await
         }
-        (Method::GET, Target::TagsList) => tags_list(state, &repo, name, query).await,
+        (Method::GET, Target::TagsList) => tags_list(state, &repo, name, request.query).await,
+        (Method::GET, Target::Referrers(digest)) => referrers(state, &repo, digest, request).await,
+        (Method::POST, Target::Uploads(None)) => start_upload(state, at, request, body).await,
+        (Method::PATCH, Target::Uploads(Some(id))) => {
+            let upload = upload_id(id)?;
+            let chunk = chunk_of(headers)?;
+            let upload = append(state, &repo, upload, chunk, body).await?;
+            Ok(upload_state(StatusCode::ACCEPTED, at, &upload))
+        }
+        (Method::GET, Target::Uploads(Some(id))) => {
+            let upload = upload_id(id)?;
+            let tenant = Scope::Tenant(repo.tenant.clone());
+            let upload = state.registry.upload(tenant, upload).await;
+            let upload = upload.map_err(|e| OciError::upload(e.into()))?;
+            Ok(upload_state(StatusCode::NO_CONTENT, at, &upload))
+        }
+        (Method::PUT, Target::Uploads(Some(id))) => {
+            let upload = upload_id(id)?;
+            let digest = request.param("digest").unwrap_or_default();
+            let digest = parse_digest(&digest)?;
+            if body_may_hold_bytes(headers) {
+                let chunk = chunk_of(headers)?;
+                append(state, &repo, upload, chunk, body).await?;
+            }
+            complete(state, at, upload, digest).await
+        }
+        (Method::DELETE, Target::Uploads(Some(id))) => {
+            let upload = upload_id(id)?;
+            let cancelled = state.registry.cancel_upload(&repo.tenant, upload).await;
+            cancelled.map_err(|e| OciError::upload(e.into()))?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         (Method::DELETE, Target::Blob(_)) => Err(OciError::new(
             Code::Unsupported,
             ApiError::MethodNotAllowed {
@@ -186,6 +249,259 @@ async fn route(
             },
         )),
     }
+}
+
+/// A repository and its name as the client wrote it (for the locations answered).
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    repo: &'a Repo,
+    name: &'a str,
+}
+
+fn parse_digest(text: &str) -> Result<Sha256Digest, OciError> {
+    Sha256Digest::from_content_address(text).ok_or_else(|| {
+        OciError::new(
+            Code::DigestInvalid,
+            ApiError::invalid("digest", "not a sha256: digest"),
+        )
+    })
+}
+
+fn upload_id(text: &str) -> Result<UploadId, OciError> {
+    text.parse().map_err(|_| {
+        OciError::new(
+            Code::BlobUploadUnknown,
+            ApiError::NotFound(Resource::Upload),
+        )
+    })
+}
+
+/// Whether a request may carry bytes: a `PUT` closing an upload has a body only sometimes.
+fn body_may_hold_bytes(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    length != Some("0") && (length.is_some() || headers.contains_key(header::TRANSFER_ENCODING))
+}
+
+/// Where a chunk goes: OCI's `Content-Range: START-END` (inclusive; `bytes ` tolerated),
+/// else at the upload's offset; `Content-Length` its length.
+fn chunk_of(headers: &HeaderMap) -> Result<Chunk, OciError> {
+    let invalid = |why: &str| {
+        OciError::new(
+            Code::BlobUploadInvalid,
+            ApiError::BadRequest(format!("Content-Range: {why}")),
+        )
+    };
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(range) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(Chunk {
+            len: length,
+            ..Chunk::default()
+        });
+    };
+    let text = range.to_str().map_err(|_| invalid("not text"))?.trim();
+    let text = text
+        .strip_prefix("bytes")
+        .map_or(text, |t| t.trim_start_matches([' ', '=']));
+    let (start, end) = text
+        .split_once('-')
+        .ok_or_else(|| invalid("expected START-END"))?;
+    let number = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| invalid("expected START-END"))
+    };
+    let (start, end) = (number(start)?, number(end.split('/').next().unwrap_or(""))?);
+    if end < start {
+        return Err(invalid("END is before START"));
+    }
+    let len = end - start + 1;
+    if length.is_some_and(|l| l != len) {
+        return Err(invalid("its length differs from Content-Length"));
+    }
+    Ok(Chunk {
+        start: Some(start),
+        len: Some(len),
+        total: None,
+    })
+}
+
+async fn append(
+    state: &AppState,
+    repo: &Repo,
+    upload: UploadId,
+    chunk: Chunk,
+    body: Body,
+) -> Result<Upload, OciError> {
+    let stream: ByteStream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .boxed();
+    let appended = state
+        .registry
+        .append_upload(&repo.tenant, upload, chunk, stream)
+        .await;
+    appended.map_err(|e| OciError::upload(e.into()))
+}
+
+/// `202`/`204` with where the upload goes on and what it holds (`Range: 0-LAST`).
+fn upload_state(status: StatusCode, at: Place<'_>, upload: &Upload) -> Response {
+    let mut response = status.into_response();
+    let headers = response.headers_mut();
+    let location = format!("/v2/{}/blobs/uploads/{}", at.name, upload.id);
+    let range = format!("0-{}", upload.offset.saturating_sub(1));
+    for (name, value) in [
+        (header::LOCATION.as_str(), location),
+        ("range", range),
+        ("docker-upload-uuid", upload.id.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    response
+}
+
+/// `201` for a blob now in the repository.
+fn blob_created(at: Place<'_>, digest: Sha256Digest) -> Response {
+    let mut response = StatusCode::CREATED.into_response();
+    let location = format!("/v2/{}/blobs/{}", at.name, digest.content_address());
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    with_digest(response, digest)
+}
+
+async fn complete(
+    state: &AppState,
+    at: Place<'_>,
+    upload: UploadId,
+    digest: Sha256Digest,
+) -> Result<Response, OciError> {
+    let done = state
+        .registry
+        .oci_complete_blob(&at.repo.tenant, upload, digest)
+        .await;
+    let blob = done.map_err(|e| OciError::upload(e.into()))?;
+    Ok(blob_created(at, blob.digest))
+}
+
+/// `POST …/blobs/uploads/`: a mount when the tenant has the blob, the whole blob with
+/// `?digest=`, else a new session.
+async fn start_upload(
+    state: &AppState,
+    at: Place<'_>,
+    request: Request<'_>,
+    body: Body,
+) -> Result<Response, OciError> {
+    let tenant = &at.repo.tenant;
+    if let Some(mount) = request.param("mount")
+        && let Some(digest) = Sha256Digest::from_content_address(&mount)
+    {
+        let has = state.registry.oci_has_blob(tenant, digest).await;
+        if has.map_err(|e| OciError::upload(e.into()))? {
+            return Ok(blob_created(at, digest));
+        }
+    }
+    let created = state.registry.create_upload(tenant, None).await;
+    let upload = created.map_err(|e| OciError::upload(e.into()))?;
+    match request.param("digest") {
+        Some(digest) => {
+            let digest = parse_digest(&digest)?;
+            let chunk = chunk_of(request.headers)?;
+            append(state, at.repo, upload.id, chunk, body).await?;
+            complete(state, at, upload.id, digest).await
+        }
+        None => Ok(upload_state(StatusCode::ACCEPTED, at, &upload)),
+    }
+}
+
+async fn put_manifest(
+    state: &AppState,
+    at: Place<'_>,
+    reference: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, OciError> {
+    let invalid = |e: ApiError| OciError::new(Code::ManifestInvalid, e);
+    let reference = Reference::parse(reference).ok_or_else(|| {
+        invalid(ApiError::invalid(
+            "reference",
+            "neither a tag nor a sha256: digest",
+        ))
+    })?;
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let limit = state.settings.max_oci_manifest_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        invalid(ApiError::TooLarge {
+            limit: limit as u64,
+        })
+    })?;
+    let pushed = state
+        .registry
+        .oci_put_manifest(
+            &at.repo.tenant,
+            &at.repo.repository,
+            &reference,
+            &media_type,
+            bytes,
+        )
+        .await
+        .map_err(OciError::push)?;
+    let mut response = StatusCode::CREATED.into_response();
+    let location = format!(
+        "/v2/{}/manifests/{}",
+        at.name,
+        pushed.digest.content_address()
+    );
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    if let Some(subject) = pushed.subject
+        && let Ok(value) = HeaderValue::from_str(&subject.content_address())
+    {
+        headers.insert("oci-subject", value);
+    }
+    Ok(with_digest(response, pushed.digest))
+}
+
+/// The referrers API: the manifests pushed to the repository whose subject is `digest`.
+async fn referrers(
+    state: &AppState,
+    repo: &Repo,
+    digest: &str,
+    request: Request<'_>,
+) -> Result<Response, OciError> {
+    let digest = parse_digest(digest)?;
+    let filter = request.param("artifactType");
+    let found = state
+        .registry
+        .oci_referrers(&repo.tenant, &repo.repository, digest, filter.as_deref())
+        .await
+        .map_err(|e| OciError::from_registry(e, Code::ManifestUnknown))?;
+    let mut response = Response::new(Body::from(oci::referrers_index(&found)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(oci::IMAGE_INDEX),
+    );
+    if filter.is_some() {
+        headers.insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(response)
 }
 
 async fn get_manifest(
@@ -236,6 +552,7 @@ async fn get_blob(
             file: file.into(),
             media_type: Some("application/octet-stream"),
         },
+        oci::Blob::Stored(blob) => Content::Stored(blob),
         oci::Blob::Bytes(bytes) => Content::Bytes {
             bytes,
             media_type: "application/octet-stream".into(),
@@ -340,6 +657,10 @@ fn writer(state: &AppState, headers: &HeaderMap) -> Result<Caller, OciError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Code {
     BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    ManifestBlobUnknown,
+    ManifestInvalid,
     DigestInvalid,
     ManifestUnknown,
     NameInvalid,
@@ -355,6 +676,10 @@ impl Code {
     fn as_str(self) -> &'static str {
         match self {
             Self::BlobUnknown => "BLOB_UNKNOWN",
+            Self::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            Self::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Self::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            Self::ManifestInvalid => "MANIFEST_INVALID",
             Self::DigestInvalid => "DIGEST_INVALID",
             Self::ManifestUnknown => "MANIFEST_UNKNOWN",
             Self::NameInvalid => "NAME_INVALID",
@@ -383,6 +708,32 @@ impl OciError {
             code,
             error,
             realm: None,
+        }
+    }
+
+    /// An error of an upload session's request.
+    fn upload(e: ApiError) -> Self {
+        use RegistryError as R;
+        match &e {
+            ApiError::Registry(R::DigestMismatch { .. }) => Self::new(Code::DigestInvalid, e),
+            ApiError::Registry(
+                R::OffsetMismatch { .. }
+                | R::BeyondDeclaredSize { .. }
+                | R::LengthMismatch { .. }
+                | R::UploadIncomplete { .. },
+            ) => Self::new(Code::BlobUploadInvalid, e),
+            _ => Self::from_api(e, Code::BlobUploadUnknown),
+        }
+    }
+
+    /// An error of a manifest push.
+    fn push(e: RegistryError) -> Self {
+        use RegistryError as R;
+        match e {
+            R::DigestMismatch { .. } => Self::new(Code::DigestInvalid, e.into()),
+            R::Invalid(_) => Self::new(Code::ManifestInvalid, e.into()),
+            R::ManifestBlobUnknown(_) => Self::new(Code::ManifestBlobUnknown, e.into()),
+            e => Self::from_registry(e, Code::ManifestUnknown),
         }
     }
 
@@ -443,6 +794,8 @@ impl IntoResponse for OciError {
             }
             // A malformed digest or name is a bad request here, as OCI clients expect.
             (Code::DigestInvalid | Code::NameInvalid, _) => StatusCode::BAD_REQUEST,
+            (Code::ManifestInvalid, ApiError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            (Code::ManifestInvalid, _) => StatusCode::BAD_REQUEST,
             _ => self.error.http_status_code(),
         };
         let mut problem: Value =

@@ -395,3 +395,500 @@ async fn anonymous_readers_pull_without_credentials() {
         "UNAUTHORIZED"
     );
 }
+
+/// Pushes `bytes` as a blob of `name` (`POST` then `PUT ?digest=`); its digest.
+async fn push_blob(app: &TestApp, name: &str, bytes: &[u8]) -> String {
+    let digest = format!("sha256:{}", sha256_hex(bytes));
+    let start = app
+        .post(&format!("/v2/{name}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::ACCEPTED);
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let put = app
+        .req(
+            Method::PUT,
+            &format!("{location}?digest={digest}"),
+            Some(ACME),
+        )
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    assert_eq!(put.headers()["docker-content-digest"], digest.as_str());
+    digest
+}
+
+fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
+    json!({"mediaType": media_type, "digest": digest, "size": size})
+}
+
+async fn put_manifest(
+    app: &TestApp,
+    path: &str,
+    media_type: &str,
+    body: &Value,
+) -> reqwest::Response {
+    app.req(Method::PUT, path, Some(ACME))
+        .header("content-type", media_type)
+        .body(serde_json::to_vec(body).unwrap())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn blobs_are_pushed_monolithically_in_chunks_resumed_and_mounted() {
+    let app = TestApp::start().await;
+    // Single POST with the digest.
+    let one = bytes(70_000, 1);
+    let digest = format!("sha256:{}", sha256_hex(&one));
+    let single = app
+        .post(&format!("/v2/acme/app/blobs/uploads/?digest={digest}"))
+        .body(one.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(single.status(), StatusCode::CREATED);
+    assert_eq!(
+        single.headers()["location"],
+        format!("/v2/acme/app/blobs/{digest}").as_str()
+    );
+    let read = app
+        .get(&format!("/v2/acme/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.bytes().await.unwrap(), one);
+
+    // Chunked: PATCH with Content-Range, one without, a progress GET, a PATCH out of order
+    // refused, then PUT with the last chunk.
+    let data = bytes(200_000, 2);
+    let digest = format!("sha256:{}", sha256_hex(&data));
+    let start = app
+        .post("/v2/acme/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let mut location = start.headers()["location"].to_str().unwrap().to_string();
+    assert!(start.headers().contains_key("docker-upload-uuid"));
+    let patch = |range: Option<&str>, part: &[u8], at: &str| {
+        let mut r = app.req(Method::PATCH, at, Some(ACME)).body(part.to_vec());
+        if let Some(range) = range {
+            r = r.header("content-range", range);
+        }
+        r.send()
+    };
+    let first = patch(Some("0-99999"), &data[..100_000], &location)
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(first.headers()["range"], "0-99999");
+    location = first.headers()["location"].to_str().unwrap().to_string();
+    let second = patch(None, &data[100_000..150_000], &location)
+        .await
+        .unwrap();
+    assert_eq!(second.headers()["range"], "0-149999");
+    let stale = patch(Some("100000-149999"), &data[100_000..150_000], &location)
+        .await
+        .unwrap();
+    assert_eq!(oci_code(stale, 416).await, "BLOB_UPLOAD_INVALID");
+    let progress = app.get(&location).send().await.unwrap();
+    assert_eq!(progress.status(), StatusCode::NO_CONTENT);
+    assert_eq!(progress.headers()["range"], "0-149999");
+    let wrong = app
+        .req(
+            Method::PUT,
+            &format!("{location}?digest=sha256:{}", "0".repeat(64)),
+            Some(ACME),
+        )
+        .body(data[150_000..].to_vec());
+    let wrong = wrong.send().await.unwrap();
+    assert_eq!(oci_code(wrong, 400).await, "DIGEST_INVALID");
+    let progress = app.get(&location).send().await.unwrap();
+    assert_eq!(
+        progress.headers()["range"],
+        "0-199999",
+        "the last chunk was kept"
+    );
+    let done = app
+        .req(
+            Method::PUT,
+            &format!("{location}?digest={digest}"),
+            Some(ACME),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED);
+    let head = app.req(
+        Method::HEAD,
+        &format!("/v2/acme/other/blobs/{digest}"),
+        Some(ACME),
+    );
+    assert_eq!(
+        head.send().await.unwrap().headers()["content-length"],
+        "200000"
+    );
+    let closed = app.get(&location).send().await.unwrap();
+    assert_eq!(oci_code(closed, 404).await, "BLOB_UPLOAD_UNKNOWN");
+
+    // Zero bytes.
+    let empty = push_blob(&app, "acme/app", b"").await;
+    let read = app
+        .get(&format!("/v2/acme/app/blobs/{empty}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (read.status(), read.bytes().await.unwrap().len()),
+        (StatusCode::OK, 0)
+    );
+
+    // Mounts: within the tenant 201; another tenant's blob is not mountable (a new session).
+    let mount = app
+        .post(&format!(
+            "/v2/acme/elsewhere/blobs/uploads/?mount={digest}&from=acme/app"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mount.status(), StatusCode::CREATED);
+    let foreign = app
+        .req(
+            Method::POST,
+            &format!("/v2/beta/app/blobs/uploads/?mount={digest}&from=acme/app"),
+            Some(BETA),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), StatusCode::ACCEPTED);
+    let unseen = app.req(
+        Method::GET,
+        &format!("/v2/beta/app/blobs/{digest}"),
+        Some(BETA),
+    );
+    assert_eq!(
+        oci_code(unseen.send().await.unwrap(), 404).await,
+        "BLOB_UNKNOWN"
+    );
+    // A read token pushes nothing; a cancelled upload is gone.
+    let read_only = app.req(Method::POST, "/v2/acme/app/blobs/uploads/", Some(ACME_RO));
+    assert_eq!(
+        oci_code(read_only.send().await.unwrap(), 403).await,
+        "DENIED"
+    );
+    let start = app
+        .post("/v2/acme/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let cancel = app
+        .req(Method::DELETE, &location, Some(ACME))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        oci_code(app.get(&location).send().await.unwrap(), 404).await,
+        "BLOB_UPLOAD_UNKNOWN"
+    );
+}
+
+#[tokio::test]
+async fn manifests_are_pushed_as_packages_and_served_byte_identical() {
+    let app = TestApp::start().await;
+    let since = app.events_json(0).await["next_since"].as_u64().unwrap();
+    let config = push_blob(&app, "acme/app", br#"{"architecture":"amd64"}"#).await;
+    let layer = push_blob(&app, "acme/app", &bytes(50_000, 3)).await;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config, 24),
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer,
+                    "size": 50_000, "annotations": {"org.opencontainers.image.title": "root.tar"}}],
+    });
+    // Pretty-printed on purpose: the bytes are kept as sent.
+    let body = serde_json::to_vec_pretty(&manifest).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    let pushed = app
+        .req(Method::PUT, "/v2/acme/app/manifests/v1", Some(ACME))
+        .header("content-type", MANIFEST_TYPE)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    assert_eq!(pushed.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(
+        pushed.headers()["location"],
+        format!("/v2/acme/app/manifests/{digest}").as_str()
+    );
+    for path in [
+        "/v2/acme/app/manifests/v1".to_string(),
+        format!("/v2/acme/app/manifests/{digest}"),
+    ] {
+        let served = app.get(&path).send().await.unwrap();
+        assert_eq!(served.headers()["content-type"], MANIFEST_TYPE);
+        assert_eq!(served.bytes().await.unwrap(), body, "{path}");
+    }
+    // Another repository does not have it by digest.
+    let elsewhere = app
+        .get(&format!("/v2/acme/other/manifests/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oci_code(elsewhere, 404).await, "MANIFEST_UNKNOWN");
+
+    // The package: producer oci, subject the repository, its blobs as files.
+    let tag = json_of(app.get("/tags/app/v1")).await;
+    let id = tag["package_id"].as_str().unwrap().to_string();
+    let package = json_of(app.get(&format!("/packages/{id}"))).await;
+    assert_eq!(
+        (package["producer"].as_str(), package["subject"].as_str()),
+        (Some("oci"), Some("app"))
+    );
+    assert_eq!(package["state"], "finalized");
+    let files = json_of(app.get(&format!("/packages/{id}/files"))).await;
+    let paths: Vec<&str> = files["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    let config_path = format!("blobs/sha256/{}", config.trim_start_matches("sha256:"));
+    let mut expected = vec![config_path.as_str(), "root.tar"];
+    expected.sort();
+    assert_eq!(paths, expected);
+    let events = app.events_json(since).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "package.created",
+            "file.added",
+            "file.added",
+            "package.finalized",
+            "tag.set"
+        ]
+    );
+
+    // The compact form is another manifest (another digest): another package.
+    let compact = format!(
+        "sha256:{}",
+        sha256_hex(&serde_json::to_vec(&manifest).unwrap())
+    );
+    let path = format!("/v2/acme/app/manifests/{compact}");
+    let again = put_manifest(&app, &path, MANIFEST_TYPE, &manifest).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    // The same bytes again: the same package, nothing new.
+    let twice = app
+        .req(Method::PUT, "/v2/acme/app/manifests/v1", Some(ACME))
+        .header("content-type", MANIFEST_TYPE)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), StatusCode::CREATED);
+    let listed = json_of(app.get("/packages?producer=oci")).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn pushes_with_missing_or_bad_parts_store_nothing() {
+    let app = TestApp::start().await;
+    let present = push_blob(&app, "acme/app", b"present").await;
+    let absent = format!("sha256:{}", sha256_hex(b"never pushed"));
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("application/vnd.oci.empty.v1+json",
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", 2),
+        "layers": [descriptor("text/plain", &present, 7), descriptor("text/plain", &absent, 12)],
+    });
+    let refused = put_manifest(&app, "/v2/acme/app/manifests/v1", MANIFEST_TYPE, &manifest).await;
+    assert_eq!(oci_code(refused, 400).await, "MANIFEST_BLOB_UNKNOWN");
+    // Another tenant's blob is as missing as one never pushed.
+    let theirs = app.req(
+        Method::POST,
+        &format!(
+            "/v2/beta/x/blobs/uploads/?digest={}",
+            format_args!("sha256:{}", sha256_hex(b"beta's"))
+        ),
+        Some(BETA),
+    );
+    assert_eq!(
+        theirs
+            .body(b"beta's".to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+    let foreign = json!({
+        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("text/plain", &format!("sha256:{}", sha256_hex(b"beta's")), 6),
+        "layers": [],
+    });
+    let refused = put_manifest(&app, "/v2/acme/app/manifests/v2", MANIFEST_TYPE, &foreign).await;
+    assert_eq!(oci_code(refused, 400).await, "MANIFEST_BLOB_UNKNOWN");
+    // A wrong size is a missing blob too; a body whose digest is not the one named, a
+    // mediaType other than the Content-Type, a type the store does not keep: refused.
+    let wrong_size = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("text/plain", &present, 8), "layers": []});
+    let refused = put_manifest(
+        &app,
+        "/v2/acme/app/manifests/v3",
+        MANIFEST_TYPE,
+        &wrong_size,
+    )
+    .await;
+    assert_eq!(oci_code(refused, 400).await, "MANIFEST_BLOB_UNKNOWN");
+    let good = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("text/plain", &present, 7), "layers": []});
+    let misnamed = format!("/v2/acme/app/manifests/sha256:{}", "1".repeat(64));
+    assert_eq!(
+        oci_code(
+            put_manifest(&app, &misnamed, MANIFEST_TYPE, &good).await,
+            400
+        )
+        .await,
+        "DIGEST_INVALID"
+    );
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let mislabeled = put_manifest(&app, "/v2/acme/app/manifests/v4", index_type, &good).await;
+    assert_eq!(oci_code(mislabeled, 400).await, "MANIFEST_INVALID");
+    let text = put_manifest(&app, "/v2/acme/app/manifests/v4", "text/plain", &good).await;
+    assert_eq!(oci_code(text, 400).await, "MANIFEST_INVALID");
+    let huge = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("text/plain", &present, 7), "layers": [],
+        "annotations": {"pad": "x".repeat(5 * 1024 * 1024)}});
+    let huge = put_manifest(&app, "/v2/acme/app/manifests/v5", MANIFEST_TYPE, &huge).await;
+    assert_eq!(oci_code(huge, 413).await, "MANIFEST_INVALID");
+    let read_only = app
+        .req(Method::PUT, "/v2/acme/app/manifests/v6", Some(ACME_RO))
+        .header("content-type", MANIFEST_TYPE)
+        .body(serde_json::to_vec(&good).unwrap());
+    assert_eq!(
+        oci_code(read_only.send().await.unwrap(), 403).await,
+        "DENIED"
+    );
+
+    let packages = json_of(app.get("/packages")).await;
+    assert_eq!(packages["items"], json!([]), "nothing was stored");
+    assert_eq!(json_of(app.get("/tags")).await["items"], json!([]));
+}
+
+#[tokio::test]
+async fn indexes_and_referrers_name_manifests_pushed_before() {
+    let app = TestApp::start().await;
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let config_bytes = format!(r#"{{"architecture":"{arch}"}}"#);
+        let config = push_blob(&app, "acme/multi", config_bytes.as_bytes()).await;
+        let layer = push_blob(&app, "acme/multi", arch.as_bytes()).await;
+        let manifest = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &config, config_bytes.len()),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer, arch.len())]});
+        let body = serde_json::to_vec(&manifest).unwrap();
+        let digest = format!("sha256:{}", sha256_hex(&body));
+        let pushed = put_manifest(
+            &app,
+            &format!("/v2/acme/multi/manifests/{digest}"),
+            MANIFEST_TYPE,
+            &manifest,
+        )
+        .await;
+        assert_eq!(pushed.status(), StatusCode::CREATED);
+        children.push(
+            json!({"mediaType": MANIFEST_TYPE, "digest": digest, "size": body.len(),
+            "platform": {"os": "linux", "architecture": arch}}),
+        );
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": children});
+    let pushed = put_manifest(&app, "/v2/acme/multi/manifests/latest", index_type, &index).await;
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    let served = app
+        .get("/v2/acme/multi/manifests/latest")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.headers()["content-type"], index_type);
+    assert_eq!(
+        served.bytes().await.unwrap(),
+        serde_json::to_vec(&index).unwrap()
+    );
+    // An index naming a manifest this repository does not have.
+    let stray = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": [
+        {"mediaType": MANIFEST_TYPE, "digest": format!("sha256:{}", "2".repeat(64)), "size": 10}]});
+    let refused = put_manifest(&app, "/v2/acme/multi/manifests/stray", index_type, &stray).await;
+    assert_eq!(oci_code(refused, 400).await, "MANIFEST_BLOB_UNKNOWN");
+
+    // A referrer: pushed with a subject, listed (filtered by artifactType or not).
+    let subject = children[0].clone();
+    let subject_digest = subject["digest"].as_str().unwrap().to_string();
+    let empty = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+    let empty_blob = push_blob(&app, "acme/multi", b"{}").await;
+    assert_eq!(empty_blob, empty);
+    let sbom = push_blob(&app, "acme/multi", b"sbom").await;
+    let referrer = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "artifactType": "application/vnd.example.sbom",
+        "config": descriptor("application/vnd.oci.empty.v1+json", empty, 2),
+        "layers": [descriptor("application/json", &sbom, 4)],
+        "subject": {"mediaType": MANIFEST_TYPE, "digest": subject_digest, "size": subject["size"]},
+        "annotations": {"org.example.kind": "sbom"}});
+    let body = serde_json::to_vec(&referrer).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    let pushed = put_manifest(
+        &app,
+        &format!("/v2/acme/multi/manifests/{digest}"),
+        MANIFEST_TYPE,
+        &referrer,
+    )
+    .await;
+    assert_eq!(pushed.headers()["oci-subject"], subject_digest.as_str());
+    let listed = app
+        .get(&format!("/v2/acme/multi/referrers/{subject_digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.headers()["content-type"], index_type);
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["manifests"][0]["digest"], digest.as_str());
+    assert_eq!(
+        listed["manifests"][0]["artifactType"],
+        "application/vnd.example.sbom"
+    );
+    assert_eq!(
+        listed["manifests"][0]["annotations"]["org.example.kind"],
+        "sbom"
+    );
+    let filtered = app
+        .get(&format!(
+            "/v2/acme/multi/referrers/{subject_digest}?artifactType=application/other"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filtered.headers()["oci-filters-applied"], "artifactType");
+    assert_eq!(
+        filtered.json::<Value>().await.unwrap()["manifests"],
+        json!([])
+    );
+    let none = json_of(app.get(&format!(
+        "/v2/acme/multi/referrers/sha256:{}",
+        "3".repeat(64)
+    )))
+    .await;
+    assert_eq!(none["manifests"], json!([]));
+}

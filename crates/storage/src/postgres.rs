@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use artifactstore_core::storage::{
-    AddChecks, Advance, Freeze, MetadataReads, MetadataStore, StoreError,
+    AddChecks, Advance, BlobInfo, Freeze, MetadataReads, MetadataStore, PushedManifest, StoreError,
 };
 use artifactstore_core::*;
 use async_trait::async_trait;
@@ -69,7 +69,11 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "tags",
         include_str!("../migrations/postgres/0007_tags.sql"),
     ),
-    (8, "oci", include_str!("../migrations/common/oci.sql")),
+    (
+        8,
+        "oci",
+        include_str!("../migrations/postgres/0008_oci.sql"),
+    ),
 ];
 
 /// The channel a commit notifies, with its sequence as payload.
@@ -625,6 +629,27 @@ impl MetadataStore for PgStore {
             .await
             .map_err(sql_error)?;
         Ok(())
+    }
+
+    async fn record_oci_blob(
+        &self,
+        tenant: &str,
+        blob: BlobInfo,
+        generation: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        record_oci_blob_steps(&mut tx, tenant, blob, generation).await?;
+        tx.commit().await.map_err(sql_error)
+    }
+
+    async fn record_pushed_manifest(
+        &self,
+        pushed: PushedManifest<'_>,
+    ) -> Result<PackageId, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        let package = record_pushed_steps(&mut tx, &pushed).await?;
+        tx.commit().await.map_err(sql_error)?;
+        Ok(package)
     }
 
     async fn release_abandoned(&self, digest: &Sha256Digest, token: i64) -> Result<(), StoreError> {

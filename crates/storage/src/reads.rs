@@ -363,6 +363,67 @@ impl MetadataReads for Reads {
             .transpose()
     }
 
+    async fn oci_blob(
+        &self,
+        tenant: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<u64>, StoreError> {
+        let sql = "SELECT size FROM oci_blobs WHERE tenant = $1 AND digest = $2";
+        let size: Option<i64> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(tenant)
+            .bind(digest.content_address())
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        Ok(size.map(|s| s as u64))
+    }
+
+    async fn pushed_manifest(
+        &self,
+        package: PackageId,
+    ) -> Result<Option<(String, Bytes)>, StoreError> {
+        let sql = "SELECT media_type, bytes FROM oci_manifests WHERE package_id = $1 \
+                   AND bytes IS NOT NULL LIMIT 1";
+        let row: Option<(String, Vec<u8>)> = on_pool!(&self.pool, |p| sqlx::query_as(sql)
+            .bind(package.to_string())
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        Ok(row.map(|(media_type, bytes)| (media_type, Bytes::from(bytes))))
+    }
+
+    async fn referrers(
+        &self,
+        tenant: &str,
+        repository: &str,
+        subject: &Sha256Digest,
+        limit: u32,
+    ) -> Result<Vec<artifactstore_core::oci::Referrer>, StoreError> {
+        let sql = "SELECT digest, media_type, bytes, artifact_type FROM oci_manifests \
+                   WHERE tenant = $1 AND repository = $2 AND subject = $3 \
+                   AND bytes IS NOT NULL ORDER BY digest LIMIT $4";
+        type Row = (String, String, Vec<u8>, Option<String>);
+        let rows: Vec<Row> = on_pool!(&self.pool, |p| sqlx::query_as(sql)
+            .bind(tenant)
+            .bind(repository)
+            .bind(subject.content_address())
+            .bind(limit as i64)
+            .fetch_all(p)
+            .await
+            .map_err(sql_error)?);
+        rows.into_iter()
+            .map(|(digest, media_type, bytes, artifact_type)| {
+                Ok(artifactstore_core::oci::Referrer {
+                    digest: Sha256Digest::from_content_address(&digest)
+                        .ok_or(corrupt("oci manifest digest"))?,
+                    media_type,
+                    bytes: Bytes::from(bytes),
+                    artifact_type,
+                })
+            })
+            .collect()
+    }
+
     async fn abandoned_stands(
         &self,
         digest: &Sha256Digest,

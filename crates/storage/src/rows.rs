@@ -75,6 +75,22 @@ pub(crate) const REMEMBER_OCI_MANIFEST: &str = "INSERT INTO oci_manifests \
      (SELECT 1 FROM packages WHERE id = $3 AND tenant = $1 AND state = 'finalized') \
      ON CONFLICT (tenant, repository, digest) DO NOTHING";
 
+/// Records a pushed blob (`$1` tenant, `$2` digest, `$3` size); its time is the database's.
+pub(crate) const RECORD_OCI_BLOB: &str = "INSERT INTO oci_blobs (tenant, digest, size, pushed_at) \
+     VALUES ($1, $2, $3, {now}) ON CONFLICT (tenant, digest) DO UPDATE SET \
+     pushed_at = excluded.pushed_at";
+
+/// Records a pushed manifest ([`PushedManifest`]'s fields as `$1`…`$8`) unless its repository
+/// has that digest already.
+pub(crate) const RECORD_PUSHED_MANIFEST: &str = "INSERT INTO oci_manifests (tenant, repository, \
+     digest, package_id, media_type, bytes, subject, artifact_type) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (tenant, repository, digest) DO NOTHING";
+
+/// The package recorded for a digest (`$3`) in a repository (`$2`) of a tenant (`$1`).
+pub(crate) const PUSHED_PACKAGE: &str = "SELECT package_id FROM oci_manifests \
+     WHERE tenant = $1 AND repository = $2 AND digest = $3";
+
 /// The columns of `tags`, in [`tag_from_row`]'s order.
 pub(crate) const TAG_COLUMNS: &str =
     "tenant, repository, tag, package_id, manifest_digest, updated_at";
@@ -402,6 +418,7 @@ pub(crate) struct ClockTexts {
     pub(crate) doom_blob: String,
     pub(crate) release_blob: String,
     pub(crate) abandon_doom: String,
+    pub(crate) record_oci_blob: String,
     pub(crate) doomed_blobs: String,
 }
 
@@ -417,6 +434,7 @@ impl ClockTexts {
             doom_blob: with_now(DOOM_BLOB),
             release_blob: with_now(RELEASE_BLOB),
             abandon_doom: with_now(ABANDON_DOOM),
+            record_oci_blob: with_now(RECORD_OCI_BLOB),
             doomed_blobs: with_now(DOOMED_BLOBS),
         }
     }
@@ -765,6 +783,61 @@ macro_rules! transaction_steps {
                 .collect::<Result<Vec<_>, _>>()?;
             tags.sort_by(|a, b| (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag)));
             Ok(tags)
+        }
+
+        /// [`MetadataStore::record_oci_blob`]'s steps.
+        async fn record_oci_blob_steps(
+            conn: &mut $conn,
+            tenant: &str,
+            blob: BlobInfo,
+            generation: i64,
+        ) -> Result<(), StoreError> {
+            let hex = blob.digest.hex();
+            let stands = sqlx::query(RECORD_CLAIM)
+                .bind(&hex)
+                .bind(generation)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            if stands.is_none() {
+                return Err(StoreError::Stale);
+            }
+            sqlx::query(&SQL.record_oci_blob)
+                .bind(tenant)
+                .bind(blob.digest.content_address())
+                .bind(blob.size as i64)
+                .execute(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            Ok(())
+        }
+
+        /// [`MetadataStore::record_pushed_manifest`]'s steps.
+        async fn record_pushed_steps(
+            conn: &mut $conn,
+            pushed: &PushedManifest<'_>,
+        ) -> Result<PackageId, StoreError> {
+            let digest = pushed.digest.content_address();
+            sqlx::query(RECORD_PUSHED_MANIFEST)
+                .bind(pushed.tenant)
+                .bind(pushed.repository)
+                .bind(&digest)
+                .bind(pushed.package.to_string())
+                .bind(pushed.media_type)
+                .bind(pushed.bytes)
+                .bind(pushed.subject.map(|s| s.content_address()))
+                .bind(pushed.artifact_type)
+                .execute(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            let id: String = sqlx::query_scalar(PUSHED_PACKAGE)
+                .bind(pushed.tenant)
+                .bind(pushed.repository)
+                .bind(&digest)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            id.parse().map_err(|_| corrupt("oci manifest"))
         }
 
         /// [`MetadataStore::abandon_blob`]'s steps: one writer fewer (which locks the claim

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use artifactstore_core::storage::{
-    AddChecks, Advance, Freeze, MetadataReads, MetadataStore, StoreError,
+    AddChecks, Advance, BlobInfo, Freeze, MetadataReads, MetadataStore, PushedManifest, StoreError,
 };
 
 use crate::open::OpenOptions;
@@ -87,7 +87,7 @@ static MIGRATIONS: &[(i64, &str, &str)] = &[
         "tags",
         include_str!("../migrations/sqlite/0010_tags.sql"),
     ),
-    (11, "oci", include_str!("../migrations/common/oci.sql")),
+    (11, "oci", include_str!("../migrations/sqlite/0011_oci.sql")),
 ];
 
 /// Writes committed together at most (see [`run_writer`]).
@@ -908,6 +908,52 @@ impl MetadataStore for SqliteStore {
                     .await
                     .map_err(sql_error)?;
                 Ok(((), None))
+            })
+        })
+        .await
+    }
+
+    async fn record_oci_blob(
+        &self,
+        tenant: &str,
+        blob: BlobInfo,
+        generation: i64,
+    ) -> Result<(), StoreError> {
+        let tenant = tenant.to_string();
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                record_oci_blob_steps(conn, &tenant, blob, generation).await?;
+                Ok(((), None))
+            })
+        })
+        .await
+    }
+
+    async fn record_pushed_manifest(
+        &self,
+        pushed: PushedManifest<'_>,
+    ) -> Result<PackageId, StoreError> {
+        let (tenant, repository, media_type) = (
+            pushed.tenant.to_string(),
+            pushed.repository.to_string(),
+            pushed.media_type.to_string(),
+        );
+        let bytes = pushed.bytes.to_vec();
+        let artifact_type = pushed.artifact_type.map(str::to_string);
+        let (digest, package, subject) = (pushed.digest, pushed.package, pushed.subject);
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                let pushed = PushedManifest {
+                    tenant: &tenant,
+                    repository: &repository,
+                    digest,
+                    package,
+                    media_type: &media_type,
+                    bytes: &bytes,
+                    subject,
+                    artifact_type: artifact_type.as_deref(),
+                };
+                Ok((record_pushed_steps(conn, &pushed).await?, None))
             })
         })
         .await

@@ -668,6 +668,7 @@ async fn an_old_database_learns_where_its_files_live() {
         // Back to before migration 4: the later ones undone first (5 indexes `inline`).
         for sql in [
             "DROP TABLE oci_manifests",
+            "DROP TABLE oci_blobs",
             "DROP INDEX packages_by_manifest",
             "DROP TABLE tags",
             "DROP TABLE tenant_usage",

@@ -122,6 +122,8 @@ settings! {
         "Files one package may hold (409 beyond): a bound on its manifest.";
     max_manifest_bytes: usize, usize, "ARTIFACTSTORE_MAX_MANIFEST_BYTES", "67108864",
         "Largest manifest finalize stores, CBOR or JSON (422 beyond, nothing changed).";
+    max_oci_manifest_bytes: usize, usize, "ARTIFACTSTORE_MAX_OCI_MANIFEST_BYTES", "4194304",
+        "Largest manifest a push through /v2/ may store (413 beyond, nothing stored).";
     query_timeout_secs: u64, u64, "ARTIFACTSTORE_QUERY_TIMEOUT_SECS", "10",
         "Seconds a database query may run before it is stopped and answered 503 with \
          Retry-After: every PostgreSQL statement (statement_timeout; migrations excepted), \
@@ -210,6 +212,7 @@ pub struct Settings {
     pub max_listings_per_tenant: usize,
     pub max_files_per_package: u64,
     pub max_manifest_bytes: usize,
+    pub max_oci_manifest_bytes: usize,
     pub query_timeout: Duration,
     pub inline_max_bytes: u64,
     /// Connection threads pinned one per CPU ([`crate::edge::Workers::start`]).
@@ -409,6 +412,11 @@ impl ServeArgs {
                 "max_manifest_bytes",
                 self.max_manifest_bytes.or(file.max_manifest_bytes),
                 artifactstore_core::limits::DEFAULT_MAX_MANIFEST_BYTES,
+            )?,
+            max_oci_manifest_bytes: positive(
+                "max_oci_manifest_bytes",
+                self.max_oci_manifest_bytes.or(file.max_oci_manifest_bytes),
+                artifactstore_core::limits::DEFAULT_MAX_OCI_MANIFEST_BYTES,
             )?,
             query_timeout: secs(
                 self.query_timeout_secs.or(file.query_timeout_secs),

@@ -2,7 +2,7 @@
 
 use artifactstore_core::FileId;
 use artifactstore_core::error::Resource;
-use artifactstore_core::storage::ByteStream;
+use artifactstore_core::storage::{BlobInfo, ByteStream};
 use artifactstore_core::{FileRecord, Scope, Sha256Digest};
 use axum::Json;
 use axum::body::Body;
@@ -99,6 +99,8 @@ pub enum Content {
         file: Arc<FileRecord>,
         media_type: Option<&'static str>,
     },
+    /// A blob no file names yet (pushed through `/v2/`).
+    Stored(BlobInfo),
     Bytes {
         bytes: Bytes,
         media_type: String,
@@ -110,6 +112,7 @@ impl Content {
     fn size(&self) -> u64 {
         match self {
             Self::File { file, .. } => file.size,
+            Self::Stored(blob) => blob.size,
             Self::Bytes { bytes, .. } => bytes.len() as u64,
         }
     }
@@ -117,6 +120,7 @@ impl Content {
     fn digest(&self) -> Sha256Digest {
         match self {
             Self::File { file, .. } => file.sha256(),
+            Self::Stored(blob) => blob.digest,
             Self::Bytes { digest, .. } => *digest,
         }
     }
@@ -124,6 +128,7 @@ impl Content {
     fn media_type(&self) -> &str {
         match self {
             Self::File { file, media_type } => media_type.unwrap_or(&file.media_type),
+            Self::Stored(_) => "application/octet-stream",
             Self::Bytes { media_type, .. } => media_type,
         }
     }
@@ -192,6 +197,10 @@ pub async fn serve(
             remaining: length,
             file: file.id,
         }),
+        Content::Stored(blob) => {
+            let stream = state.registry.read_blob(blob, range).await?;
+            Body::from_stream(stream)
+        }
         Content::Bytes { bytes, .. } => {
             Body::from(bytes.slice(range.start as usize..range.end as usize))
         }
