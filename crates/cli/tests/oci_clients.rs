@@ -184,6 +184,46 @@ fn skopeo_inspects_lists_copies_and_deletes() {
         assert_eq!(blob, std::fs::read(src.join(title)).unwrap(), "{title}");
     }
 
+    // And back into another repository, after a login (the token flow, with an auth file):
+    // the artifact keeps its digest; the store already serves that manifest in every
+    // repository of the tenant (it is the package's own), so the push only tags it.
+    let auth = dir.path().join("auth.json");
+    let auth = auth.to_str().unwrap();
+    let host = format!("127.0.0.1:{}", server.port);
+    ok(&skopeo(&[
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        auth,
+        "-u",
+        "ci",
+        "-p",
+        TOKEN,
+        &host,
+    ]));
+    let copied = format!("docker://{host}/acme/copied:v1");
+    ok(&skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--authfile",
+        auth,
+        &format!("oci:{}:v1", layout.display()),
+        &copied,
+    ]));
+    let again = ok(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--authfile",
+        auth,
+        &copied,
+    ]));
+    assert_eq!(again, raw, "the same bytes, so the same digest");
+    let pushed = server.http("/tags/copied/v1");
+    let pushed: serde_json::Value = serde_json::from_slice(&pushed).unwrap();
+    assert_eq!(pushed["package_id"], id.as_str(), "no second package");
+
     // skopeo delete names the manifest by digest: the package goes, with both its tags.
     ok(&skopeo(&[
         "delete",

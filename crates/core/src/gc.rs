@@ -161,6 +161,8 @@ impl Collector {
             }
         }
 
+        // Pushed blobs past the grace are a manifest's files by now, or unused bytes.
+        meta.forget_oci_blobs(grace).await?;
         report.orphans = blobs.collect_orphans(grace).await?;
         Ok(report)
     }

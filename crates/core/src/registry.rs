@@ -1041,6 +1041,12 @@ impl Registry {
                 }
             }
             self.finalize(tenant, package).await?;
+            let references: Vec<Sha256Digest> = parsed
+                .manifests
+                .iter()
+                .map(|m| m.digest)
+                .chain(parsed.subject)
+                .collect();
             let pushed = PushedManifest {
                 tenant,
                 repository,
@@ -1050,6 +1056,7 @@ impl Registry {
                 bytes,
                 subject: parsed.subject,
                 artifact_type: parsed.artifact_type.as_deref(),
+                references: &references,
             };
             Ok::<_, RegistryError>(self.meta.record_pushed_manifest(pushed).await?)
         };

@@ -268,6 +268,9 @@ pub struct PushedManifest<'a> {
     pub bytes: &'a [u8],
     pub subject: Option<Sha256Digest>,
     pub artifact_type: Option<&'a str>,
+    /// The manifests it names (an index's children, a referrer's subject): retention keeps
+    /// their packages while this one exists.
+    pub references: &'a [Sha256Digest],
 }
 
 /// What [`MetadataStore::add_file`] checks besides the package and upload, in the same
@@ -439,8 +442,9 @@ pub trait MetadataReads: Send + Sync {
         package: PackageId,
     ) -> Result<Option<StoredManifest>, StoreError>;
 
-    /// Packages of retention class `rule.class` that are not held and that one of the rule's
-    /// parts would delete, at most `limit` (tenant and id).
+    /// Packages of retention class `rule.class` that are not held, whose manifest no pushed
+    /// index or referrer names (`oci_references`), and that one of the rule's parts would
+    /// delete, at most `limit` (tenant and id).
     async fn retention_candidates(
         &self,
         rule: &RetentionQuery,
@@ -570,6 +574,11 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         pushed: PushedManifest<'_>,
     ) -> Result<PackageId, StoreError>;
+
+    /// Forgets blobs pushed through `/v2/` longer ago than `grace` (by the database's clock):
+    /// by then a manifest references them (they are files) or a collection may take them.
+    /// Returns how many.
+    async fn forget_oci_blobs(&self, grace: std::time::Duration) -> Result<u64, StoreError>;
 
     /// Deletes inline bytes no file uses, at most `limit`; returns how many.
     async fn collect_inline(&self, limit: u32) -> Result<u64, StoreError>;

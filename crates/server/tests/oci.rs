@@ -892,3 +892,60 @@ async fn indexes_and_referrers_name_manifests_pushed_before() {
     .await;
     assert_eq!(none["manifests"], json!([]));
 }
+
+/// Retention keeps the manifests a pushed index (or a referrer) names while it exists, and
+/// deletes what its rule says of the rest of the repository's pushes.
+#[tokio::test]
+async fn retention_keeps_the_manifests_an_index_names() {
+    let app = TestApp::builder()
+        .args(|a| {
+            a.retention = Some("standard:keep_last=1".into());
+            a.retention_interval_secs = Some(1);
+        })
+        .start()
+        .await;
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let image = |config: &str, size: usize| {
+        json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+               "config": descriptor("application/vnd.oci.image.config.v1+json", config, size),
+               "layers": []})
+    };
+    let mut pushed = Vec::new();
+    for name in ["lone", "child-a", "child-b"] {
+        let config = format!(r#"{{"name":"{name}"}}"#);
+        let digest = push_blob(&app, "acme/multi", config.as_bytes()).await;
+        let manifest = image(&digest, config.len());
+        let body = serde_json::to_vec(&manifest).unwrap();
+        let digest = format!("sha256:{}", sha256_hex(&body));
+        let path = format!("/v2/acme/multi/manifests/{digest}");
+        assert_eq!(
+            put_manifest(&app, &path, MANIFEST_TYPE, &manifest)
+                .await
+                .status(),
+            201
+        );
+        pushed.push((digest, body.len()));
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": [
+        descriptor(MANIFEST_TYPE, &pushed[1].0, pushed[1].1),
+        descriptor(MANIFEST_TYPE, &pushed[2].0, pushed[2].1)]});
+    let put = put_manifest(&app, "/v2/acme/multi/manifests/latest", index_type, &index).await;
+    assert_eq!(put.status(), StatusCode::CREATED);
+
+    let lone = format!("/v2/acme/multi/manifests/{}", pushed[0].0);
+    let collected = eventually(std::time::Duration::from_secs(20), async || {
+        app.get(&lone).send().await.unwrap().status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(collected, "retention deletes the manifest no index names");
+    for (digest, _) in &pushed[1..] {
+        let child = app
+            .get(&format!("/v2/acme/multi/manifests/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(child.status(), StatusCode::OK, "an index names {digest}");
+    }
+    let listed = json_of(app.get("/packages?producer=oci")).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3);
+}

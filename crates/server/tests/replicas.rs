@@ -214,3 +214,82 @@ async fn two_replicas_running_retention_delete_each_package_once() {
         assert!(!deleted.contains(&kept.as_str()));
     }
 }
+
+/// An OCI blob push begun on one replica, cut off mid-chunk, goes on from the other: its
+/// progress read there, the rest sent there, the manifest pushed there and pulled from the
+/// first, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL and S3 (make test starts both)"]
+async fn an_oci_push_resumes_on_the_other_replica() {
+    let (a, b) = two_replicas().await;
+    let data = bytes(7 << 20, 12);
+    let digest = format!("sha256:{}", sha256_hex(&data));
+    let start = a.post("/v2/acme/app/blobs/uploads/").send().await.unwrap();
+    assert_eq!(start.status(), StatusCode::ACCEPTED);
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let first = 6 << 20;
+    let sent = a
+        .req(Method::PATCH, &location, Some(ACME))
+        .header("content-range", format!("0-{}", first - 1))
+        .body(data[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    // A chunk that never arrives whole: the connection drops after part of it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let cut = a
+        .req(Method::PATCH, &location, Some(ACME))
+        .header("content-range", format!("{first}-{}", data.len() - 1))
+        .body(reqwest::Body::wrap_stream(futures::stream::unfold(
+            rx,
+            |mut rx| async { rx.recv().await.map(|item| (item, rx)) },
+        )));
+    let cut = tokio::spawn(cut.send());
+    tx.send(Ok(data[first..first + 1000].to_vec()))
+        .await
+        .unwrap();
+    tx.send(Err(std::io::Error::other("cut"))).await.unwrap();
+    let _ = cut.await;
+
+    let progress = b.get(&location).send().await.unwrap();
+    assert_eq!(progress.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        progress.headers()["range"],
+        format!("0-{}", first - 1).as_str()
+    );
+    let rest = b
+        .req(
+            Method::PUT,
+            &format!("{location}?digest={digest}"),
+            Some(ACME),
+        )
+        .header("content-range", format!("{first}-{}", data.len() - 1))
+        .body(data[first..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::CREATED);
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/octet-stream", "digest": digest, "size": data.len()},
+        "layers": []});
+    let put = b
+        .req(Method::PUT, "/v2/acme/app/manifests/v1", Some(ACME))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let pulled = a
+        .get(&format!("/v2/acme/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pulled.bytes().await.unwrap(), data);
+    let served = a.get("/v2/acme/app/manifests/v1").send().await.unwrap();
+    assert_eq!(
+        served.bytes().await.unwrap(),
+        serde_json::to_vec(&manifest).unwrap()
+    );
+}

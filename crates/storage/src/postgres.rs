@@ -652,6 +652,15 @@ impl MetadataStore for PgStore {
         Ok(package)
     }
 
+    async fn forget_oci_blobs(&self, grace: Duration) -> Result<u64, StoreError> {
+        let done = sqlx::query(&SQL.forget_oci_blobs)
+            .bind(grace.as_millis() as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        Ok(done.rows_affected())
+    }
+
     async fn release_abandoned(&self, digest: &Sha256Digest, token: i64) -> Result<(), StoreError> {
         sqlx::query(RELEASE_ABANDONED)
             .bind(digest.hex())

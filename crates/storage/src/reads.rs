@@ -229,7 +229,10 @@ impl MetadataReads for Reads {
                    FROM packages WHERE retention_class = $1) p \
                    WHERE NOT held AND ((state = 'finalized' AND (finalized_at < CAST($2 AS BIGINT) \
                    OR newer > CAST($3 AS BIGINT))) \
-                   OR (state = 'open' AND created_at < CAST($4 AS BIGINT))) LIMIT $5";
+                   OR (state = 'open' AND created_at < CAST($4 AS BIGINT))) \
+                   AND NOT EXISTS (SELECT 1 FROM oci_manifests m JOIN oci_references r \
+                   ON r.tenant = m.tenant AND r.repository = m.repository \
+                   AND r.digest = m.digest WHERE m.package_id = p.id) LIMIT $5";
         let millis = |t: Option<Timestamp>| t.map(Timestamp::as_millis);
         on_pool!(&self.pool, |p| {
             let rows = sqlx::query(sql)

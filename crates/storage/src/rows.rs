@@ -80,6 +80,9 @@ pub(crate) const RECORD_OCI_BLOB: &str = "INSERT INTO oci_blobs (tenant, digest,
      VALUES ($1, $2, $3, {now}) ON CONFLICT (tenant, digest) DO UPDATE SET \
      pushed_at = excluded.pushed_at";
 
+/// Forgets pushed blobs older than the grace (`$1`, in ms).
+pub(crate) const FORGET_OCI_BLOBS: &str = "DELETE FROM oci_blobs WHERE pushed_at < {now} - $1";
+
 /// Records a pushed manifest ([`PushedManifest`]'s fields as `$1`…`$8`) unless its repository
 /// has that digest already.
 pub(crate) const RECORD_PUSHED_MANIFEST: &str = "INSERT INTO oci_manifests (tenant, repository, \
@@ -419,6 +422,7 @@ pub(crate) struct ClockTexts {
     pub(crate) release_blob: String,
     pub(crate) abandon_doom: String,
     pub(crate) record_oci_blob: String,
+    pub(crate) forget_oci_blobs: String,
     pub(crate) doomed_blobs: String,
 }
 
@@ -435,6 +439,7 @@ impl ClockTexts {
             release_blob: with_now(RELEASE_BLOB),
             abandon_doom: with_now(ABANDON_DOOM),
             record_oci_blob: with_now(RECORD_OCI_BLOB),
+            forget_oci_blobs: with_now(FORGET_OCI_BLOBS),
             doomed_blobs: with_now(DOOMED_BLOBS),
         }
     }
@@ -657,6 +662,7 @@ macro_rules! transaction_steps {
             for sql in [
                 "DELETE FROM package_metadata WHERE package_id = $1",
                 "DELETE FROM oci_manifests WHERE package_id = $1",
+                "DELETE FROM oci_references WHERE by_package = $1",
                 "DELETE FROM files WHERE package_id = $1",
                 "DELETE FROM packages WHERE id = $1",
             ] {
@@ -830,6 +836,19 @@ macro_rules! transaction_steps {
                 .execute(&mut *conn)
                 .await
                 .map_err(sql_error)?;
+            for named in pushed.references {
+                sqlx::query(
+                    "INSERT INTO oci_references (tenant, repository, digest, by_package) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(pushed.tenant)
+                .bind(pushed.repository)
+                .bind(named.content_address())
+                .bind(pushed.package.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            }
             let id: String = sqlx::query_scalar(PUSHED_PACKAGE)
                 .bind(pushed.tenant)
                 .bind(pushed.repository)

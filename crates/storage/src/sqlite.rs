@@ -941,6 +941,7 @@ impl MetadataStore for SqliteStore {
         let bytes = pushed.bytes.to_vec();
         let artifact_type = pushed.artifact_type.map(str::to_string);
         let (digest, package, subject) = (pushed.digest, pushed.package, pushed.subject);
+        let references = pushed.references.to_vec();
         self.write(Undo::Writer, move |conn, _| {
             Box::pin(async move {
                 let pushed = PushedManifest {
@@ -952,8 +953,23 @@ impl MetadataStore for SqliteStore {
                     bytes: &bytes,
                     subject,
                     artifact_type: artifact_type.as_deref(),
+                    references: &references,
                 };
                 Ok((record_pushed_steps(conn, &pushed).await?, None))
+            })
+        })
+        .await
+    }
+
+    async fn forget_oci_blobs(&self, grace: Duration) -> Result<u64, StoreError> {
+        self.write(Undo::Writer, move |conn, _| {
+            Box::pin(async move {
+                let done = sqlx::query(&SQL.forget_oci_blobs)
+                    .bind(grace.as_millis() as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                Ok((done.rows_affected(), None))
             })
         })
         .await

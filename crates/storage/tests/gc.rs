@@ -694,3 +694,57 @@ async fn a_refused_writer_leaves_bytes_others_want() {
     let bytes = env.stores.blobs.size(&used.sha256()).await.unwrap();
     assert_eq!(bytes, Some(data.len() as u64));
 }
+
+/// A blob pushed through `/v2/` and referenced by no manifest lives the grace period (its
+/// claim's age), then is collected like any unused bytes; once a manifest references it, it
+/// is a file's and stays.
+#[tokio::test]
+async fn pushed_blobs_live_the_grace_and_referenced_ones_stay() {
+    use artifactstore_core::oci;
+    let env = Env::new().await;
+    let registry = &env.registry;
+    let push = |data: Vec<u8>| async move {
+        let upload = registry.create_upload(TENANT, None).await.unwrap();
+        registry
+            .append_upload(TENANT, upload.id, Chunk::default(), body(&data, 10_000))
+            .await
+            .unwrap();
+        let digest = Sha256Digest::of(&data);
+        registry
+            .oci_complete_blob(TENANT, upload.id, digest)
+            .await
+            .unwrap()
+    };
+    let loose = push(artifactstore_testkit::bytes(150_000, 81)).await;
+    let kept = push(artifactstore_testkit::bytes(150_000, 82)).await;
+    let within_grace = GcOptions {
+        grace: Duration::from_secs(3600),
+        ..flat_out("test")
+    };
+    env.collector().collect(within_grace).await.unwrap();
+    for blob in [loose, kept] {
+        let found = registry.oci_blob(TENANT, blob.digest).await.unwrap();
+        assert!(
+            matches!(found, oci::Blob::Stored(b) if b == blob),
+            "{found:?}"
+        );
+    }
+    // A manifest references one of them: it becomes a file of the manifest's package.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": oci::IMAGE_MANIFEST,
+        "config": {"mediaType": "application/octet-stream",
+                   "digest": kept.digest.content_address(), "size": kept.size},
+        "layers": [],
+    });
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap());
+    let tag = oci::Reference::Tag("v1".into());
+    registry
+        .oci_put_manifest(TENANT, "app", &tag, oci::IMAGE_MANIFEST, bytes)
+        .await
+        .unwrap();
+    env.collector().collect(flat_out("test")).await.unwrap();
+    let gone = registry.oci_blob(TENANT, loose.digest).await;
+    assert!(matches!(gone, Err(RegistryError::NotFound(_))), "{gone:?}");
+    let stays = registry.oci_blob(TENANT, kept.digest).await.unwrap();
+    assert!(matches!(stays, oci::Blob::File(f) if f.sha256() == kept.digest));
+}

@@ -669,6 +669,7 @@ async fn an_old_database_learns_where_its_files_live() {
         for sql in [
             "DROP TABLE oci_manifests",
             "DROP TABLE oci_blobs",
+            "DROP TABLE oci_references",
             "DROP INDEX packages_by_manifest",
             "DROP TABLE tags",
             "DROP TABLE tenant_usage",

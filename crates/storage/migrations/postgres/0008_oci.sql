@@ -17,6 +17,16 @@ CREATE TABLE oci_manifests (
 );
 CREATE INDEX oci_manifests_package ON oci_manifests (package_id);
 CREATE INDEX oci_manifests_subject ON oci_manifests (tenant, repository, subject);
+-- Manifests a pushed index names, and the subjects of pushed referrers: retention keeps the
+-- packages of those manifests while the packages naming them (by_package) exist.
+CREATE TABLE oci_references (
+    tenant     TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    by_package TEXT NOT NULL,
+    PRIMARY KEY (tenant, repository, digest, by_package)
+);
+CREATE INDEX oci_references_by ON oci_references (by_package);
 -- Blobs pushed through /v2/ that no manifest references yet: the tenant's to read, mount and
 -- reference while their bytes last (the claim made at the push keeps them for the GC grace).
 CREATE TABLE oci_blobs (
