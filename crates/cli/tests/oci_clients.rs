@@ -234,8 +234,12 @@ fn skopeo_inspects_lists_copies_and_deletes() {
     ]));
     let out = server.run(&["show", &id]);
     assert_eq!(out.status.code(), Some(4), "the package is gone");
-    let tags = list_tags(&image, &creds);
-    assert_eq!(tags["Tags"], serde_json::json!([]));
+    // Nothing is left in the repository: it is unknown now.
+    let args = ["list-tags", "--tls-verify=false", "--creds", &creds, &image];
+    let gone = skopeo(&args);
+    assert!(!gone.status.success());
+    let said = String::from_utf8_lossy(&gone.stderr);
+    assert!(said.contains("404"), "{said}");
 }
 
 #[test]
@@ -380,4 +384,52 @@ fn skopeo_copies_a_multi_architecture_index_in_and_out_with_its_digests() {
         list_tags(&image, &creds)["Tags"],
         serde_json::json!(["multi"])
     );
+}
+
+/// With anonymous reads on (as `make dev` runs), skopeo pushes with credentials and pulls
+/// without any.
+#[test]
+#[ignore = "needs skopeo (make test installs it)"]
+fn skopeo_pushes_with_credentials_and_pulls_anonymously_where_reads_are_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--anon-read", "true", "--anon-tenant", "acme"];
+    let server = Server::start_with(&dir.path().join("data"), &args);
+    let layout = dir.path().join("layout");
+    let index = multi_arch_layout(&layout);
+    let image = format!("docker://127.0.0.1:{}/acme/open:multi", server.port);
+    let creds = format!("ci:{TOKEN}");
+    let source = format!("oci:{}:multi", layout.display());
+    ok(&skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &source,
+        &image,
+    ]));
+    let back = dir.path().join("back");
+    ok(&skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        &image,
+        &format!("oci:{}:multi", back.display()),
+    ]));
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(top["manifests"][0]["digest"], index.as_str());
+    // Without credentials, nothing is pushed.
+    let refused = skopeo(&[
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        "--dest-no-creds",
+        &source,
+        &format!("docker://127.0.0.1:{}/acme/open:other", server.port),
+    ]);
+    assert!(!refused.status.success());
 }

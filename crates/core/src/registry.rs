@@ -1151,7 +1151,7 @@ impl Registry {
     }
 
     /// A page of a repository's tag names after `last`, at most `limit`, and whether more
-    /// follow.
+    /// follow. `NotFound` for a repository with neither tags nor pushed manifests.
     pub async fn oci_tags(
         &self,
         tenant: &str,
@@ -1167,6 +1167,9 @@ impl Registry {
         let mut tags = reads
             .list_tags(tenant, Some(repository), after, limit + 1)
             .await?;
+        if tags.is_empty() && !reads.repository_known(tenant, repository).await? {
+            return Err(RegistryError::NotFound(Resource::Tag));
+        }
         let more = tags.len() > limit as usize;
         tags.truncate(limit as usize);
         Ok((tags.into_iter().map(|t| t.tag).collect(), more))

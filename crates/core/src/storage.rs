@@ -361,6 +361,10 @@ pub trait MetadataReads: Send + Sync {
         digest: &Sha256Digest,
     ) -> Result<Option<PackageId>, StoreError>;
 
+    /// Whether `repository` of `tenant` has a tag or a pushed manifest (else, under `/v2/`, it
+    /// is unknown).
+    async fn repository_known(&self, tenant: &str, repository: &str) -> Result<bool, StoreError>;
+
     /// The size of a blob `tenant` pushed through `/v2/` (no manifest may reference it yet).
     async fn oci_blob(
         &self,

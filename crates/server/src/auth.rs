@@ -163,13 +163,28 @@ impl Auth {
             Presented::Malformed => return Err(ApiError::Unauthorized),
             Presented::Token(token) => token,
         };
-        let caller = self.lookup(&token).ok_or(ApiError::Unauthorized)?;
+        let caller = match self.lookup(&token) {
+            Some(caller) => caller,
+            // What the token endpoint hands a client without credentials when anonymous
+            // reads are on: as good as no credentials.
+            None if schemes == Schemes::BearerOrBasic
+                && self.anon.is_some()
+                && token == ANONYMOUS_TOKEN =>
+            {
+                return Ok(None);
+            }
+            None => return Err(ApiError::Unauthorized),
+        };
         self.throttle
             .tenant(&caller.tenant)
             .map_err(|wait| ApiError::throttled("tenant", wait))?;
         Ok(Some(caller))
     }
 }
+
+/// The token `/v2/token` answers a client without credentials when anonymous reads are on
+/// (clients that found a challenge always ask for one); `/v2/` takes it as no credentials.
+pub const ANONYMOUS_TOKEN: &str = "anonymous";
 
 /// Which `Authorization` schemes a route takes.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -100,11 +100,23 @@ fn repo(name: &str, scope: &Scope) -> Result<Repo, OciError> {
 
 /// `GET /v2/`: `200` to a caller the store knows (or anyone, with anonymous reads on), else
 /// the challenge that sends clients to the token endpoint.
+///
+/// The `200` of an anonymous reader carries the challenge too: clients (containers/image)
+/// read it from the ping whatever its status, and without it would never send the
+/// credentials a push needs; the token endpoint answers them without credentials as well.
 async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match reader(&state, &headers) {
         Ok(_) => {
             let mut response = (StatusCode::OK, axum::Json(json!({}))).into_response();
             version_header(response.headers_mut());
+            let challenge = OciError::new(Code::Unauthorized, ApiError::Unauthorized)
+                .with_realm(&state, &headers)
+                .challenge();
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
             response
         }
         Err(e) => e.with_realm(&state, &headers).into_response(),
@@ -114,7 +126,17 @@ async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
 /// The Docker token flow's endpoint: a store token in, as Basic password or Bearer, and the
 /// same token out, which `/v2/` accepts as Bearer.
 async fn token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let anonymous = state.auth.anonymous().is_some();
     match state.auth.oci_caller(&headers) {
+        Ok(None) if anonymous => {
+            let token = crate::auth::ANONYMOUS_TOKEN;
+            let body = json!({
+                "token": token,
+                "access_token": token,
+                "expires_in": TOKEN_LIFETIME_SECS,
+            });
+            axum::Json(body).into_response()
+        }
         Ok(Some(_)) => {
             let presented = crate::auth::presented_token(&headers).unwrap_or_default();
             let body = json!({
@@ -785,6 +807,14 @@ impl OciError {
     }
 }
 
+impl OciError {
+    /// The `WWW-Authenticate` value that sends a client to the token endpoint.
+    fn challenge(&self) -> String {
+        let realm = self.realm.as_deref().unwrap_or("/v2/token");
+        format!("Bearer realm=\"{realm}\",service=\"artifactstore\"")
+    }
+}
+
 impl IntoResponse for OciError {
     fn into_response(self) -> Response {
         let status = match (&self.code, &self.error) {
@@ -808,6 +838,7 @@ impl IntoResponse for OciError {
             "message": message,
             "detail": detail,
         }]);
+        let challenge = self.challenge();
         let mut response = self.error.into_response();
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -816,12 +847,10 @@ impl IntoResponse for OciError {
             HeaderValue::from_static("application/json"),
         );
         headers.remove(header::WWW_AUTHENTICATE);
-        if status == StatusCode::UNAUTHORIZED {
-            let realm = self.realm.unwrap_or_else(|| "/v2/token".into());
-            let challenge = format!("Bearer realm=\"{realm}\",service=\"artifactstore\"");
-            if let Ok(value) = HeaderValue::from_str(&challenge) {
-                headers.insert(header::WWW_AUTHENTICATE, value);
-            }
+        if status == StatusCode::UNAUTHORIZED
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
         }
         version_header(headers);
         let body = serde_json::to_vec(&problem).unwrap_or_default();

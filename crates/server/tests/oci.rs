@@ -338,8 +338,8 @@ async fn tags_are_listed_in_pages_and_deletions_map_onto_tags_and_packages() {
     assert_eq!(last.json::<Value>().await.unwrap()["tags"], json!(["v2"]));
     let none = json_of(app.get("/v2/acme/app/tags/list?n=0")).await;
     assert_eq!(none["tags"], json!([]));
-    let empty = json_of(app.get("/v2/acme/nothing/tags/list")).await;
-    assert_eq!(empty["tags"], json!([]));
+    let unknown = app.get("/v2/acme/nothing/tags/list").send().await.unwrap();
+    assert_eq!(oci_code(unknown, 404).await, "NAME_UNKNOWN");
 
     // A tag deletes the tag only; a digest deletes the package (refused while held).
     let untag = app.req(Method::DELETE, "/v2/acme/app/manifests/v1", Some(ACME));
@@ -374,8 +374,9 @@ async fn tags_are_listed_in_pages_and_deletions_map_onto_tags_and_packages() {
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
     let package = app.get(&format!("/packages/{id}")).send().await.unwrap();
     assert_eq!(package.status(), StatusCode::NOT_FOUND);
-    let tags = json_of(app.get("/v2/acme/app/tags/list")).await;
-    assert_eq!(tags["tags"], json!([]), "its tags went with it");
+    // Its tags went with it: nothing is left in the repository, which is unknown now.
+    let tags = app.get("/v2/acme/app/tags/list").send().await.unwrap();
+    assert_eq!(oci_code(tags, 404).await, "NAME_UNKNOWN");
     let by_digest = app.get(&path).send().await.unwrap();
     assert_eq!(oci_code(by_digest, 404).await, "MANIFEST_UNKNOWN");
 }
@@ -393,6 +394,28 @@ async fn anonymous_readers_pull_without_credentials() {
     assert_eq!(
         oci_code(delete.send().await.unwrap(), 401).await,
         "UNAUTHORIZED"
+    );
+    // The ping's 200 carries the challenge too, so a client that has credentials uses them
+    // for its pushes; one without gets an anonymous token that reads as no credentials.
+    let ping = app.req(Method::GET, "/v2/", None).send().await.unwrap();
+    let challenge = ping.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("Bearer realm=\"http://"),
+        "{challenge}"
+    );
+    let anonymous = json_of(app.req(Method::GET, "/v2/token", None)).await;
+    let token = anonymous["token"].as_str().unwrap();
+    let pulled = app.req(Method::GET, "/v2/acme/app/manifests/latest", Some(token));
+    assert_eq!(pulled.send().await.unwrap().status(), StatusCode::OK);
+    let pushed = app.req(Method::POST, "/v2/acme/app/blobs/uploads/", Some(token));
+    assert_eq!(
+        oci_code(pushed.send().await.unwrap(), 401).await,
+        "UNAUTHORIZED"
+    );
+    let with_token = app.req(Method::POST, "/v2/acme/app/blobs/uploads/", Some(ACME));
+    assert_eq!(
+        with_token.send().await.unwrap().status(),
+        StatusCode::ACCEPTED
     );
 }
 
@@ -948,4 +971,61 @@ async fn retention_keeps_the_manifests_an_index_names() {
     }
     let listed = json_of(app.get("/packages?producer=oci")).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 3);
+}
+
+/// Docker schema 2 manifests and manifest lists, and image-spec 1.1-rc's artifact manifest,
+/// are kept and served as pushed, with their own Content-Type.
+#[tokio::test]
+async fn docker_and_artifact_manifest_types_are_kept_as_pushed() {
+    let app = TestApp::start().await;
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    let docker_list = "application/vnd.docker.distribution.manifest.list.v2+json";
+    let artifact = "application/vnd.oci.artifact.manifest.v1+json";
+    let config = push_blob(&app, "acme/d", br#"{"os":"linux"}"#).await;
+    let layer = push_blob(&app, "acme/d", b"layer bytes").await;
+    let image = json!({"schemaVersion": 2, "mediaType": docker,
+        "config": descriptor("application/vnd.docker.container.image.v1+json", &config, 14),
+        "layers": [descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", &layer, 11)]});
+    let body = serde_json::to_vec(&image).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    assert_eq!(
+        put_manifest(&app, "/v2/acme/d/manifests/image", docker, &image)
+            .await
+            .status(),
+        201
+    );
+    let list = json!({"schemaVersion": 2, "mediaType": docker_list, "manifests": [
+        {"mediaType": docker, "digest": digest, "size": body.len(),
+         "platform": {"architecture": "amd64", "os": "linux"}}]});
+    assert_eq!(
+        put_manifest(&app, "/v2/acme/d/manifests/list", docker_list, &list)
+            .await
+            .status(),
+        201
+    );
+    let rc = json!({"mediaType": artifact, "artifactType": "application/x-notes",
+        "blobs": [descriptor("text/plain", &layer, 11)]});
+    assert_eq!(
+        put_manifest(&app, "/v2/acme/d/manifests/notes", artifact, &rc)
+            .await
+            .status(),
+        201
+    );
+    for (tag, media_type, sent) in [
+        ("image", docker, &image),
+        ("list", docker_list, &list),
+        ("notes", artifact, &rc),
+    ] {
+        let served = app
+            .get(&format!("/v2/acme/d/manifests/{tag}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.headers()["content-type"], media_type, "{tag}");
+        assert_eq!(
+            served.bytes().await.unwrap(),
+            serde_json::to_vec(sent).unwrap(),
+            "{tag}"
+        );
+    }
 }

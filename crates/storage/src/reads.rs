@@ -366,6 +366,19 @@ impl MetadataReads for Reads {
             .transpose()
     }
 
+    async fn repository_known(&self, tenant: &str, repository: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT 1 FROM tags WHERE tenant = $1 AND repository = $2 \
+                   UNION ALL SELECT 1 FROM oci_manifests WHERE tenant = $1 AND repository = $2 \
+                   LIMIT 1";
+        let found: Option<i32> = on_pool!(&self.pool, |p| sqlx::query_scalar(sql)
+            .bind(tenant)
+            .bind(repository)
+            .fetch_optional(p)
+            .await
+            .map_err(sql_error)?);
+        Ok(found.is_some())
+    }
+
     async fn oci_blob(
         &self,
         tenant: &str,
