@@ -433,3 +433,79 @@ fn skopeo_pushes_with_credentials_and_pulls_anonymously_where_reads_are_open() {
     ]);
     assert!(!refused.status.success());
 }
+
+/// `podman` (root, vfs storage of its own): login through the token flow, push an image in
+/// OCI and in Docker schema 2 form, remove it locally, pull it back.
+#[test]
+#[ignore = "needs podman (make test installs it)"]
+fn podman_logs_in_pushes_and_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let host = format!("127.0.0.1:{}", server.port);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (root, run, auth) = (path("root"), path("run"), path("auth.json"));
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .args([
+                "--root",
+                &root,
+                "--runroot",
+                &run,
+                "--storage-driver",
+                "vfs",
+            ])
+            .args(args)
+            .output();
+        out.expect("podman is not installed (CI installs Debian's podman)")
+    };
+    ok(&podman(&[
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        &auth,
+        "-u",
+        "ci",
+        "-p",
+        TOKEN,
+        &host,
+    ]));
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    std::fs::write(rootfs.join("hello"), b"hello from podman").unwrap();
+    let tar = path("image.tar");
+    let packed = Command::new("tar")
+        .args(["-C", rootfs.to_str().unwrap(), "-cf", &tar, "."])
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    ok(&podman(&["import", &tar, "localhost/test:1"]));
+    for (tag, format) in [("oci", "oci"), ("v2s2", "v2s2")] {
+        let target = format!("docker://{host}/acme/podman:{tag}");
+        ok(&podman(&[
+            "push",
+            "--tls-verify=false",
+            "--authfile",
+            &auth,
+            "--format",
+            format,
+            "localhost/test:1",
+            &target,
+        ]));
+    }
+    let served = server.http_head("/v2/acme/podman/manifests/v2s2", "content-type");
+    assert_eq!(
+        served,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    ok(&podman(&["rmi", "-a", "-f"]));
+    let image = format!("{host}/acme/podman:oci");
+    ok(&podman(&[
+        "pull",
+        "--tls-verify=false",
+        "--authfile",
+        &auth,
+        &image,
+    ]));
+    let images = ok(&podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]));
+    assert!(images.contains(&image), "{images}");
+}

@@ -1029,3 +1029,94 @@ async fn docker_and_artifact_manifest_types_are_kept_as_pushed() {
         );
     }
 }
+
+/// A tenant's byte quota holds for pushes: a blob past it is refused as it arrives, `507
+/// DENIED`; so is a manifest whose files would pass it, and nothing is stored.
+#[tokio::test]
+async fn quotas_hold_for_pushes() {
+    let app = TestApp::builder()
+        .args(|a| a.quotas = Some("acme:max_bytes=300000".into()))
+        .start()
+        .await;
+    let too_big = bytes(400_000, 5);
+    let digest = format!("sha256:{}", sha256_hex(&too_big));
+    let refused = app
+        .post(&format!("/v2/acme/app/blobs/uploads/?digest={digest}"))
+        .body(too_big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oci_code(refused, 507).await, "DENIED");
+    // Two blobs that fit one by one (pushed blobs are not the tenant's files yet), in one
+    // manifest that does not.
+    let a = push_blob(&app, "acme/app", &bytes(200_000, 6)).await;
+    let b = push_blob(&app, "acme/app", &bytes(200_000, 7)).await;
+    let manifest = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("application/octet-stream", &a, 200_000),
+        "layers": [descriptor("application/octet-stream", &b, 200_000)]});
+    let refused = put_manifest(&app, "/v2/acme/app/manifests/v1", MANIFEST_TYPE, &manifest).await;
+    assert_eq!(oci_code(refused, 507).await, "DENIED");
+    let usage = json_of(app.get("/usage")).await;
+    assert_eq!(usage["bytes"], 0);
+    assert_eq!(json_of(app.get("/packages")).await["items"], json!([]));
+}
+
+/// A manifest with more references than a push may carry is refused before anything else.
+#[tokio::test]
+async fn a_manifest_with_too_many_references_is_refused() {
+    let app = TestApp::start().await;
+    let layers: Vec<Value> = (0..10_001)
+        .map(|i| descriptor("text/plain", &format!("sha256:{i:064x}"), 1))
+        .collect();
+    let manifest = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("text/plain", &format!("sha256:{}", "a".repeat(64)), 1),
+        "layers": layers});
+    let refused = put_manifest(&app, "/v2/acme/app/manifests/v1", MANIFEST_TYPE, &manifest).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "MANIFEST_INVALID");
+    assert!(body["detail"].as_str().unwrap().contains("10000"), "{body}");
+}
+
+/// Clients without the referrers API keep an index under the tag `sha256-<subject hex>`
+/// (the referrers tag schema): an ordinary index push, read back by that tag.
+#[tokio::test]
+async fn the_referrers_tag_schema_works_as_an_ordinary_tag() {
+    let app = TestApp::start().await;
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let config = push_blob(&app, "acme/app", b"{}").await;
+    let subject = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": descriptor("application/vnd.oci.empty.v1+json", &config, 2), "layers": []});
+    let subject_body = serde_json::to_vec(&subject).unwrap();
+    let subject_hex = sha256_hex(&subject_body);
+    put_manifest(&app, "/v2/acme/app/manifests/v1", MANIFEST_TYPE, &subject).await;
+    let signature = json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "artifactType": "application/vnd.example.sig",
+        "config": descriptor("application/vnd.oci.empty.v1+json", &config, 2), "layers": [],
+        "subject": descriptor(MANIFEST_TYPE, &format!("sha256:{subject_hex}"), subject_body.len())});
+    let signature_body = serde_json::to_vec(&signature).unwrap();
+    let signature_digest = format!("sha256:{}", sha256_hex(&signature_body));
+    let path = format!("/v2/acme/app/manifests/{signature_digest}");
+    assert_eq!(
+        put_manifest(&app, &path, MANIFEST_TYPE, &signature)
+            .await
+            .status(),
+        201
+    );
+    let fallback = json!({"schemaVersion": 2, "mediaType": index_type, "manifests": [{
+        "mediaType": MANIFEST_TYPE, "digest": signature_digest, "size": signature_body.len(),
+        "artifactType": "application/vnd.example.sig"}]});
+    let tag = format!("/v2/acme/app/manifests/sha256-{subject_hex}");
+    assert_eq!(
+        put_manifest(&app, &tag, index_type, &fallback)
+            .await
+            .status(),
+        201
+    );
+    let read = app.get(&tag).send().await.unwrap();
+    assert_eq!(read.headers()["content-type"], index_type);
+    assert_eq!(
+        read.bytes().await.unwrap(),
+        serde_json::to_vec(&fallback).unwrap()
+    );
+}

@@ -163,6 +163,28 @@ impl Server {
         );
         out.stdout
     }
+
+    /// One header of a `HEAD` of `path`, with the token.
+    pub fn http_head(&self, path: &str, name: &str) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sSf",
+                "-I",
+                "-H",
+                &format!("Authorization: Bearer {TOKEN}"),
+            ])
+            .arg(format!("{}{path}", self.url()))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).into_owned();
+        head.lines()
+            .find_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Server {
