@@ -340,14 +340,8 @@ impl Registry {
         body: ByteStream,
     ) -> Result<FileRecord> {
         let (media_type, expected) = self.check_new_file(&new)?;
-        let max_file = self.config.max_file_bytes;
-        let room = self.quota().byte_room(tenant).await?;
-        let quota = ByteRoom::binding(room, max_file);
-        let max_len = quota.map_or(max_file, |q| q.left());
-        let explain = |e: StoreError| match (quota, e) {
-            (Some(quota), StoreError::TooLarge { .. }) => quota.exceeded(),
-            (_, e) => QuotaReached::within(&e).unwrap_or_else(|| place_error(e)),
-        };
+        let (room, max_len, over) = self.body_room(tenant).await?;
+        let explain = |e: StoreError| over(e, place_error);
         // A small body is taken whole and goes to the metadata store, which checks the package
         // in the same step that adds the file; a large one is refused before its bytes are
         // taken when the package is not open or the path taken, charged to the quota as it
@@ -394,6 +388,28 @@ impl Registry {
         self.record_file(&file, None, inline, claim.generation())
             .await?;
         Ok(file)
+    }
+
+    /// How much of a single-shot body the tenant's byte quota and the file limit let in: the
+    /// room, the longest body, and what a refusal of the body means (the quota, when it was
+    /// the tighter limit; else `other` of the store's error).
+    async fn body_room(
+        &self,
+        tenant: &str,
+    ) -> Result<(
+        Option<ByteRoom>,
+        u64,
+        impl Fn(StoreError, fn(StoreError) -> RegistryError) -> RegistryError + use<>,
+    )> {
+        let max_file = self.config.max_file_bytes;
+        let room = self.quota().byte_room(tenant).await?;
+        let quota = ByteRoom::binding(room, max_file);
+        let max_len = quota.map_or(max_file, |q| q.left());
+        let over = move |e: StoreError, other: fn(StoreError) -> RegistryError| match (quota, e) {
+            (Some(quota), StoreError::TooLarge { .. }) => quota.exceeded(),
+            (_, e) => QuotaReached::within(&e).unwrap_or_else(|| other(e)),
+        };
+        Ok((room, max_len, over))
     }
 
     pub async fn file(&self, scope: impl Into<Scope>, id: FileId) -> Result<Arc<FileRecord>> {
@@ -904,6 +920,47 @@ impl Registry {
         }
     }
 
+    /// A blob pushed through `/v2/` in one request, with no upload session: streamed,
+    /// hashed, checked against `expected`, claimed and published as a single-shot file's bytes
+    /// are, then recorded as the tenant's. The byte quota bounds the body as it arrives.
+    pub async fn oci_put_blob(
+        &self,
+        tenant: &str,
+        expected: Sha256Digest,
+        body: ByteStream,
+    ) -> Result<BlobInfo> {
+        let (room, max_len, over) = self.body_room(tenant).await?;
+        let explain = |e: StoreError| over(e, RegistryError::from);
+        let body = self.inflight.meter(tenant, room, body);
+        let claim = BlobClaimer::new(&*self.meta);
+        let blob = write_blob(&*self.blobs, body, Some(expected), max_len, &claim).await;
+        let blob = blob.map_err(explain)?;
+        self.record_pushed_blob(tenant, blob, claim.generation())
+            .await?;
+        Ok(blob)
+    }
+
+    /// Records a pushed blob with the claim its write made; a refusal gives the claim up
+    /// (deleting the bytes if no one else wants them).
+    async fn record_pushed_blob(
+        &self,
+        tenant: &str,
+        blob: BlobInfo,
+        generation: Option<i64>,
+    ) -> Result<()> {
+        let generation = generation.unwrap_or_default();
+        match self.meta.record_oci_blob(tenant, blob, generation).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                abandon(&*self.meta, &*self.blobs, &blob.digest, generation).await;
+                match e {
+                    StoreError::Stale => Err(StoreError::Unavailable(GC_TOOK_THE_BYTES).into()),
+                    e => Err(e.into()),
+                }
+            }
+        }
+    }
+
     /// Turns an upload session's bytes into a blob of the tenant, pushed through `/v2/`: the
     /// digest must be `expected`; the bytes are claimed and published, recorded as the
     /// tenant's, and the session is closed. Until a manifest references it, the blob lives at
@@ -929,11 +986,8 @@ impl Registry {
         let claim = BlobClaimer::new(&*self.meta);
         claim.claim(&blob).await?;
         self.blobs.stage_commit(&id, &record.staging, blob).await?;
-        let generation = claim.generation().unwrap_or_default();
-        match self.meta.record_oci_blob(tenant, blob, generation).await {
-            Err(StoreError::Stale) => Err(StoreError::Unavailable(GC_TOOK_THE_BYTES)),
-            other => other,
-        }?;
+        self.record_pushed_blob(tenant, blob, claim.generation())
+            .await?;
         self.meta
             .delete_upload(tenant, id)
             .await

@@ -228,32 +228,45 @@ async fn route(
         (Method::GET, Target::Referrers(digest)) => referrers(state, &repo, digest, request).await,
         (Method::POST, Target::Uploads(None)) => start_upload(state, at, request, body).await,
         (Method::PATCH, Target::Uploads(Some(id))) => {
-            let upload = upload_id(id)?;
+            let upload = match upload_id(id)? {
+                Session::Fresh => start_session(state, &repo).await?.id,
+                Session::Open(upload) => upload,
+            };
             let chunk = chunk_of(headers)?;
             let upload = append(state, &repo, upload, chunk, body).await?;
-            Ok(upload_state(StatusCode::ACCEPTED, at, &upload))
+            let id = upload.id.to_string();
+            Ok(upload_state(StatusCode::ACCEPTED, at, &id, upload.offset))
         }
-        (Method::GET, Target::Uploads(Some(id))) => {
-            let upload = upload_id(id)?;
-            let tenant = Scope::Tenant(repo.tenant.clone());
-            let upload = state.registry.upload(tenant, upload).await;
-            let upload = upload.map_err(|e| OciError::upload(e.into()))?;
-            Ok(upload_state(StatusCode::NO_CONTENT, at, &upload))
-        }
+        (Method::GET, Target::Uploads(Some(id))) => match upload_id(id)? {
+            Session::Fresh => Ok(upload_state(StatusCode::NO_CONTENT, at, id, 0)),
+            Session::Open(upload) => {
+                let tenant = Scope::Tenant(repo.tenant.clone());
+                let upload = state.registry.upload(tenant, upload).await;
+                let upload = upload.map_err(|e| OciError::upload(e.into()))?;
+                let id = upload.id.to_string();
+                Ok(upload_state(StatusCode::NO_CONTENT, at, &id, upload.offset))
+            }
+        },
         (Method::PUT, Target::Uploads(Some(id))) => {
-            let upload = upload_id(id)?;
             let digest = request.param("digest").unwrap_or_default();
             let digest = parse_digest(&digest)?;
-            if body_may_hold_bytes(headers) {
-                let chunk = chunk_of(headers)?;
-                append(state, &repo, upload, chunk, body).await?;
+            match upload_id(id)? {
+                // The whole blob in one request: no session at all.
+                Session::Fresh => put_whole(state, at, digest, body).await,
+                Session::Open(upload) => {
+                    if body_may_hold_bytes(headers) {
+                        let chunk = chunk_of(headers)?;
+                        append(state, &repo, upload, chunk, body).await?;
+                    }
+                    complete(state, at, upload, digest).await
+                }
             }
-            complete(state, at, upload, digest).await
         }
         (Method::DELETE, Target::Uploads(Some(id))) => {
-            let upload = upload_id(id)?;
-            let cancelled = state.registry.cancel_upload(&repo.tenant, upload).await;
-            cancelled.map_err(|e| OciError::upload(e.into()))?;
+            if let Session::Open(upload) = upload_id(id)? {
+                let cancelled = state.registry.cancel_upload(&repo.tenant, upload).await;
+                cancelled.map_err(|e| OciError::upload(e.into()))?;
+            }
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Method::DELETE, Target::Blob(_)) => Err(OciError::new(
@@ -289,13 +302,53 @@ fn parse_digest(text: &str) -> Result<Sha256Digest, OciError> {
     })
 }
 
-fn upload_id(text: &str) -> Result<UploadId, OciError> {
-    text.parse().map_err(|_| {
+/// What an upload location names: a session that holds bytes (an upload session of the
+/// store, `upl_…`), or one begun by a `POST` and not yet sent anything (`new_<ULID>`), which
+/// costs nothing until its first bytes: a blob `PUT` whole goes straight to the blob store.
+enum Session {
+    Fresh,
+    Open(UploadId),
+}
+
+/// The prefix of a session no bytes have been sent to yet.
+const FRESH: &str = "new_";
+
+fn upload_id(text: &str) -> Result<Session, OciError> {
+    let unknown = || {
         OciError::new(
             Code::BlobUploadUnknown,
             ApiError::NotFound(Resource::Upload),
         )
-    })
+    };
+    if let Some(fresh) = text.strip_prefix(FRESH) {
+        let fresh = fresh.parse::<ulid::Ulid>();
+        return fresh.map(|_| Session::Fresh).map_err(|_| unknown());
+    }
+    text.parse().map(Session::Open).map_err(|_| unknown())
+}
+
+async fn start_session(state: &AppState, repo: &Repo) -> Result<Upload, OciError> {
+    let created = state.registry.create_upload(&repo.tenant, None).await;
+    created.map_err(|e| OciError::upload(e.into()))
+}
+
+/// A blob sent whole in one request (`PUT` of a fresh session, or `POST ?digest=`).
+async fn put_whole(
+    state: &AppState,
+    at: Place<'_>,
+    digest: Sha256Digest,
+    body: Body,
+) -> Result<Response, OciError> {
+    let stream: ByteStream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .boxed();
+    let put = state
+        .registry
+        .oci_put_blob(&at.repo.tenant, digest, stream)
+        .await;
+    let blob = put.map_err(|e| OciError::upload(e.into()))?;
+    Ok(blob_created(at, blob.digest))
 }
 
 /// Whether a request may carry bytes: a `PUT` closing an upload has a body only sometimes.
@@ -371,15 +424,15 @@ async fn append(
 }
 
 /// `202`/`204` with where the upload goes on and what it holds (`Range: 0-LAST`).
-fn upload_state(status: StatusCode, at: Place<'_>, upload: &Upload) -> Response {
+fn upload_state(status: StatusCode, at: Place<'_>, id: &str, offset: u64) -> Response {
     let mut response = status.into_response();
     let headers = response.headers_mut();
-    let location = format!("/v2/{}/blobs/uploads/{}", at.name, upload.id);
-    let range = format!("0-{}", upload.offset.saturating_sub(1));
+    let location = format!("/v2/{}/blobs/uploads/{id}", at.name);
+    let range = format!("0-{}", offset.saturating_sub(1));
     for (name, value) in [
         (header::LOCATION.as_str(), location),
         ("range", range),
-        ("docker-upload-uuid", upload.id.to_string()),
+        ("docker-upload-uuid", id.to_string()),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
@@ -430,16 +483,12 @@ async fn start_upload(
             return Ok(blob_created(at, digest));
         }
     }
-    let created = state.registry.create_upload(tenant, None).await;
-    let upload = created.map_err(|e| OciError::upload(e.into()))?;
     match request.param("digest") {
-        Some(digest) => {
-            let digest = parse_digest(&digest)?;
-            let chunk = chunk_of(request.headers)?;
-            append(state, at.repo, upload.id, chunk, body).await?;
-            complete(state, at, upload.id, digest).await
+        Some(digest) => put_whole(state, at, parse_digest(&digest)?, body).await,
+        None => {
+            let id = format!("{FRESH}{}", ulid::Ulid::new());
+            Ok(upload_state(StatusCode::ACCEPTED, at, &id, 0))
         }
-        None => Ok(upload_state(StatusCode::ACCEPTED, at, &upload)),
     }
 }
 

@@ -610,6 +610,14 @@ async fn blobs_are_pushed_monolithically_in_chunks_resumed_and_mounted() {
         .await
         .unwrap();
     let location = start.headers()["location"].to_str().unwrap().to_string();
+    // Until its first bytes a session is nothing but its location; with bytes it is an
+    // upload session, and cancelled, it is gone.
+    let sent = app
+        .req(Method::PATCH, &location, Some(ACME))
+        .body(vec![1u8; 10]);
+    let sent = sent.send().await.unwrap();
+    let location = sent.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("/upl_"), "{location}");
     let cancel = app
         .req(Method::DELETE, &location, Some(ACME))
         .send()
@@ -620,6 +628,12 @@ async fn blobs_are_pushed_monolithically_in_chunks_resumed_and_mounted() {
         oci_code(app.get(&location).send().await.unwrap(), 404).await,
         "BLOB_UPLOAD_UNKNOWN"
     );
+    let forged = app
+        .get("/v2/acme/app/blobs/uploads/new_nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oci_code(forged, 404).await, "BLOB_UPLOAD_UNKNOWN");
 }
 
 #[tokio::test]
