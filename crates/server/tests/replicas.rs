@@ -236,6 +236,8 @@ async fn an_oci_push_resumes_on_the_other_replica() {
         .await
         .unwrap();
     assert_eq!(sent.status(), StatusCode::ACCEPTED);
+    // Each response names where the upload goes on (a session exists from its first bytes).
+    let location = sent.headers()["location"].to_str().unwrap().to_string();
     // A chunk that never arrives whole: the connection drops after part of it.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     let cut = a
