@@ -4,7 +4,7 @@ DEV_TOKEN ?= devtoken
 DEV_LISTEN ?= 127.0.0.1:8080
 DEV_DATA ?= dev-data
 
-.PHONY: dev test lint tools unit unit-shared bench bench-peers bench-cli build schemathesis
+.PHONY: dev test lint tools unit clients unit-shared bench bench-peers bench-cli build schemathesis
 
 ## Run a development server on the embedded stores (SQLite + ./dev-data/blobs).
 dev:
@@ -21,7 +21,7 @@ dev:
 
 ## Everything CI checks: formatting, lints, the whole test suite (with the OpenAPI validator),
 ## on the embedded stores and again on the shared ones (PostgreSQL).
-test: lint tools unit unit-shared
+test: lint tools unit clients unit-shared
 
 ## Python tools some tests use (openapi-spec-validator, oras), in .venv-tools: the test that needs
 ## it is #[ignore]d, run by unit-shared, and fails saying so where the tool is missing.
@@ -44,6 +44,11 @@ lint:
 
 unit:
 	cargo test --workspace
+
+## The real OCI clients (skopeo, podman, oras; #[ignore]d for needing them) on the embedded
+## stores; unit-shared runs them again on the shared ones.
+clients:
+	cargo test -p artifactstore --test oci_clients -- --include-ignored
 
 ## The integration suites again, on a throwaway PostgreSQL server and S3 (tools/with-backends.sh),
 ## with the tests #[ignore]d for needing them (or chromium, or the validator) included.
