@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -115,7 +115,10 @@ pub struct Registry {
 
 /// The producer of packages made by pushes through `/v2/`.
 pub const OCI_PRODUCER: &str = "oci";
-/// Their retention class, unless the configured classes lack it (then the first of those).
+/// Files of a pushed manifest added at once.
+const PUSHED_FILES_AT_ONCE: usize = 16;
+/// The retention class of pushed packages, unless the configured classes lack it (then the
+/// first of those).
 pub const OCI_RETENTION_CLASS: &str = "standard";
 
 /// How long a readiness probe's answer stands.
@@ -1088,12 +1091,23 @@ impl Registry {
         let digest = Sha256Digest::of(bytes);
         let stored = async {
             let paths = oci::file_paths(&parsed.blobs);
-            let mut added = BTreeSet::new();
-            for (blob, path) in parsed.blobs.iter().zip(paths) {
-                if added.insert(path.clone()) {
-                    self.add_pushed_blob(tenant, package, path, blob).await?;
-                }
-            }
+            let mut seen = BTreeSet::new();
+            let files: Vec<_> = parsed
+                .blobs
+                .iter()
+                .zip(paths)
+                .filter(|(_, path)| seen.insert(path.clone()))
+                .collect();
+            // Several at once, so that the metadata store commits them together (SQLite's
+            // writer groups what is waiting) instead of one commit per layer.
+            let adds: Vec<_> = files
+                .into_iter()
+                .map(|(blob, path)| self.add_pushed_blob(tenant, package, path, blob))
+                .collect();
+            futures::stream::iter(adds)
+                .buffer_unordered(PUSHED_FILES_AT_ONCE)
+                .try_collect::<Vec<()>>()
+                .await?;
             self.finalize(tenant, package).await?;
             let references: Vec<Sha256Digest> = parsed
                 .manifests
