@@ -900,7 +900,8 @@ impl Registry {
         if let Some(cbor) = reads.manifest_by_digest(tenant, &digest).await? {
             return Ok(oci::Blob::Bytes(cbor));
         }
-        match self.oci_blob_size(tenant, digest).await? {
+        // No file has it (looked up above): only a pushed blob can be left.
+        match self.pushed_blob_size(tenant, digest).await? {
             Some(size) => Ok(oci::Blob::Stored(BlobInfo { digest, size })),
             None => Err(RegistryError::NotFound(Resource::File)),
         }
@@ -1152,7 +1153,12 @@ impl Registry {
         if let Some(file) = reads.file_by_digest(tenant, &digest).await? {
             return Ok(Some(file.size));
         }
-        if reads.oci_blob(tenant, &digest).await?.is_none() {
+        self.pushed_blob_size(tenant, digest).await
+    }
+
+    /// The size of a blob the tenant pushed and no file holds yet, while its bytes last.
+    async fn pushed_blob_size(&self, tenant: &str, digest: Sha256Digest) -> Result<Option<u64>> {
+        if self.meta.reads().oci_blob(tenant, &digest).await?.is_none() {
             return Ok(None);
         }
         Ok(self.blobs.size(&digest).await?)
